@@ -1,0 +1,48 @@
+//! MessagePack with named fields: the encoding of every payload that crosses the WIT boundary.
+//!
+//! Structs are encoded as maps keyed by field name (`rmp_serde::to_vec_named`), so the host can
+//! translate them to JSON and guests in other languages read them as plain dictionaries.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Encodes a value as MessagePack with named fields.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map_err(|e| format!("cannot encode: {e}"))
+}
+
+/// Decodes MessagePack bytes; `what` names the payload in the error ("command", "state", …).
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("cannot decode {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i32,
+        y: i32,
+    }
+
+    #[test]
+    fn structs_are_maps_with_field_names() {
+        let bytes = encode(&Point { x: 1, y: -2 }).unwrap();
+        let value: rmp_serde::Raw = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(value.as_str().is_none());
+        // fixmap of two entries, then the key "x".
+        assert_eq!(bytes[0], 0x82);
+        assert_eq!(&bytes[1..3], &[0xa1, b'x']);
+        assert_eq!(
+            decode::<Point>("point", &bytes).unwrap(),
+            Point { x: 1, y: -2 }
+        );
+    }
+
+    #[test]
+    fn decode_error_names_the_payload() {
+        let error = decode::<Point>("command", &[0xc1]).unwrap_err();
+        assert!(error.starts_with("cannot decode command:"), "{error}");
+    }
+}

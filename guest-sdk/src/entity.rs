@@ -1,0 +1,137 @@
+//! The [`Entity`] trait a plugin implements, and the [`Decision`] a command produces.
+
+use serde::{Serialize, de::DeserializeOwned};
+use std::fmt::Display;
+
+use crate::codec::{decode, encode};
+use crate::context::Context;
+
+/// The outcome of a command: events to persist, in order, and the reply to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<E, R> {
+    pub events: Vec<E>,
+    pub reply: R,
+}
+
+impl<E, R> Decision<E, R> {
+    /// Persist `events`, then answer `reply`.
+    pub fn emit(events: Vec<E>, reply: R) -> Self {
+        Decision { events, reply }
+    }
+
+    /// Answer without persisting anything (a query).
+    pub fn reply(reply: R) -> Self {
+        Decision {
+            events: Vec::new(),
+            reply,
+        }
+    }
+}
+
+/// An event-sourced entity's business logic: pure functions over its state.
+///
+/// `handle` decides, `apply` folds. Both must be deterministic: the host replays `apply` on
+/// recovery and on every replica, and reads no clock but [`Context::now`].
+pub trait Entity {
+    type State: Serialize + DeserializeOwned + Default;
+    type Command: DeserializeOwned;
+    type Event: Serialize + DeserializeOwned;
+    type Reply: Serialize;
+    type Error: Display;
+
+    /// The state of an entity with no events yet.
+    fn init(_ctx: &Context) -> Self::State {
+        Self::State::default()
+    }
+
+    /// Decides what `command` does. An error rejects it: nothing is persisted and the caller
+    /// gets the message.
+    fn handle(
+        state: &Self::State,
+        ctx: &Context,
+        command: Self::Command,
+    ) -> Result<Decision<Self::Event, Self::Reply>, Self::Error>;
+
+    /// Folds one event into the state.
+    fn apply(state: Self::State, ctx: &Context, event: &Self::Event) -> Self::State;
+}
+
+/// `init` over bytes.
+pub fn init_bytes<T: Entity>(ctx: &Context) -> Vec<u8> {
+    encode(&T::init(ctx)).unwrap_or_else(|e| panic!("state of {}: {e}", ctx.entity_type))
+}
+
+/// `handle` over bytes: decodes, decides, encodes; every failure is a message for the caller.
+pub fn handle_bytes<T: Entity>(
+    ctx: &Context,
+    state: &[u8],
+    command: &[u8],
+) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    let state: T::State = decode("state", state)?;
+    let command: T::Command = decode("command", command)?;
+    let decision = T::handle(&state, ctx, command).map_err(|e| e.to_string())?;
+    let events = decision
+        .events
+        .iter()
+        .map(encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((events, encode(&decision.reply)?))
+}
+
+/// `apply` over bytes. An event or state that does not decode is a bug in the plugin or a
+/// corrupted journal, not a user error: it traps, and the host reports the message.
+pub fn apply_bytes<T: Entity>(ctx: &Context, state: &[u8], event: &[u8]) -> Vec<u8> {
+    let fold = || -> Result<Vec<u8>, String> {
+        let state: T::State = decode("state", state)?;
+        let event: T::Event = decode("event", event)?;
+        encode(&T::apply(state, ctx, &event))
+    };
+    fold().unwrap_or_else(|e| panic!("apply-event: {e}"))
+}
+
+/// Exports an [`Entity`] implementation as the plugin's `entity` interface.
+///
+/// Needs the `entity` feature of `weft-guest`.
+#[macro_export]
+macro_rules! export_entity {
+    ($entity:ty) => {
+        const _: () = {
+            struct WeftEntityExport;
+            impl $crate::__private::entity_world::exports::weft::plugin::entity::Guest
+                for WeftEntityExport
+            {
+                fn init(ctx: $crate::__private::entity_world::weft::plugin::types::Context) -> Vec<u8> {
+                    $crate::entity::init_bytes::<$entity>(&ctx.into())
+                }
+                fn handle_command(
+                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
+                    state: Vec<u8>,
+                    command: Vec<u8>,
+                ) -> Result<
+                    $crate::__private::entity_world::exports::weft::plugin::entity::Decision,
+                    String,
+                > {
+                    $crate::entity::handle_bytes::<$entity>(&ctx.into(), &state, &command).map(
+                        |(events, reply)| {
+                            $crate::__private::entity_world::exports::weft::plugin::entity::Decision {
+                                events,
+                                reply,
+                            }
+                        },
+                    )
+                }
+                fn apply_event(
+                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
+                    state: Vec<u8>,
+                    event: $crate::__private::entity_world::weft::plugin::types::Envelope,
+                ) -> Vec<u8> {
+                    let (ctx, payload) = $crate::__private::entity_world::event_context(ctx, event);
+                    $crate::entity::apply_bytes::<$entity>(&ctx, &state, &payload)
+                }
+            }
+            $crate::__private::entity_world::export_entity_world!(
+                WeftEntityExport with_types_in $crate::__private::entity_world
+            );
+        };
+    };
+}

@@ -1,0 +1,66 @@
+//! What can go wrong when loading or calling a plugin, worded for the person who wrote it.
+//!
+//! Every variant names the plugin. None of them leaves a trace in an entity's state or journal:
+//! a failed call changes nothing, and the host keeps serving.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The handler refused the command (its own `err`): a normal outcome, not a failure.
+    #[error("{plugin} rejected the command: {message}")]
+    Rejected { plugin: String, message: String },
+
+    #[error("{plugin} exceeded its CPU bound of {limit:?} and was stopped")]
+    CpuBoundExceeded { plugin: String, limit: Duration },
+
+    #[error(
+        "{plugin} exceeded its memory cap of {cap_bytes} bytes (it asked for {requested_bytes})"
+    )]
+    MemoryCapExceeded {
+        plugin: String,
+        cap_bytes: usize,
+        requested_bytes: usize,
+    },
+
+    #[error("{plugin} trapped: {message}")]
+    Trapped { plugin: String, message: String },
+
+    #[error("no plugin named `{0}` is loaded")]
+    UnknownPlugin(String),
+
+    #[error("{plugin} is a {actual} plugin; this call needs a {expected} plugin")]
+    WrongKind {
+        plugin: String,
+        expected: &'static str,
+        actual: &'static str,
+    },
+
+    /// The bytes are not a component this host can run; the message says why.
+    #[error("cannot load plugin `{plugin}`: {reason}")]
+    Invalid { plugin: String, reason: String },
+
+    #[error("plugin `{0}`: the name must be 1-64 characters of a-z, 0-9, '-' and '_'")]
+    InvalidName(String),
+
+    /// Something on the host side failed (the compile cache directory, the instance pool).
+    #[error("plugin host error: {0}")]
+    Host(String),
+}
+
+impl PluginError {
+    /// A stable, machine-readable code for APIs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginError::Rejected { .. } => "command_rejected",
+            PluginError::CpuBoundExceeded { .. } => "plugin_cpu_bound_exceeded",
+            PluginError::MemoryCapExceeded { .. } => "plugin_memory_cap_exceeded",
+            PluginError::Trapped { .. } => "plugin_trapped",
+            PluginError::UnknownPlugin(_) => "unknown_plugin",
+            PluginError::WrongKind { .. } => "wrong_plugin_kind",
+            PluginError::Invalid { .. } => "invalid_plugin",
+            PluginError::InvalidName(_) => "invalid_plugin_name",
+            PluginError::Host(_) => "plugin_host_error",
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The plugin runtime: user logic compiled to Wasm components, loaded, called safely, and swapped
+//! while the host runs.
+//!
+//! Guests are pure functions over host-owned bytes (see `wit/plugin.wit`): a call passes an
+//! entity's state in and gets events, a reply or a new state out. So instances are pooled per
+//! plugin version and shared by every entity, a hot swap needs no state migration, and a trapped
+//! call cannot corrupt anything: its instance is thrown away and the next call takes a fresh one.
+//!
+//! # Layout
+//! - `bindings`: the host side of the WIT contract, generated from `wit/`.
+//! - `engine`: the one wasmtime `Engine` (pooling allocator, epoch ticker), the limits every call
+//!   runs under, and compilation with an on-disk cache keyed by content hash.
+//! - `sandbox`: what a guest sees of the world — a locked-down WASI with nothing granted, a
+//!   deterministic clock and random source per call, captured stderr, a memory cap, the `log`
+//!   import.
+//! - `validate`: checks a component's exports (its world) and imports (an allow-list) at load.
+//! - `version`: one loaded plugin version: its `InstancePre`, its instance pool, typed calls.
+//! - `registry`: plugins by name, each with its current version; atomic hot swap.
+//! - `error`: what can go wrong, worded for the person who wrote the plugin.
+
+mod bindings;
+mod engine;
+mod error;
+mod registry;
+mod sandbox;
+mod validate;
+mod version;
+
+pub use bindings::types::{Context, Envelope, EventMeta, Role, VersionEntry};
+pub use bindings::{Decision, Resolution};
+pub use engine::{PluginRuntime, RuntimeLimits};
+pub use error::PluginError;
+pub use registry::{LoadReport, PluginInfo, PluginRegistry};
+pub use validate::World;
+pub use version::PluginVersion;

@@ -1,0 +1,236 @@
+//! What a guest sees of the world: nothing it could use to be nondeterministic or to reach out.
+//!
+//! Rust's std on `wasm32-wasip2` always imports some WASI, so guests are linked against a WASI
+//! context with nothing granted: no preopened directories, no environment, no arguments, no
+//! network, stdin empty. The clocks read the call's `now` (the HLC timestamp from the call
+//! context) and the random source is seeded from it, so a call replays identically. Stderr goes
+//! to a small bounded buffer, so a guest's panic message reaches the error the user sees. Memory
+//! growth beyond the cap fails the call with a clear error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
+
+use super::bindings::host::{self, Level};
+
+/// Bytes of stderr kept per call; a guest writing more traps.
+const STDERR_CAPACITY_BYTES: usize = 16 << 10;
+
+/// Log lines a guest may write per call; further lines are dropped with one warning.
+const LOG_LINES_PER_CALL_MAX: u32 = 64;
+
+/// The data of one instance's store.
+pub struct GuestState {
+    /// `name@hash` of the plugin version, for logs and errors.
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+    /// The current call's time in nanoseconds, read by both WASI clocks.
+    call_time_ns: Arc<AtomicU64>,
+    /// State of the random source, reseeded from the call's time before each call.
+    random_state: Arc<AtomicU64>,
+    memory: MemoryCap,
+    log_lines: u32,
+}
+
+/// Records the first growth beyond the cap, so the failed call can say what happened.
+pub struct MemoryCap {
+    pub cap_bytes: usize,
+    pub exceeded_by_request: Option<usize>,
+}
+
+impl GuestState {
+    pub fn new(plugin: Arc<str>, memory_cap_bytes: usize) -> Self {
+        let call_time_ns = Arc::new(AtomicU64::new(0));
+        let random_state = Arc::new(AtomicU64::new(0));
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
+        let wasi = locked_down_wasi(&stderr, &call_time_ns, &random_state);
+        GuestState {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            call_time_ns,
+            random_state,
+            memory: MemoryCap {
+                cap_bytes: memory_cap_bytes,
+                exceeded_by_request: None,
+            },
+            log_lines: 0,
+        }
+    }
+
+    /// Resets the per-call state: the clocks read `now_hlc`, the random source restarts from
+    /// a seed derived from it.
+    pub fn begin_call(&mut self, now_hlc: u64) {
+        // HLC timestamps are physical milliseconds << 16 | a logical counter.
+        let physical_ms = now_hlc >> 16;
+        self.call_time_ns
+            .store(physical_ms.saturating_mul(1_000_000), Ordering::Relaxed);
+        self.random_state.store(now_hlc, Ordering::Relaxed);
+        self.log_lines = 0;
+    }
+
+    /// What the guest wrote to stderr during the call; clears the buffer when it holds anything.
+    pub fn take_stderr(&mut self) -> String {
+        let written = self.stderr.contents();
+        if written.is_empty() {
+            return String::new();
+        }
+        // The pipe cannot be cleared in place: give the guest a fresh one.
+        self.stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
+        self.wasi = locked_down_wasi(&self.stderr, &self.call_time_ns, &self.random_state);
+        String::from_utf8_lossy(&written).trim().to_owned()
+    }
+
+    pub fn memory_cap(&self) -> &MemoryCap {
+        &self.memory
+    }
+}
+
+fn locked_down_wasi(
+    stderr: &MemoryOutputPipe,
+    call_time_ns: &Arc<AtomicU64>,
+    random_state: &Arc<AtomicU64>,
+) -> WasiCtx {
+    let clock = CallClock(call_time_ns.clone());
+    WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .wall_clock(clock.clone())
+        .monotonic_clock(clock)
+        .secure_random(CallRandom(random_state.clone()))
+        .insecure_random(CallRandom(random_state.clone()))
+        .insecure_random_seed(0)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
+/// Adds WASI (locked down per store) and the `weft:plugin/host` import to the linker.
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    super::bindings::add_host_to_linker(linker)
+}
+
+/// A store whose memory is capped by its [`MemoryCap`].
+pub fn new_store(engine: &wasmtime::Engine, state: GuestState) -> Store<GuestState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.memory);
+    store
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for GuestState {
+    fn log(&mut self, level: Level, msg: String) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL_MAX {
+            if self.log_lines == LOG_LINES_PER_CALL_MAX + 1 {
+                tracing::warn!(plugin = %self.plugin, "guest log limit of {LOG_LINES_PER_CALL_MAX} lines per call reached; dropping the rest");
+            }
+            return;
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "weft::guest", plugin, "{msg}"),
+            Level::Debug => tracing::debug!(target: "weft::guest", plugin, "{msg}"),
+            Level::Info => tracing::info!(target: "weft::guest", plugin, "{msg}"),
+            Level::Warn => tracing::warn!(target: "weft::guest", plugin, "{msg}"),
+            Level::Error => tracing::error!(target: "weft::guest", plugin, "{msg}"),
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap_bytes {
+            self.exceeded_by_request.get_or_insert(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold a pointer per element; bound them like memory.
+        Ok(desired.saturating_mul(size_of::<usize>()) <= self.cap_bytes)
+    }
+}
+
+/// Both WASI clocks, reading the current call's time.
+#[derive(Clone)]
+struct CallClock(Arc<AtomicU64>);
+
+impl HostWallClock for CallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl HostMonotonicClock for CallClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A splitmix64 generator over shared state, reseeded per call: deterministic on replay.
+struct CallRandom(Arc<AtomicU64>);
+
+impl rand_core::TryRng for CallRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let state = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Ok(z ^ (z >> 31))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let word = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        Ok(())
+    }
+}

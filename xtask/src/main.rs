@@ -1,0 +1,119 @@
+//! `cargo xtask`: the project's own automation, so that a fresh machine with only rustup's
+//! stable toolchain can build, run and test weft with one command each.
+//!
+//! # Layout
+//! - `toolchain`: finds or installs a toolchain that builds wasm32-wasip2 guests.
+//! - `plugins`: builds every plugin under `plugins/` into `target/plugins/*.wasm`.
+//! - `process`: running child commands with a clean environment and clear errors.
+
+mod plugins;
+mod process;
+mod toolchain;
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup            make a wasm32-wasip2 guest toolchain available (installs it if needed)
+  plugins          build every plugin under plugins/ into target/plugins/
+  test             setup, build plugins, run the whole test suite
+  demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
+  bench NAME       run a benchmark program (plugin) and print its figures
+";
+
+fn main() {
+    if let Err(error) = run(std::env::args().skip(1).collect()) {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let root = workspace_root();
+    let Some(command) = args.first() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "setup" => toolchain::setup().map(drop),
+        "plugins" => plugins::build_all(&root, &toolchain::setup()?),
+        "test" => test(&root),
+        "demo" => demo(&root, &args[1..]),
+        "bench" => bench(&root, &args[1..]),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}
+
+/// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' own tests.
+fn test(root: &std::path::Path) -> Result<()> {
+    let toolchain = toolchain::setup()?;
+    plugins::build_all(root, &toolchain)?;
+    process::step("running the workspace tests");
+    process::cargo(root)
+        .args(["test", "--workspace", "--all-features"])
+        .run()?;
+    process::step("running the plugins' native unit tests");
+    process::cargo(root)
+        .args([
+            "test",
+            "--manifest-path",
+            "plugins/Cargo.toml",
+            "--workspace",
+        ])
+        .run()
+}
+
+/// Builds the plugins and runs one node on the embedded defaults with them.
+fn demo(root: &std::path::Path, serve_args: &[String]) -> Result<()> {
+    let toolchain = toolchain::setup()?;
+    plugins::build_all(root, &toolchain)?;
+    process::step("starting weft (Ctrl-C stops it)");
+    process::cargo(root)
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "weft",
+            "--",
+            "serve",
+            "--plugins",
+        ])
+        .arg(root.join("target/plugins"))
+        .args(serve_args)
+        .run()
+}
+
+/// Runs a benchmark program in release mode.
+fn bench(root: &std::path::Path, args: &[String]) -> Result<()> {
+    let Some(name) = args.first() else {
+        bail!("name a benchmark: cargo xtask bench plugin");
+    };
+    let toolchain = toolchain::setup()?;
+    plugins::build_all(root, &toolchain)?;
+    process::step(&format!("running benchmark `{name}` (release build)"));
+    process::cargo(root)
+        .args(["run", "--release", "--package", "weft", "--example"])
+        .arg(format!("bench_{name}"))
+        .arg("--")
+        .args(&args[1..])
+        .run()
+}
+
+/// The repository root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
