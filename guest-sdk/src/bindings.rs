@@ -107,12 +107,7 @@ pub mod resolver_world {
         state: Vec<u8>,
         incoming: wit::Envelope,
         concurrent: Vec<wit::Envelope>,
-        resolve_bytes: fn(
-            &Context,
-            &[u8],
-            (EventMeta, Vec<u8>),
-            Vec<(EventMeta, Vec<u8>)>,
-        ) -> Resolution<Vec<u8>>,
+        resolve_bytes: crate::resolver::ResolveBytes,
     ) -> WitResolution {
         let concurrent = concurrent.into_iter().map(open).collect();
         match resolve_bytes(&ctx.into(), &state, open(incoming), concurrent) {

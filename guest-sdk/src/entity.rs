@@ -95,6 +95,9 @@ pub fn apply_bytes<T: Entity>(ctx: &Context, state: &[u8], event: &[u8]) -> Vec<
 #[macro_export]
 macro_rules! export_entity {
     ($entity:ty) => {
+        // Only wasm builds export anything: natively the plugin is a plain library, tested
+        // with `cargo test`.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeftEntityExport;
             impl $crate::__private::entity_world::exports::weft::plugin::entity::Guest

@@ -5,7 +5,7 @@
 //! WIT bindings and the MessagePack encoding (named fields, the same bytes a Python or JavaScript
 //! guest reads). The same handler code runs natively in `cargo test`, with no wasm involved.
 //!
-//! ```ignore
+//! ```
 //! use weft_guest::{Context, Decision, Entity};
 //!
 //! struct Counter;

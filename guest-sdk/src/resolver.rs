@@ -34,6 +34,10 @@ pub trait Resolver {
     ) -> Resolution<Self::Event>;
 }
 
+/// The signature of [`resolve_bytes`] for one resolver type.
+pub type ResolveBytes =
+    fn(&Context, &[u8], (EventMeta, Vec<u8>), Vec<(EventMeta, Vec<u8>)>) -> Resolution<Vec<u8>>;
+
 /// `resolve` over bytes. Undecodable input is a bug upstream: it traps with the message.
 pub fn resolve_bytes<T: Resolver>(
     ctx: &Context,
@@ -71,6 +75,9 @@ pub fn resolve_bytes<T: Resolver>(
 #[macro_export]
 macro_rules! export_resolver {
     ($resolver:ty) => {
+        // Only wasm builds export anything: natively the plugin is a plain library, tested
+        // with `cargo test`.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeftResolverExport;
             impl $crate::__private::resolver_world::exports::weft::plugin::resolver::Guest

@@ -5,5 +5,18 @@
 //!
 //! # Layout
 //! - [`plugin`]: loading, sandboxing, calling and hot-swapping plugins.
+//! - [`journal`]: the event journal and snapshots (SQLite, in memory), the replay filter.
+//! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
+//! - [`api`]: the HTTP API.
+//! - [`cli`]: the `weft` command line.
+//! - [`node`]: a running node, wired from [`config`].
+//! - [`clock`]: the node's hybrid logical clock.
 
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod entity;
+pub mod journal;
+pub mod node;
 pub mod plugin;

@@ -21,7 +21,7 @@ commands:
   plugins          build every plugin under plugins/ into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, http) and print its figures
 ";
 
 fn main() {
@@ -100,6 +100,9 @@ fn bench(root: &std::path::Path, args: &[String]) -> Result<()> {
     };
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
+    if name == "http" && !process::on_path("wrk") {
+        process::apt_install(&["wrk"])?;
+    }
     process::step(&format!("running benchmark `{name}` (release build)"));
     process::cargo(root)
         .args(["run", "--release", "--package", "weft", "--example"])

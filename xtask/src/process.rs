@@ -111,3 +111,42 @@ pub fn cargo(root: &Path) -> Cmd {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Cmd::new(cargo).current_dir(root)
 }
+
+/// Installs Debian packages with apt-get (as root, or with passwordless sudo), unless
+/// `WEFT_NO_INSTALL` is set.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    if std::env::var_os("WEFT_NO_INSTALL").is_some() {
+        bail!(
+            "missing Debian packages: {}; WEFT_NO_INSTALL forbids installing them here",
+            packages.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        packages.join(" ")
+    ));
+    let root = Cmd::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|uid| uid.trim() == "0");
+    let apt = || {
+        let cmd = if root {
+            Cmd::new("apt-get")
+        } else {
+            Cmd::new("sudo").args(["-n", "apt-get"])
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+    };
+    apt().args(["update", "-q"]).run()?;
+    apt()
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .run()
+}
+
+/// True when `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
+    Cmd::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .succeeds()
+}

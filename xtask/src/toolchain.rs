@@ -153,35 +153,8 @@ fn ensure_debian() -> Result<()> {
     if debian_toolchain_present() {
         return Ok(());
     }
-    if std::env::var_os("WEFT_NO_INSTALL").is_some() {
-        bail!(
-            "no wasm guest toolchain: install rustup's target (`rustup target add {TARGET}`) \
-             or Debian's packages ({}); WEFT_NO_INSTALL forbids installing them here",
-            DEBIAN_PACKAGES.join(" ")
-        );
-    }
-    let apt = |args: &[&str]| {
-        let root = Cmd::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|uid| uid.trim() == "0");
-        let cmd = if root {
-            Cmd::new("apt-get")
-        } else {
-            Cmd::new("sudo").arg("-n").arg("apt-get")
-        };
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(args)
-            .run()
-    };
-    step(&format!(
-        "installing Debian's wasm toolchain: {}",
-        DEBIAN_PACKAGES.join(" ")
-    ));
-    apt(&["update", "-q"])?;
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend_from_slice(DEBIAN_PACKAGES);
-    apt(&install)?;
+    step("no wasm guest toolchain yet: installing Debian's packaged one");
+    crate::process::apt_install(DEBIAN_PACKAGES)?;
     if !debian_toolchain_present() {
         bail!(
             "Debian's toolchain was installed but is incomplete (no /usr/lib/rustlib/src or wasi-libc)"

@@ -129,24 +129,24 @@ impl PluginRuntime {
         super::validate::check_header(plugin, bytes)?;
         let content_hash = hex::encode(Sha256::digest(bytes));
         let cached = self.cache_path(&content_hash);
-        if let Some(path) = &cached {
-            if path.exists() {
-                // SAFETY: the cache directory holds only artifacts this host serialized with an
-                // engine of the same configuration (the file name carries the engine's
-                // compatibility hash); wasmtime checks the header and version again on load.
-                // Like wasmtime's own cache, the directory must not be writable by others.
-                match unsafe { Component::deserialize_file(&self.engine, path) } {
-                    Ok(component) => {
-                        return Ok(Compiled {
-                            component,
-                            content_hash,
-                            from_cache: true,
-                        });
-                    }
-                    Err(error) => tracing::warn!(
-                        plugin, path = %path.display(), "ignoring unusable compile cache entry: {error}"
-                    ),
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the cache directory holds only artifacts this host serialized with an
+            // engine of the same configuration (the file name carries the engine's
+            // compatibility hash); wasmtime checks the header and version again on load.
+            // Like wasmtime's own cache, the directory must not be writable by others.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => {
+                    return Ok(Compiled {
+                        component,
+                        content_hash,
+                        from_cache: true,
+                    });
                 }
+                Err(error) => tracing::warn!(
+                    plugin, path = %path.display(), "ignoring unusable compile cache entry: {error}"
+                ),
             }
         }
         let component =
@@ -154,10 +154,10 @@ impl PluginRuntime {
                 plugin: plugin.to_owned(),
                 reason: format!("not a valid component: {error:#}"),
             })?;
-        if let Some(path) = &cached {
-            if let Err(error) = write_artifact(&component, path) {
-                tracing::warn!(plugin, "cannot write the compile cache: {error}");
-            }
+        if let Some(path) = &cached
+            && let Err(error) = write_artifact(&component, path)
+        {
+            tracing::warn!(plugin, "cannot write the compile cache: {error}");
         }
         Ok(Compiled {
             component,

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod node;
+
 use std::path::PathBuf;
 use weft::plugin::{Context, Role};
 

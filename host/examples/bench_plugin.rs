@@ -1,0 +1,179 @@
+//! Benchmark of the plugin runtime (a program, not a test): `cargo xtask bench plugin`.
+//!
+//! Prints, for the counter plugin:
+//! - handle-command + apply-event calls/s through the runtime, vs the same counter logic called
+//!   natively in this process with the same MessagePack encoding (the ratio is the cost of the
+//!   wasm boundary and sandbox);
+//! - the cost of instantiating from the `InstancePre` with the pooling allocator (a call on a
+//!   fresh instance minus a call on a pooled one);
+//! - plugin load time without and with the compile cache.
+
+use counter::{Command, Counter, State};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft::plugin::{
+    Context, Envelope, EventMeta, PluginRegistry, PluginRuntime, Role, RuntimeLimits,
+};
+
+const CALLS: u32 = 200_000;
+const FRESH_CALLS: u32 = 5_000;
+const LOADS: u32 = 5;
+
+fn main() -> anyhow::Result<()> {
+    let wasm = std::fs::read(plugin_path())?;
+    let ctx = context();
+    let command = rmp_serde::to_vec_named(&Command::Increment { by: 1 })?;
+
+    let pooled = registry(RuntimeLimits::default(), None)?;
+    pooled.load("counter", &wasm)?;
+    let plugin = pooled.get("counter")?;
+    let mut state = plugin.init(&ctx)?;
+    let wasm_per_call = time_per(CALLS, |n| {
+        let decision = plugin
+            .handle_command(&ctx, &state, &command)
+            .expect("handle");
+        for event in decision.events {
+            state = plugin
+                .apply_event(&ctx, &state, &envelope(n, event))
+                .expect("apply");
+        }
+    });
+
+    let guest_ctx = weft_guest::Context::for_test("counter", "bench");
+    let mut native_state = rmp_serde::to_vec_named(&State::default())?;
+    let native_per_call = time_per(CALLS, |_| {
+        let (events, _reply) =
+            weft_guest::entity::handle_bytes::<Counter>(&guest_ctx, &native_state, &command)
+                .expect("handle");
+        for event in events {
+            native_state =
+                weft_guest::entity::apply_bytes::<Counter>(&guest_ctx, &native_state, &event);
+        }
+    });
+
+    let fresh = registry(
+        RuntimeLimits {
+            idle_instances_per_version: 0,
+            ..RuntimeLimits::default()
+        },
+        None,
+    )?;
+    fresh.load("counter", &wasm)?;
+    let fresh_plugin = fresh.get("counter")?;
+    let fresh_state = fresh_plugin.init(&ctx)?;
+    let fresh_per_call = time_per(FRESH_CALLS, |_| {
+        fresh_plugin
+            .handle_command(&ctx, &fresh_state, &command)
+            .expect("handle");
+    });
+    let pooled_handle_per_call = time_per(FRESH_CALLS, |_| {
+        plugin
+            .handle_command(&ctx, &fresh_state, &command)
+            .expect("handle");
+    });
+
+    let cache = tempfile::tempdir()?;
+    let (mut cold, mut cached) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..LOADS {
+        std::fs::remove_dir_all(cache.path()).ok();
+        let started = Instant::now();
+        registry(RuntimeLimits::default(), Some(cache.path().into()))?.load("counter", &wasm)?;
+        cold += started.elapsed();
+        let started = Instant::now();
+        let report = registry(RuntimeLimits::default(), Some(cache.path().into()))?
+            .load("counter", &wasm)?;
+        cached += started.elapsed();
+        assert!(report.from_cache);
+    }
+
+    println!(
+        "weft plugin runtime benchmark (counter plugin, {} KiB)",
+        wasm.len() / 1024
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| handle+apply through the runtime | {:.2} µs/call, {:.0} calls/s |",
+        micros(wasm_per_call),
+        1.0 / wasm_per_call.as_secs_f64()
+    );
+    println!(
+        "| same logic natively (same MessagePack) | {:.2} µs/call, {:.0} calls/s |",
+        micros(native_per_call),
+        1.0 / native_per_call.as_secs_f64()
+    );
+    println!(
+        "| ratio runtime / native | {:.1}x |",
+        wasm_per_call.as_secs_f64() / native_per_call.as_secs_f64()
+    );
+    println!(
+        "| instantiate from InstancePre (pooling) | {:.2} µs |",
+        micros(fresh_per_call.saturating_sub(pooled_handle_per_call))
+    );
+    println!(
+        "| load without compile cache | {:.1} ms |",
+        cold.as_secs_f64() * 1e3 / LOADS as f64
+    );
+    println!(
+        "| load with compile cache | {:.1} ms |",
+        cached.as_secs_f64() * 1e3 / LOADS as f64
+    );
+    Ok(())
+}
+
+fn time_per(count: u32, mut f: impl FnMut(u64)) -> Duration {
+    for n in 0..count.min(1_000) {
+        f(n as u64); // warm up
+    }
+    let started = Instant::now();
+    for n in 0..count {
+        f(n as u64);
+    }
+    started.elapsed() / count
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+fn registry(
+    limits: RuntimeLimits,
+    cache: Option<std::path::PathBuf>,
+) -> anyhow::Result<PluginRegistry> {
+    Ok(PluginRegistry::new(Arc::new(PluginRuntime::new(
+        limits, cache,
+    )?)))
+}
+
+fn plugin_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm")
+}
+
+fn context() -> Context {
+    Context {
+        entity_type: "counter".into(),
+        entity_id: "bench".into(),
+        replica: "local".into(),
+        all_replicas: vec!["local".into()],
+        now: 1 << 16,
+        recovery_running: false,
+        role: Role::Writer,
+    }
+}
+
+fn envelope(seq_nr: u64, payload: Vec<u8>) -> Envelope {
+    Envelope {
+        meta: EventMeta {
+            persistence_id: "counter|bench".into(),
+            seq_nr,
+            writer: "bench".into(),
+            fencing_token: 0,
+            timestamp: seq_nr << 16,
+            origin_replica: String::new(),
+            origin_seq_nr: seq_nr,
+            version: vec![],
+            concurrent: false,
+        },
+        payload,
+    }
+}

@@ -1,0 +1,83 @@
+//! The HTTP API (axum): entities, plugins, entity types, health, metrics and the OpenAPI
+//! document.
+//!
+//! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code and a
+//! message for people. Bad input is refused before anything is written.
+//!
+//! # Layout
+//! - `error`: [`ApiError`] and its mapping to status codes.
+//! - `payload`: JSON and MessagePack bodies, and the conversion between them.
+//! - `entities`: `/entities/...` and `/entity-types/...`.
+//! - `plugins`: `/plugins/...`, upload and hot-load.
+//! - `ops`: `/health`, `/metrics`, `/openapi.json`.
+
+mod entities;
+mod error;
+mod ops;
+mod payload;
+mod plugins;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use std::sync::Arc;
+
+pub use error::ApiError;
+
+use crate::entity::EntitySystem;
+use crate::plugin::PluginRegistry;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub entities: EntitySystem,
+    pub plugins: Arc<PluginRegistry>,
+    pub limits: BodyLimits,
+    pub started: std::time::Instant,
+}
+
+/// Largest bodies accepted, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub command_bytes: usize,
+    pub plugin_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits;
+    let commands = Router::new()
+        .route(
+            "/entities/{entity_type}/{entity_id}",
+            post(entities::send_command).get(entities::get_state),
+        )
+        .route(
+            "/entities/{entity_type}/{entity_id}/events",
+            get(entities::get_events),
+        )
+        .route("/entity-types", get(entities::list_types))
+        .route("/entity-types/{entity_type}", put(entities::bind_type))
+        .layer(DefaultBodyLimit::max(limits.command_bytes));
+    let uploads = Router::new()
+        .route("/plugins/{name}", put(plugins::upload))
+        .layer(DefaultBodyLimit::max(limits.plugin_bytes));
+    Router::new()
+        .merge(commands)
+        .merge(uploads)
+        .route("/plugins", get(plugins::list))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,93 @@
+//! `/health`, `/metrics` (Prometheus text format), `/openapi.json`, and the JSON 404.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// The OpenAPI 3.1 description of this API.
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "writer_id": app.entities.settings().writer_id.to_string(),
+        "replica": app.entities.settings().replica,
+        "uptime_secs": app.started.elapsed().as_secs(),
+        "plugins": app.plugins.list().len(),
+        "active_entities": app.entities.active_entities(),
+    }))
+}
+
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let entity = app.entities.metrics();
+    let mut text = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "weft_commands_ok_total",
+        "Commands that got a reply.",
+        entity.commands_ok.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_commands_failed_total",
+        "Commands that ended in an error.",
+        entity.commands_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_events_persisted_total",
+        "Events appended to the journal.",
+        entity.events_persisted.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_entity_activations_total",
+        "Entity actors started.",
+        entity.activations.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_entity_passivations_total",
+        "Entity actors stopped.",
+        entity.passivations.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        text,
+        "# HELP weft_active_entities Entity actors running.\n# TYPE weft_active_entities gauge\nweft_active_entities {}",
+        app.entities.active_entities()
+    );
+    let _ = writeln!(
+        text,
+        "# HELP weft_plugin_loaded Loaded plugin versions.\n# TYPE weft_plugin_loaded gauge"
+    );
+    for plugin in app.plugins.list() {
+        let _ = writeln!(
+            text,
+            "weft_plugin_loaded{{name=\"{}\",version=\"{}\",world=\"{}\"}} 1",
+            plugin.name,
+            plugin.version,
+            plugin.world.name()
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}

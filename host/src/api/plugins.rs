@@ -1,0 +1,40 @@
+//! `/plugins`: the loaded plugins, and upload with hot-load.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::plugin::World;
+
+pub async fn list(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"plugins": app.plugins.list()}))
+}
+
+/// Compiles and checks the upload off the async workers, then swaps it in atomically. An entity
+/// plugin with no entity type bound yet serves the entity type of its own name.
+pub async fn upload(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bytes = body?;
+    let registry = app.plugins.clone();
+    let plugin = name.clone();
+    let report = tokio::task::spawn_blocking(move || registry.load(&plugin, &bytes))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "load_failed",
+                e.to_string(),
+            )
+        })??;
+    if report.world == World::Entity {
+        app.entities.bind_type_if_unbound(&name);
+    }
+    Ok(Json(json!(report)))
+}

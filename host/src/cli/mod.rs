@@ -1,0 +1,148 @@
+//! The `weft` command line: `serve` runs a node; the other commands talk to a running node over
+//! its HTTP API (`--url`, or `WEFT_URL`, default `http://127.0.0.1:7070`).
+
+mod client;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::node::Node;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: a WebAssembly-hosted actor platform"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (defaults: SQLite under ./weft-data, 127.0.0.1:7070, ./plugins watched).
+    Serve(ServeArgs),
+    /// Load or list plugins on a running node.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
+        url: String,
+    },
+    /// Send a JSON command to an entity and print the reply.
+    Send {
+        entity_type: String,
+        entity_id: String,
+        /// The command, as JSON (e.g. '{"op":"increment","by":2}').
+        command: String,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+    },
+    /// Print an entity's state.
+    State {
+        entity_type: String,
+        entity_id: String,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+    },
+    /// Print an entity's events with their metadata.
+    Events {
+        entity_type: String,
+        entity_id: String,
+        /// First sequence number to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A weft.toml; command-line flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Directory of .wasm plugins, loaded at start and watched for changes.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Writer id (a ULID) instead of a new one for this boot.
+    #[arg(long)]
+    writer_id: Option<ulid::Ulid>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Upload a .wasm component and hot-load it.
+    Load {
+        file: PathBuf,
+        /// Plugin name (default: the file name without .wasm).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List loaded plugins.
+    List,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Plugin { command, url } => match command {
+                PluginCommand::Load { file, name } => {
+                    client::load_plugin(&url, &file, name.as_deref()).await
+                }
+                PluginCommand::List => client::get(&url, "/plugins").await,
+            },
+            Command::Send {
+                entity_type,
+                entity_id,
+                command,
+                url,
+            } => client::send(&url, &entity_type, &entity_id, &command).await,
+            Command::State {
+                entity_type,
+                entity_id,
+                url,
+            } => client::get(&url, &format!("/entities/{entity_type}/{entity_id}")).await,
+            Command::Events {
+                entity_type,
+                entity_id,
+                from,
+                url,
+            } => {
+                client::get(
+                    &url,
+                    &format!("/entities/{entity_type}/{entity_id}/events?from={from}"),
+                )
+                .await
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.node.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.node.data_dir = data_dir;
+    }
+    if let Some(plugins) = args.plugins {
+        config.node.plugins_dir = Some(plugins);
+    }
+    if let Some(writer_id) = args.writer_id {
+        config.node.writer_id = Some(writer_id);
+    }
+    Node::start(config).await?.wait().await
+}

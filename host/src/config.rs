@@ -1,0 +1,130 @@
+//! Node configuration: `weft.toml`, with defaults for everything, so `weft serve` alone runs a
+//! node on the embedded defaults.
+//!
+//! ```toml
+//! [node]
+//! listen = "127.0.0.1:7070"
+//! data_dir = "./weft-data"
+//! plugins_dir = "./plugins"      # watched: a new or changed .wasm is hot-loaded
+//! # writer_id = "01J…"           # a fixed ULID instead of a new one per boot (tests, migrations)
+//!
+//! [journal]
+//! backend = "sqlite"             # or "memory"
+//!
+//! [limits]                       # per plugin call
+//! cpu_per_call_ms = 1000
+//! memory_per_instance_bytes = 268435456
+//!
+//! [entities.counter]             # entity type `counter`, served by plugin `counter`
+//! plugin = "counter"
+//! snapshot_every = 100
+//! passivate_after_secs = 120
+//! mailbox_capacity = 1024
+//! replay_filter = "fail"         # warn | repair-by-discard-old | off
+//! ```
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::entity::EntityTypeConfig;
+use crate::plugin::RuntimeLimits;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub journal: JournalConfig,
+    pub limits: RuntimeLimits,
+    /// Entity types by name. A loaded entity plugin with no entry here serves the entity type
+    /// of its own name with the defaults.
+    pub entities: BTreeMap<String, EntityTypeConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Watched for `.wasm` files; `None` disables the watch.
+    pub plugins_dir: Option<PathBuf>,
+    /// Overrides the per-boot writer id (a ULID).
+    pub writer_id: Option<ulid::Ulid>,
+    /// Largest command body accepted over HTTP, in bytes.
+    pub max_command_bytes: usize,
+    /// Largest plugin upload accepted over HTTP, in bytes.
+    pub max_plugin_bytes: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./weft-data"),
+            plugins_dir: Some(PathBuf::from("./plugins")),
+            writer_id: None,
+            max_command_bytes: 1 << 20,
+            max_plugin_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    pub backend: JournalBackend,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalBackend {
+    /// `<data_dir>/journal.db`, the embedded default.
+    #[default]
+    Sqlite,
+    /// Nothing survives a restart: for tests and experiments.
+    Memory,
+}
+
+impl Config {
+    /// Reads a `weft.toml`; unknown keys are errors, so a typo never goes unnoticed.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Where compiled plugins are cached.
+    pub fn compile_cache_dir(&self) -> PathBuf {
+        self.node.data_dir.join("compiled")
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.node.data_dir.join("journal.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.node.listen.port(), 7070);
+        assert_eq!(config.journal.backend, JournalBackend::Sqlite);
+    }
+
+    #[test]
+    fn entity_types_and_typos() {
+        let config: Config = toml::from_str(
+            "[entities.account]\nplugin = \"bank\"\nsnapshot_every = 10\nreplay_filter = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.entities["account"].plugin, "bank");
+        assert_eq!(config.entities["account"].snapshot_every, 10);
+        let typo = toml::from_str::<Config>("[node]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(typo.to_string().contains("lisen"), "{typo}");
+    }
+}

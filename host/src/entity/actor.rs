@@ -1,0 +1,412 @@
+//! The task of one entity: recovery, turns, batching, snapshots, passivation.
+//!
+//! A turn takes the first queued message and every message queued behind it (up to
+//! `max_batch`), runs each command through the plugin against the state left by the previous
+//! one, and persists all their events in one conditional append. Only when the append succeeds
+//! do the commands' callers get their replies; if it fails, every command of the batch fails and
+//! the state goes back to what the journal holds. A rejected command persists nothing and does
+//! not affect the others.
+
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::EntityError;
+use super::system::{CommandReply, EntityState, Shared};
+use super::types::{EntityTypeConfig, persistence_id};
+use crate::journal::{
+    EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
+};
+use crate::plugin::{Context, Envelope, EventMeta, PluginVersion, Role};
+
+/// Events read per journal query during recovery.
+const RECOVERY_PAGE: usize = 1_000;
+
+pub(super) enum Message {
+    Command {
+        command: Vec<u8>,
+        reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    },
+    GetState {
+        reply: oneshot::Sender<Result<EntityState, EntityError>>,
+    },
+}
+
+impl Message {
+    fn fail(self, error: EntityError) {
+        // A caller that gave up waiting is no reason to fail anything else.
+        match self {
+            Message::Command { reply, .. } => drop(reply.send(Err(error))),
+            Message::GetState { reply } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+pub(super) struct Actor {
+    shared: Arc<Shared>,
+    entity_type: String,
+    entity_id: String,
+    pid: String,
+    config: Arc<EntityTypeConfig>,
+}
+
+/// What the journal holds for the entity, folded.
+struct Committed {
+    state: Vec<u8>,
+    seq_nr: u64,
+    /// Sequence number of the last snapshot written or read.
+    snapshot_seq_nr: u64,
+    /// The plugin version that last changed the state.
+    plugin: String,
+}
+
+/// A command handled in the current turn, waiting for the batch's append.
+struct Pending {
+    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    outcome: CommandReply,
+}
+
+impl Actor {
+    pub fn new(
+        shared: Arc<Shared>,
+        entity_type: String,
+        entity_id: String,
+        config: Arc<EntityTypeConfig>,
+    ) -> Self {
+        let pid = persistence_id(&entity_type, &entity_id);
+        Actor {
+            shared,
+            entity_type,
+            entity_id,
+            pid,
+            config,
+        }
+    }
+
+    pub async fn run(self, mut inbox: mpsc::Receiver<Message>) {
+        let mut committed = match self.recover().await {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::error!(entity = %self.pid, "recovery failed: {error}");
+                inbox.close();
+                while let Some(message) = inbox.recv().await {
+                    message.fail(error.clone());
+                }
+                return;
+            }
+        };
+        let mut passivating = false;
+        loop {
+            let first = if passivating {
+                inbox.recv().await
+            } else {
+                match tokio::time::timeout(self.config.passivate_after(), inbox.recv()).await {
+                    Ok(message) => message,
+                    Err(_idle) => {
+                        tracing::debug!(entity = %self.pid, "passivating after {:?} idle", self.config.passivate_after());
+                        // Messages queued before the close are still handled below.
+                        inbox.close();
+                        passivating = true;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                match inbox.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            if let Err(stale) = self.turn(&mut committed, batch).await {
+                tracing::warn!(entity = %self.pid, "stopping: {stale}");
+                inbox.close();
+                while let Some(message) = inbox.recv().await {
+                    message.fail(EntityError::Stopped(self.pid.clone()));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Latest snapshot, then the events after it through the replay filter.
+    async fn recover(&self) -> Result<Committed, EntityError> {
+        let plugin = self.plugin()?;
+        let journal = &self.shared.journal;
+        let settings = ReplayFilterSettings {
+            mode: self.config.replay_filter,
+            ..ReplayFilterSettings::default()
+        };
+        let mut filter = ReplayFilter::new(self.pid.clone(), settings);
+        let (mut state, mut seq_nr, snapshot_seq_nr) =
+            match journal.latest_snapshot(&self.pid).await? {
+                Some(snapshot) => (snapshot.payload, snapshot.seq_nr, snapshot.seq_nr),
+                None => {
+                    let ctx = self.context(self.shared.clock.now(), true);
+                    (run_guest(|| plugin.init(&ctx))?, 0, 0)
+                }
+            };
+        let mut applied = 0usize;
+        loop {
+            let page = journal.read(&self.pid, seq_nr + 1, RECOVERY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            seq_nr = last.seq_nr;
+            let full_page = page.len() == RECOVERY_PAGE;
+            let mut events = Vec::with_capacity(page.len());
+            for event in page {
+                events.extend(filter.push(event)?);
+            }
+            state = self.fold(&plugin, state, &events)?;
+            applied += events.len();
+            if !full_page {
+                break;
+            }
+        }
+        let events = filter.finish();
+        state = self.fold(&plugin, state, &events)?;
+        applied += events.len();
+        tracing::debug!(entity = %self.pid, seq_nr, applied, "recovered");
+        Ok(Committed {
+            state,
+            seq_nr,
+            snapshot_seq_nr,
+            plugin: plugin.id().to_owned(),
+        })
+    }
+
+    /// Applies recovered events in order.
+    fn fold(
+        &self,
+        plugin: &PluginVersion,
+        state: Vec<u8>,
+        events: &[EventEnvelope],
+    ) -> Result<Vec<u8>, EntityError> {
+        run_guest(|| {
+            events.iter().try_fold(state, |state, event| {
+                let ctx = self.context(event.timestamp, true);
+                plugin.apply_event(&ctx, &state, &wit_envelope(event))
+            })
+        })
+        .map_err(EntityError::from)
+    }
+
+    /// One turn over a batch of messages. `Err` means the actor's view of its stream is stale
+    /// (another writer appended): it must stop, and the next message recovers afresh.
+    async fn turn(
+        &self,
+        committed: &mut Committed,
+        batch: Vec<Message>,
+    ) -> Result<(), JournalError> {
+        let mut state = committed.state.clone();
+        let mut events: Vec<EventEnvelope> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for message in batch {
+            match message {
+                Message::GetState { reply } => {
+                    // Answer with what is durable: persist what came before it first.
+                    self.persist(committed, &mut state, &mut events, &mut pending)
+                        .await?;
+                    let _ = reply.send(Ok(EntityState {
+                        state: committed.state.clone(),
+                        seq_nr: committed.seq_nr,
+                        plugin: committed.plugin.clone(),
+                    }));
+                }
+                Message::Command { command, reply } => {
+                    let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
+                    match self.handle(&state, &command, next_seq_nr) {
+                        Ok((new_state, new_events, outcome)) => {
+                            state = new_state;
+                            events.extend(new_events);
+                            pending.push(Pending { reply, outcome });
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+        }
+        self.persist(committed, &mut state, &mut events, &mut pending)
+            .await
+    }
+
+    /// Runs one command against `state`: its new state, its events, and its reply.
+    fn handle(
+        &self,
+        state: &[u8],
+        command: &[u8],
+        first_seq_nr: u64,
+    ) -> Result<(Vec<u8>, Vec<EventEnvelope>, CommandReply), EntityError> {
+        let plugin = self.plugin()?;
+        let now = self.shared.clock.now();
+        let ctx = self.context(now, false);
+        run_guest(|| {
+            let decision = plugin.handle_command(&ctx, state, command)?;
+            let mut state = state.to_vec();
+            let mut events = Vec::with_capacity(decision.events.len());
+            for (offset, payload) in decision.events.into_iter().enumerate() {
+                let event = self.envelope(first_seq_nr + offset as u64, now, plugin.id(), payload);
+                state = plugin.apply_event(&ctx, &state, &wit_envelope(&event))?;
+                events.push(event);
+            }
+            let seq_nr = first_seq_nr + events.len() as u64 - 1;
+            let outcome = CommandReply {
+                reply: decision.reply,
+                seq_nr,
+                plugin: plugin.id().to_owned(),
+            };
+            Ok::<_, crate::plugin::PluginError>((state, events, outcome))
+        })
+        .map_err(EntityError::from)
+    }
+
+    /// Appends the batch's events in one write, then answers its commands.
+    async fn persist(
+        &self,
+        committed: &mut Committed,
+        state: &mut Vec<u8>,
+        events: &mut Vec<EventEnvelope>,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), JournalError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let count = events.len() as u64;
+        let outcome = if events.is_empty() {
+            Ok(())
+        } else {
+            self.shared
+                .journal
+                .append(&self.pid, committed.seq_nr, 0, std::mem::take(events))
+                .await
+        };
+        match outcome {
+            Ok(()) => {
+                committed.seq_nr += count;
+                committed.state = std::mem::take(state);
+                *state = committed.state.clone();
+                if let Some(last) = pending.last() {
+                    committed.plugin = last.outcome.plugin.clone();
+                }
+                self.shared
+                    .metrics
+                    .events_persisted
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                for Pending { reply, outcome } in pending.drain(..) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                self.maybe_snapshot(committed).await;
+                Ok(())
+            }
+            Err(error) => {
+                events.clear();
+                *state = committed.state.clone();
+                for Pending { reply, .. } in pending.drain(..) {
+                    let _ = reply.send(Err(EntityError::from(error.clone())));
+                }
+                match error {
+                    JournalError::SeqConflict { .. } | JournalError::StaleFencingToken { .. } => {
+                        Err(error)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn maybe_snapshot(&self, committed: &mut Committed) {
+        let every = self.config.snapshot_every;
+        if every == 0 || committed.seq_nr < committed.snapshot_seq_nr + every {
+            return;
+        }
+        let snapshot = SnapshotEnvelope {
+            persistence_id: self.pid.clone(),
+            seq_nr: committed.seq_nr,
+            writer: self.shared.settings.writer_id,
+            version: Default::default(),
+            seen: Default::default(),
+            plugin: committed.plugin.clone(),
+            payload: committed.state.clone(),
+        };
+        match self.shared.journal.save_snapshot(snapshot).await {
+            Ok(()) => committed.snapshot_seq_nr = committed.seq_nr,
+            // The events are durable; a missing snapshot only makes the next recovery longer.
+            Err(error) => tracing::warn!(entity = %self.pid, "snapshot failed: {error}"),
+        }
+    }
+
+    fn plugin(&self) -> Result<Arc<PluginVersion>, EntityError> {
+        Ok(self.shared.plugins.get(&self.config.plugin)?)
+    }
+
+    fn context(&self, now: u64, recovery_running: bool) -> Context {
+        let replica = self.shared.settings.replica.clone();
+        Context {
+            entity_type: self.entity_type.clone(),
+            entity_id: self.entity_id.clone(),
+            all_replicas: vec![replica.clone()],
+            replica,
+            now,
+            recovery_running,
+            role: Role::Writer,
+        }
+    }
+
+    fn envelope(
+        &self,
+        seq_nr: u64,
+        timestamp: u64,
+        plugin: &str,
+        payload: Vec<u8>,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            persistence_id: self.pid.clone(),
+            seq_nr,
+            writer: self.shared.settings.writer_id,
+            fencing_token: 0,
+            timestamp,
+            origin_replica: String::new(),
+            origin_seq_nr: seq_nr,
+            version: Default::default(),
+            concurrent: false,
+            plugin: plugin.to_owned(),
+            payload,
+        }
+    }
+}
+
+/// The WIT view of a journal event.
+fn wit_envelope(event: &EventEnvelope) -> Envelope {
+    Envelope {
+        meta: EventMeta {
+            persistence_id: event.persistence_id.clone(),
+            seq_nr: event.seq_nr,
+            writer: event.writer.to_string(),
+            fencing_token: event.fencing_token,
+            timestamp: event.timestamp,
+            origin_replica: event.origin_replica.clone(),
+            origin_seq_nr: event.origin_seq_nr,
+            version: event
+                .version
+                .iter()
+                .map(|(replica, counter)| crate::plugin::VersionEntry {
+                    replica: replica.clone(),
+                    counter: *counter,
+                })
+                .collect(),
+            concurrent: event.concurrent,
+        },
+        payload: event.payload.clone(),
+    }
+}
+
+/// Runs guest code, which may take up to its CPU bound, without stalling the other tasks of a
+/// multi-threaded runtime.
+fn run_guest<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -1,0 +1,23 @@
+//! Event-sourced entities: one task per active entity, fed by a bounded mailbox, one command at a
+//! time, its state kept as bytes and changed only through the plugin's `apply-event`.
+//!
+//! An entity is recovered on its first message (latest snapshot, then events through the
+//! replay filter), handles commands in turns, batches the commands queued behind a journal write
+//! into the next write, snapshots every N events, and passivates after an idle timeout. A full
+//! mailbox is a clear `overloaded` error, never unbounded memory. [`EntitySystem::ask`] is the
+//! one entry point, used by the HTTP API, the CLI and (later) other nodes.
+//!
+//! # Layout
+//! - `types`: entity types and what they are bound to (`EntityTypeConfig`).
+//! - `error`: [`EntityError`], with stable codes for the API.
+//! - `actor`: the task of one entity: recovery, turns, batching, snapshots, passivation.
+//! - `system`: [`EntitySystem`]: routing commands to actors, spawning and retiring them.
+
+mod actor;
+mod error;
+mod system;
+mod types;
+
+pub use error::EntityError;
+pub use system::{CommandReply, EntityState, EntitySystem, SystemSettings};
+pub use types::{EntityType, EntityTypeConfig, persistence_id};

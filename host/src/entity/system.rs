@@ -1,0 +1,305 @@
+//! [`EntitySystem`]: routes each command to its entity's actor, spawning the actor on the first
+//! message and retiring it when it stops.
+//!
+//! At most one actor per persistence id runs in a host: a message that finds an actor stopping
+//! (its mailbox closed) waits until that actor has finished its last write before a new one is
+//! spawned, so two actors of one entity never race on the journal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+use ulid::Ulid;
+
+use super::actor::{Actor, Message};
+use super::error::EntityError;
+use super::types::{EntityType, EntityTypeConfig, persistence_id, validate_name};
+use crate::clock::NodeClock;
+use crate::journal::{EventEnvelope, Journal};
+use crate::plugin::PluginRegistry;
+
+/// A command's outcome.
+#[derive(Debug, Clone)]
+pub struct CommandReply {
+    /// The plugin's reply (MessagePack).
+    pub reply: Vec<u8>,
+    /// The entity's sequence number after the command.
+    pub seq_nr: u64,
+    /// The plugin version that handled it.
+    pub plugin: String,
+}
+
+/// An entity's current state.
+#[derive(Debug, Clone)]
+pub struct EntityState {
+    pub state: Vec<u8>,
+    pub seq_nr: u64,
+    pub plugin: String,
+}
+
+/// Host-wide settings of the entity system.
+#[derive(Debug, Clone)]
+pub struct SystemSettings {
+    /// Stamped on every event and snapshot this host writes.
+    pub writer_id: Ulid,
+    /// This node's replica name, passed to plugins in their context.
+    pub replica: String,
+}
+
+/// Counters exported as metrics.
+#[derive(Debug, Default)]
+pub struct EntityMetrics {
+    pub commands_ok: AtomicU64,
+    pub commands_failed: AtomicU64,
+    pub events_persisted: AtomicU64,
+    pub activations: AtomicU64,
+    pub passivations: AtomicU64,
+}
+
+struct ActorHandle {
+    mailbox: mpsc::Sender<Message>,
+    generation: u64,
+    /// Becomes true once the actor has stopped for good.
+    stopped: watch::Receiver<bool>,
+}
+
+pub(super) struct Shared {
+    pub journal: Arc<dyn Journal>,
+    pub plugins: Arc<PluginRegistry>,
+    pub settings: SystemSettings,
+    pub clock: NodeClock,
+    pub metrics: EntityMetrics,
+    types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
+    active: Mutex<HashMap<String, ActorHandle>>,
+    generations: AtomicU64,
+}
+
+/// The entities of this host. Cheap to clone.
+#[derive(Clone)]
+pub struct EntitySystem {
+    shared: Arc<Shared>,
+}
+
+/// How often a message retries when it keeps finding its actor stopping.
+const SEND_ATTEMPTS_MAX: usize = 8;
+
+impl EntitySystem {
+    pub fn new(
+        journal: Arc<dyn Journal>,
+        plugins: Arc<PluginRegistry>,
+        settings: SystemSettings,
+        clock: NodeClock,
+    ) -> Self {
+        EntitySystem {
+            shared: Arc::new(Shared {
+                journal,
+                plugins,
+                settings,
+                clock,
+                metrics: EntityMetrics::default(),
+                types: RwLock::new(BTreeMap::new()),
+                active: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &SystemSettings {
+        &self.shared.settings
+    }
+
+    pub fn metrics(&self) -> &EntityMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.shared.journal
+    }
+
+    /// Binds (or rebinds) an entity type. Active entities pick the new binding up on their
+    /// next activation.
+    pub fn bind_type(&self, name: &str, config: EntityTypeConfig) -> Result<(), EntityError> {
+        validate_name("entity type", name).map_err(EntityError::InvalidName)?;
+        if config.mailbox_capacity == 0 || config.max_batch == 0 {
+            return Err(EntityError::InvalidName(format!(
+                "entity type `{name}`: mailbox_capacity and max_batch must be at least 1"
+            )));
+        }
+        self.shared
+            .types
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::new(config));
+        Ok(())
+    }
+
+    /// Binds `name` to the plugin of the same name with the defaults, unless it is bound.
+    pub fn bind_type_if_unbound(&self, name: &str) {
+        let mut types = self.shared.types.write().unwrap_or_else(|p| p.into_inner());
+        if validate_name("entity type", name).is_ok() && !types.contains_key(name) {
+            types.insert(
+                name.to_owned(),
+                Arc::new(EntityTypeConfig::for_plugin(name)),
+            );
+        }
+    }
+
+    pub fn types(&self) -> Vec<EntityType> {
+        let types = self.shared.types.read().unwrap_or_else(|p| p.into_inner());
+        types
+            .iter()
+            .map(|(name, config)| EntityType {
+                name: name.clone(),
+                config: (**config).clone(),
+            })
+            .collect()
+    }
+
+    pub fn active_entities(&self) -> usize {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Sends a command (MessagePack) to an entity and waits for its outcome.
+    pub async fn ask(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+    ) -> Result<CommandReply, EntityError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(entity_type, entity_id, Message::Command { command, reply })
+            .await?;
+        let outcome = answer
+            .await
+            .unwrap_or_else(|_| Err(EntityError::Stopped(persistence_id(entity_type, entity_id))));
+        let counter = match outcome {
+            Ok(_) => &self.shared.metrics.commands_ok,
+            Err(_) => &self.shared.metrics.commands_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    /// The entity's current state (recovering it if it is not active).
+    pub async fn state(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<EntityState, EntityError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(entity_type, entity_id, Message::GetState { reply })
+            .await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(EntityError::Stopped(persistence_id(entity_type, entity_id))))
+    }
+
+    /// Events of an entity from `from_seq_nr`, read from the journal.
+    pub async fn events(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        from_seq_nr: u64,
+        max: usize,
+    ) -> Result<Vec<EventEnvelope>, EntityError> {
+        self.type_config(entity_type)?;
+        validate_name("entity id", entity_id).map_err(EntityError::InvalidName)?;
+        let pid = persistence_id(entity_type, entity_id);
+        Ok(self.shared.journal.read(&pid, from_seq_nr, max).await?)
+    }
+
+    fn type_config(&self, entity_type: &str) -> Result<Arc<EntityTypeConfig>, EntityError> {
+        self.shared
+            .types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(entity_type)
+            .cloned()
+            .ok_or_else(|| EntityError::UnknownEntityType(entity_type.to_owned()))
+    }
+
+    async fn send(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        mut message: Message,
+    ) -> Result<(), EntityError> {
+        let config = self.type_config(entity_type)?;
+        validate_name("entity id", entity_id).map_err(EntityError::InvalidName)?;
+        let pid = persistence_id(entity_type, entity_id);
+        for _ in 0..SEND_ATTEMPTS_MAX {
+            let (mailbox, mut stopped) = self.actor_for(&pid, entity_type, entity_id, &config);
+            match mailbox.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(EntityError::Overloaded {
+                        persistence_id: pid,
+                        capacity: config.mailbox_capacity,
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(returned)) => {
+                    // The actor is stopping: wait until its last write is done, then respawn.
+                    message = returned;
+                    // An error here means the actor is gone already, which is what we wait for.
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                }
+            }
+        }
+        Err(EntityError::Stopped(pid))
+    }
+
+    /// The mailbox of the entity's actor, spawning the actor if there is none.
+    fn actor_for(
+        &self,
+        pid: &str,
+        entity_type: &str,
+        entity_id: &str,
+        config: &Arc<EntityTypeConfig>,
+    ) -> (mpsc::Sender<Message>, watch::Receiver<bool>) {
+        let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handle) = active.get(pid)
+            && !*handle.stopped.borrow()
+        {
+            return (handle.mailbox.clone(), handle.stopped.clone());
+        }
+        let (mailbox, inbox) = mpsc::channel(config.mailbox_capacity);
+        let (stopped_tx, stopped) = watch::channel(false);
+        let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
+        active.insert(
+            pid.to_owned(),
+            ActorHandle {
+                mailbox: mailbox.clone(),
+                generation,
+                stopped: stopped.clone(),
+            },
+        );
+        self.shared
+            .metrics
+            .activations
+            .fetch_add(1, Ordering::Relaxed);
+        let actor = Actor::new(
+            self.shared.clone(),
+            entity_type.to_owned(),
+            entity_id.to_owned(),
+            config.clone(),
+        );
+        let shared = self.shared.clone();
+        let pid = pid.to_owned();
+        tokio::spawn(async move {
+            actor.run(inbox).await;
+            let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
+            if active.get(&pid).is_some_and(|h| h.generation == generation) {
+                active.remove(&pid);
+            }
+            drop(active);
+            shared.metrics.passivations.fetch_add(1, Ordering::Relaxed);
+            // Nobody may be waiting; that is fine.
+            let _ = stopped_tx.send(true);
+        });
+        (mailbox, stopped)
+    }
+}

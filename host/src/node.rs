@@ -1,0 +1,209 @@
+//! A running node: everything `weft serve` starts, wired together from a [`Config`].
+//!
+//! Start-up: data directory, writer id, journal, plugin runtime (with its compile cache), the
+//! plugins found in the plugins directory (each load logged as it happens), entity types, then
+//! the HTTP API. The plugins directory keeps being watched: a new or changed `.wasm` file is
+//! hot-loaded.
+
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+use crate::api::{self, AppState, BodyLimits};
+use crate::clock::NodeClock;
+use crate::config::{Config, JournalBackend};
+use crate::entity::{EntitySystem, SystemSettings};
+use crate::journal::{InMemoryJournal, Journal, SqliteJournal};
+use crate::plugin::{PluginRegistry, PluginRuntime, World};
+
+/// How often the plugins directory is scanned for new or changed files.
+const PLUGIN_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    pub addr: SocketAddr,
+    pub entities: EntitySystem,
+    pub plugins: Arc<PluginRegistry>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let data_dir = &config.node.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        // Not `unwrap_or_default`: the default ULID is nil, and every boot needs a fresh one.
+        let writer_id = match config.node.writer_id {
+            Some(configured) => configured,
+            None => ulid::Ulid::new(),
+        };
+        let journal: Arc<dyn Journal> = match config.journal.backend {
+            JournalBackend::Sqlite => {
+                let path = config.journal_path();
+                tracing::info!("journal: SQLite at {}", path.display());
+                Arc::new(
+                    SqliteJournal::open(&path)
+                        .await
+                        .with_context(|| format!("cannot open the journal {}", path.display()))?,
+                )
+            }
+            JournalBackend::Memory => {
+                tracing::warn!("journal: in memory, nothing survives a restart");
+                Arc::new(InMemoryJournal::new())
+            }
+        };
+        let runtime = PluginRuntime::new(config.limits.clone(), Some(config.compile_cache_dir()))?;
+        let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+        let entities = EntitySystem::new(
+            journal,
+            plugins.clone(),
+            SystemSettings {
+                writer_id,
+                replica: config.node.listen.to_string(),
+            },
+            NodeClock::default(),
+        );
+        for (name, type_config) in &config.entities {
+            entities.bind_type(name, type_config.clone())?;
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(dir) = &config.node.plugins_dir {
+            let mut watcher = PluginDirWatcher::new(dir.clone(), plugins.clone(), entities.clone());
+            watcher.scan().await;
+            tokio::spawn(watcher.run(shutdown_rx.clone()));
+        }
+        let listener = tokio::net::TcpListener::bind(config.node.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.node.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            entities: entities.clone(),
+            plugins: plugins.clone(),
+            limits: BodyLimits {
+                command_bytes: config.node.max_command_bytes,
+                plugin_bytes: config.node.max_plugin_bytes,
+            },
+            started: std::time::Instant::now(),
+        };
+        let mut stop = shutdown_rx;
+        let server = tokio::spawn(api::serve(listener, state, async move {
+            // A dropped sender also means stop.
+            let _ = stop.wait_for(|stop| *stop).await;
+        }));
+        tracing::info!(%writer_id, "weft listening on http://{addr}");
+        Ok(Node {
+            addr,
+            entities,
+            plugins,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Stops taking requests, lets the ones in flight finish, and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        self.server.await??;
+        Ok(())
+    }
+
+    /// Runs until the server stops (for `weft serve`, until Ctrl-C).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let Node {
+            shutdown, server, ..
+        } = self;
+        tokio::select! {
+            outcome = server => outcome??,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping");
+                shutdown.send_replace(true);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads `.wasm` files from a directory at start-up and whenever one appears or changes.
+struct PluginDirWatcher {
+    dir: PathBuf,
+    plugins: Arc<PluginRegistry>,
+    entities: EntitySystem,
+    /// Modification time and size of each file when it was last loaded (or failed to).
+    seen: HashMap<PathBuf, (SystemTime, u64)>,
+}
+
+impl PluginDirWatcher {
+    fn new(dir: PathBuf, plugins: Arc<PluginRegistry>, entities: EntitySystem) -> Self {
+        PluginDirWatcher {
+            dir,
+            plugins,
+            entities,
+            seen: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PLUGIN_SCAN_INTERVAL) => {}
+                // The only change ever sent is the stop; a dropped sender means stop too.
+                _ = shutdown.changed() => return,
+            }
+            self.scan().await;
+        }
+    }
+
+    async fn scan(&mut self) {
+        let changed = match changed_wasm_files(&self.dir, &self.seen) {
+            Ok(changed) => changed,
+            Err(error) => {
+                tracing::debug!(dir = %self.dir.display(), "plugins directory not readable: {error}");
+                return;
+            }
+        };
+        let total = changed.len();
+        for (index, (path, stamp)) in changed.into_iter().enumerate() {
+            tracing::info!("loading plugin {}/{total}: {}", index + 1, path.display());
+            self.seen.insert(path.clone(), stamp);
+            let plugins = self.plugins.clone();
+            let file = path.clone();
+            match tokio::task::spawn_blocking(move || plugins.load_file(&file)).await {
+                Ok(Ok(report)) => {
+                    if report.world == World::Entity {
+                        self.entities.bind_type_if_unbound(&report.name);
+                    }
+                }
+                Ok(Err(error)) => tracing::error!("{error}"),
+                Err(error) => {
+                    tracing::error!(path = %path.display(), "plugin load crashed: {error}")
+                }
+            }
+        }
+    }
+}
+
+/// `.wasm` files whose modification time or size differs from what was seen, in name order.
+fn changed_wasm_files(
+    dir: &Path,
+    seen: &HashMap<PathBuf, (SystemTime, u64)>,
+) -> std::io::Result<Vec<(PathBuf, (SystemTime, u64))>> {
+    let mut changed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "wasm") {
+            continue;
+        }
+        let metadata = std::fs::metadata(&path)?;
+        let stamp = (metadata.modified()?, metadata.len());
+        if seen.get(&path) != Some(&stamp) {
+            changed.push((path, stamp));
+        }
+    }
+    changed.sort();
+    Ok(changed)
+}

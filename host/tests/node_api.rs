@@ -1,0 +1,238 @@
+//! The HTTP API of a node running in this process: bad input is refused with a clear JSON error
+//! and writes nothing; a plugin hot-loaded over HTTP under load fails no command.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::node::{TestNode, config};
+use support::plugin_bytes;
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let body: Value = response.json().await.expect("errors are JSON");
+    let code = body["error"]["code"].as_str().expect("a code").to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("a message")
+        .to_owned();
+    (status, code, message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = config(root.path(), &["counter"]);
+    config.node.max_command_bytes = 4 << 10;
+    let TestNode { node, url, http } = TestNode::start(config).await;
+    let post = |path: &str| http.post(format!("{url}{path}"));
+
+    let (status, code, _) = error_of(
+        post("/entities/counter/bad")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+
+    let (status, code, message) = error_of(
+        post("/entities/nosuchtype/x")
+            .json(&json!({"op": "get"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "unknown_entity_type")
+    );
+    assert!(message.contains("nosuchtype"), "{message}");
+
+    let (status, code, message) = error_of(
+        post("/entities/counter/bad")
+            .json(&json!({"op": "decrement", "by": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "command_rejected")
+    );
+    assert!(message.contains("below the floor"), "{message}");
+
+    let oversize = json!({"op": "increment", "by": 1, "padding": "x".repeat(8 << 10)});
+    let (status, code, _) = error_of(
+        post("/entities/counter/bad")
+            .json(&oversize)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+
+    let (status, code, _) = error_of(post("/entities/counter/bad").send().await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "empty_body")
+    );
+
+    let (status, code, message) = error_of(
+        http.put(format!("{url}/plugins/counter"))
+            .body("not a component")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin")
+    );
+    assert!(message.contains("not WebAssembly"), "{message}");
+
+    let (status, code, _) = error_of(
+        http.get(format!("{url}/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    // Nothing was written, and the plugin was not replaced.
+    let events: Value = http
+        .get(format!("{url}/entities/counter/bad/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["events"], json!([]));
+    let state: Value = http
+        .get(format!("{url}/entities/counter/bad"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (state["seq_nr"].clone(), state["state"].clone()),
+        (json!(0), json!({"value": 0}))
+    );
+    let plugins: Value = http
+        .get(format!("{url}/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plugins["plugins"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        node.plugins.list()[0].content_hash,
+        node.plugins.get("counter").unwrap().content_hash()
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// Clients keep sending while a new build is uploaded with `PUT /plugins/versioned`: no command
+/// fails, commands after the upload run on the new build, and events record their version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_load_over_http_under_load_fails_no_command() {
+    const CLIENTS: usize = 4;
+    let root = tempfile::tempdir().unwrap();
+    let TestNode { node, url, http } = TestNode::start(config(root.path(), &["versioned"])).await;
+    let old_version = node.plugins.get("versioned").unwrap().id().to_owned();
+    let uploaded = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(120);
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (http, url, uploaded) = (http.clone(), url.clone(), uploaded.clone());
+            tokio::spawn(async move {
+                let mut after_upload = 0;
+                let mut sent = 0u64;
+                while after_upload < 50 {
+                    assert!(Instant::now() < deadline, "client {client} ran out of time");
+                    let started_after_upload = uploaded.load(Ordering::SeqCst);
+                    let response = http
+                        .post(format!("{url}/entities/versioned/e{client}"))
+                        .json(&json!({"n": sent}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        response.status(),
+                        StatusCode::OK,
+                        "command {sent} of client {client} failed"
+                    );
+                    let body: Value = response.json().await.unwrap();
+                    if started_after_upload {
+                        assert_eq!(body["reply"]["build"], json!(2));
+                        after_upload += 1;
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = http
+        .put(format!("{url}/plugins/versioned"))
+        .body(plugin_bytes("versioned-v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    uploaded.store(true, Ordering::SeqCst);
+    let new_version = report["version"].as_str().unwrap().to_owned();
+    assert_eq!(report["replaced"], json!(old_version));
+    assert_ne!(new_version, old_version);
+
+    for client in clients {
+        assert!(client.await.unwrap() >= 50);
+    }
+    let events: Value = http
+        .get(format!("{url}/entities/versioned/e0/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    for event in events {
+        let build = event["payload"]["build"].as_u64().unwrap();
+        let expected = if build == 1 {
+            &old_version
+        } else {
+            &new_version
+        };
+        assert_eq!(event["plugin"].as_str().unwrap(), expected, "event {event}");
+    }
+    assert_eq!(events.last().unwrap()["plugin"], json!(new_version));
+    node.shutdown().await.unwrap();
+}

@@ -1,0 +1,119 @@
+//! Running weft nodes for tests: in this process ([`TestNode`]) or as a real `weft serve`
+//! process ([`ServeProcess`]), each on a free loopback port with its own data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weft::config::Config;
+use weft::node::Node;
+
+use super::plugin_path;
+
+/// A plugins directory holding copies of the named built plugins.
+pub fn plugins_dir(root: &Path, names: &[&str]) -> PathBuf {
+    let dir = root.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in names {
+        std::fs::copy(plugin_path(name), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+/// A node config on a free port under `root`.
+pub fn config(root: &Path, plugins: &[&str]) -> Config {
+    let mut config = Config::default();
+    config.node.listen = "127.0.0.1:0".parse().unwrap();
+    config.node.data_dir = root.join("data");
+    config.node.plugins_dir = Some(plugins_dir(root, plugins));
+    config
+}
+
+/// A node in this process.
+pub struct TestNode {
+    pub node: Node,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> TestNode {
+        let node = Node::start(config).await.expect("node starts");
+        let url = format!("http://{}", node.addr);
+        TestNode {
+            node,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A `weft serve` process; killed (SIGKILL) when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub url: String,
+    /// Everything the process wrote to stderr, for failure messages.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl ServeProcess {
+    /// Starts `weft serve` on a free port and waits (bounded) until it listens.
+    pub fn start(data_dir: &Path, plugins_dir: &Path) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--plugins")
+            .arg(plugins_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weft serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let url = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next());
+                if let Some(url) = url {
+                    let _ = addr_tx.send(url.to_owned());
+                }
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let url = match addr_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "weft serve did not start listening within 60 s:\n{}",
+                    log.lock().unwrap_or_else(|p| p.into_inner())
+                );
+            }
+        };
+        ServeProcess { child, url, log }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
