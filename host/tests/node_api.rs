@@ -11,15 +11,23 @@ use std::time::{Duration, Instant};
 use support::node::{TestNode, config};
 use support::plugin_bytes;
 
-async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
-    let status = response.status();
+/// Sends `request` and checks that it fails with `status`, `code` and a message containing
+/// `fragment`.
+async fn expect_error(
+    request: reqwest::RequestBuilder,
+    status: StatusCode,
+    code: &str,
+    fragment: &str,
+) {
+    let response = request.send().await.expect("the node answers");
+    assert_eq!(response.status(), status, "status for {code}");
     let body: Value = response.json().await.expect("errors are JSON");
-    let code = body["error"]["code"].as_str().expect("a code").to_owned();
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("a message")
-        .to_owned();
-    (status, code, message)
+    assert_eq!(body["error"]["code"], json!(code), "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains(fragment),
+        "{code}: {message:?} should mention {fragment:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,94 +36,68 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     let mut config = config(root.path(), &["counter"]);
     config.node.max_command_bytes = 4 << 10;
     let TestNode { node, url, http } = TestNode::start(config).await;
-    let post = |path: &str| http.post(format!("{url}{path}"));
-
-    let (status, code, _) = error_of(
-        post("/entities/counter/bad")
-            .body("{not json")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_json")
-    );
-
-    let (status, code, message) = error_of(
-        post("/entities/nosuchtype/x")
-            .json(&json!({"op": "get"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::NOT_FOUND, "unknown_entity_type")
-    );
-    assert!(message.contains("nosuchtype"), "{message}");
-
-    let (status, code, message) = error_of(
-        post("/entities/counter/bad")
-            .json(&json!({"op": "decrement", "by": 1}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "command_rejected")
-    );
-    assert!(message.contains("below the floor"), "{message}");
-
+    let command = |path: &str| http.post(format!("{url}{path}"));
     let oversize = json!({"op": "increment", "by": 1, "padding": "x".repeat(8 << 10)});
-    let (status, code, _) = error_of(
-        post("/entities/counter/bad")
-            .json(&oversize)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-    );
-
-    let (status, code, _) = error_of(post("/entities/counter/bad").send().await.unwrap()).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::BAD_REQUEST, "empty_body")
-    );
-
-    let (status, code, message) = error_of(
-        http.put(format!("{url}/plugins/counter"))
-            .body("not a component")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin")
-    );
-    assert!(message.contains("not WebAssembly"), "{message}");
-
-    let (status, code, _) = error_of(
-        http.get(format!("{url}/no/such/route"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    let cases = [
+        (
+            command("/entities/counter/bad").body("{not json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        (
+            command("/entities/counter/bad"),
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "body is required",
+        ),
+        (
+            command("/entities/nosuchtype/x").json(&json!({"op": "get"})),
+            StatusCode::NOT_FOUND,
+            "unknown_entity_type",
+            "nosuchtype",
+        ),
+        (
+            command("/entities/counter/bad").json(&json!({"op": "decrement", "by": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "command_rejected",
+            "below the floor",
+        ),
+        (
+            command("/entities/counter/bad").json(&json!({"op": "explode"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "command_rejected",
+            "cannot decode command",
+        ),
+        (
+            command("/entities/counter/bad").json(&oversize),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "length limit",
+        ),
+        (
+            http.put(format!("{url}/plugins/counter"))
+                .body("not a component"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+            "not WebAssembly",
+        ),
+        (
+            http.put(format!("{url}/plugins/Bad%20Name")).body("x"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin_name",
+            "Bad Name",
+        ),
+        (
+            http.get(format!("{url}/no/such/route")),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/no/such/route",
+        ),
+    ];
+    for (request, status, code, fragment) in cases {
+        expect_error(request, status, code, fragment).await;
+    }
 
     // Nothing was written, and the plugin was not replaced.
     let events: Value = http

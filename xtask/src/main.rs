@@ -59,18 +59,23 @@ fn test(root: &std::path::Path) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
     process::step("running the workspace tests");
-    process::cargo(root)
+    let mut counts = process::cargo(root)
         .args(["test", "--workspace", "--all-features"])
-        .run()?;
+        .run_tests()?;
     process::step("running the plugins' native unit tests");
-    process::cargo(root)
-        .args([
-            "test",
-            "--manifest-path",
-            "plugins/Cargo.toml",
-            "--workspace",
-        ])
-        .run()
+    counts.add(
+        process::cargo(root)
+            .args([
+                "test",
+                "--manifest-path",
+                "plugins/Cargo.toml",
+                "--workspace",
+            ])
+            .run_tests()?,
+    );
+    // The closing line CI reads: the totals over every test binary above.
+    println!("weft: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(())
 }
 
 /// Builds the plugins and runs one node on the embedded defaults with them.

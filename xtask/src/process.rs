@@ -77,6 +77,35 @@ impl Cmd {
         Ok(())
     }
 
+    /// Runs a `cargo test`, passing its output through, and returns the passed and failed
+    /// counts summed over its `test result:` lines. Fails unless it exits 0.
+    pub fn run_tests(mut self) -> Result<TestCounts> {
+        use std::io::{BufRead, BufReader};
+        let line = self.describe();
+        let mut child = self
+            .0
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let mut counts = TestCounts::default();
+        if let Some(stdout) = child.stdout.take() {
+            for output in BufReader::new(stdout).lines() {
+                let output = output?;
+                println!("{output}");
+                counts.add_result_line(&output);
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!(
+                "`{line}` failed ({status}); {} passed, {} failed",
+                counts.passed,
+                counts.failed
+            );
+        }
+        Ok(counts)
+    }
+
     /// Runs quietly and returns stdout; fails with stderr in the message unless it exits 0.
     pub fn output(mut self) -> Result<String> {
         let line = self.describe();
@@ -149,4 +178,53 @@ pub fn on_path(program: &str) -> bool {
     Cmd::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .succeeds()
+}
+
+/// Tests counted from `cargo test` output.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl TestCounts {
+    /// Adds a libtest summary such as `test result: ok. 21 passed; 0 failed; 1 ignored; …`.
+    fn add_result_line(&mut self, line: &str) {
+        let Some(summary) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in summary.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(number)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let number: u64 = number.parse().unwrap_or(0);
+            match label {
+                "passed" => self.passed += number,
+                "failed" => self.failed += number,
+                _ => {}
+            }
+        }
+    }
+
+    pub fn add(&mut self, other: TestCounts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn result_lines_are_summed() {
+        let mut counts = TestCounts::default();
+        counts.add_result_line("test result: ok. 21 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.40s");
+        counts.add_result_line(
+            "test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        counts.add_result_line("running 3 tests");
+        assert_eq!((counts.passed, counts.failed), (26, 2));
+    }
 }
