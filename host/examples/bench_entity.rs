@@ -78,11 +78,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same rows, inserted with rusqlite in batched transactions, WAL and synchronous=NORMAL.
+/// The same rows, inserted with rusqlite in batched transactions, with the journal's durability
+/// settings (WAL, synchronous=FULL).
 fn raw_rusqlite(path: &std::path::Path, rows: usize) -> anyhow::Result<f64> {
     let mut db = rusqlite::Connection::open(path)?;
     db.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
          CREATE TABLE events (persistence_id TEXT NOT NULL, seq_nr INTEGER NOT NULL,
            writer TEXT NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (persistence_id, seq_nr));",
     )?;

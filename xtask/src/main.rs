@@ -82,17 +82,10 @@ fn test(root: &std::path::Path) -> Result<()> {
 fn demo(root: &std::path::Path, serve_args: &[String]) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
-    process::step("starting weft (Ctrl-C stops it)");
+    process::step("starting weft on the embedded defaults (Ctrl-C stops it)");
+    // The dev profile shares its build with the tests and optimizes every dependency.
     process::cargo(root)
-        .args([
-            "run",
-            "--release",
-            "--package",
-            "weft",
-            "--",
-            "serve",
-            "--plugins",
-        ])
+        .args(["run", "--package", "weft", "--", "serve", "--plugins"])
         .arg(root.join("target/plugins"))
         .args(serve_args)
         .run()
