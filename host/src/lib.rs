@@ -7,6 +7,7 @@
 //! - [`plugin`]: loading, sandboxing, calling and hot-swapping plugins.
 //! - [`journal`]: the event journal and snapshots (SQLite, in memory), the replay filter.
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
+//! - [`replication`]: replicated event sourcing's sans-IO core: causal delivery, deterministic merge.
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
@@ -20,3 +21,4 @@ pub mod entity;
 pub mod journal;
 pub mod node;
 pub mod plugin;
+pub mod replication;

@@ -16,7 +16,7 @@ use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
     EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
 };
-use crate::plugin::{Context, Envelope, EventMeta, PluginVersion, Role};
+use crate::plugin::{Context, Envelope, PluginVersion, Role};
 
 /// Events read per journal query during recovery.
 const RECOVERY_PAGE: usize = 1_000;
@@ -184,7 +184,7 @@ impl Actor {
         run_guest(|| {
             events.iter().try_fold(state, |state, event| {
                 let ctx = self.context(event.timestamp, true);
-                plugin.apply_event(&ctx, &state, &wit_envelope(event))
+                plugin.apply_event(&ctx, &state, &Envelope::from(event))
             })
         })
         .map_err(EntityError::from)
@@ -247,7 +247,7 @@ impl Actor {
             let mut events = Vec::with_capacity(decision.events.len());
             for (offset, payload) in decision.events.into_iter().enumerate() {
                 let event = self.envelope(first_seq_nr + offset as u64, now, plugin.id(), payload);
-                state = plugin.apply_event(&ctx, &state, &wit_envelope(&event))?;
+                state = plugin.apply_event(&ctx, &state, &Envelope::from(&event))?;
                 events.push(event);
             }
             let seq_nr = first_seq_nr + events.len() as u64 - 1;
@@ -373,31 +373,6 @@ impl Actor {
             plugin: plugin.to_owned(),
             payload,
         }
-    }
-}
-
-/// The WIT view of a journal event.
-fn wit_envelope(event: &EventEnvelope) -> Envelope {
-    Envelope {
-        meta: EventMeta {
-            persistence_id: event.persistence_id.clone(),
-            seq_nr: event.seq_nr,
-            writer: event.writer.to_string(),
-            fencing_token: event.fencing_token,
-            timestamp: event.timestamp,
-            origin_replica: event.origin_replica.clone(),
-            origin_seq_nr: event.origin_seq_nr,
-            version: event
-                .version
-                .iter()
-                .map(|(replica, counter)| crate::plugin::VersionEntry {
-                    replica: replica.clone(),
-                    counter: *counter,
-                })
-                .collect(),
-            concurrent: event.concurrent,
-        },
-        payload: event.payload.clone(),
     }
 }
 

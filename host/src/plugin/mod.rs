@@ -20,6 +20,7 @@
 
 mod bindings;
 mod engine;
+mod envelope;
 mod error;
 mod registry;
 mod sandbox;

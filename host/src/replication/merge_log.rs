@@ -1,0 +1,390 @@
+//! [`MergeLog`]: folds delivered events in one total order that every replica computes the same
+//! way, rewinding and folding again when a late event sorts before events already folded.
+//!
+//! The order is (HLC timestamp, origin replica, origin sequence number). States are cached every
+//! [`CHECKPOINT_EVERY`] events, so a late event costs a re-fold from the checkpoint before it,
+//! not from the beginning. A fold that fails (the plugin traps) leaves the log exactly as it was.
+//! [`MergeLog::compact`] folds the causally stable prefix (events every replica has seen: nothing
+//! can sort before them or be concurrent with them any more) into the base state.
+
+use std::collections::BTreeMap;
+
+use super::fold::{Fold, Resolution};
+use crate::journal::EventEnvelope;
+use crate::plugin::PluginError;
+
+/// A cached state every this many events.
+pub const CHECKPOINT_EVERY: usize = 32;
+
+/// How a folded event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Dropped,
+}
+
+#[derive(Debug, Clone)]
+struct Folded {
+    event: EventEnvelope,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct MergeLog {
+    /// The state before `events[0]` (everything compacted folded in).
+    base: Vec<u8>,
+    /// Delivered events in total order, with how each was folded.
+    events: Vec<Folded>,
+    /// `checkpoints[k]` is the state before `events[(k + 1) * CHECKPOINT_EVERY]`.
+    checkpoints: Vec<Vec<u8>>,
+    /// The state after every event.
+    state: Vec<u8>,
+}
+
+/// The order every replica folds in.
+fn order_key(event: &EventEnvelope) -> (u64, &str, u64) {
+    (event.timestamp, &event.origin_replica, event.origin_seq_nr)
+}
+
+/// True when `a` happened before or equals `b` by version vector.
+fn causally_before(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> bool {
+    a.iter()
+        .all(|(replica, counter)| *counter <= b.get(replica).copied().unwrap_or(0))
+}
+
+impl MergeLog {
+    /// A log whose events will be folded onto `base` (the initial state or a snapshot's).
+    pub fn new(base: Vec<u8>) -> Self {
+        MergeLog {
+            state: base.clone(),
+            base,
+            events: Vec::new(),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    /// The state after every delivered event.
+    pub fn state(&self) -> &[u8] {
+        &self.state
+    }
+
+    /// Events held (not yet compacted).
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The events held, in fold order, with `concurrent` set as they were folded.
+    pub fn events(&self) -> impl Iterator<Item = &EventEnvelope> {
+        self.events.iter().map(|folded| &folded.event)
+    }
+
+    /// Folds a delivered event in. Returns how many events were folded (1 when it sorts last;
+    /// more when the log had to rewind). An event already in the log is ignored (returns 0).
+    pub fn insert(&mut self, fold: &impl Fold, event: EventEnvelope) -> Result<usize, PluginError> {
+        let position = match self
+            .events
+            .binary_search_by(|folded| order_key(&folded.event).cmp(&order_key(&event)))
+        {
+            Ok(_) => return Ok(0),
+            Err(position) => position,
+        };
+        if position == self.events.len() {
+            let mut state = self.state.clone();
+            let folded = self.fold_one(fold, &mut state, event, position)?;
+            self.events.push(folded);
+            self.state = state;
+            self.checkpoint_if_due();
+            return Ok(1);
+        }
+        // Rewind to the checkpoint at or before `position`, fold the rest again, and only then
+        // replace the log, so a failing fold leaves it untouched.
+        let kept_checkpoints = position / CHECKPOINT_EVERY;
+        let start = kept_checkpoints * CHECKPOINT_EVERY;
+        let mut state = match kept_checkpoints {
+            0 => self.base.clone(),
+            k => self.checkpoints[k - 1].clone(),
+        };
+        let mut pending: Vec<EventEnvelope> = self.events[start..]
+            .iter()
+            .map(|folded| folded.event.clone())
+            .collect();
+        pending.insert(position - start, event);
+        let mut refolded = MergeLog {
+            base: self.base.clone(),
+            events: self.events[..start].to_vec(),
+            checkpoints: self.checkpoints[..kept_checkpoints].to_vec(),
+            state: Vec::new(),
+        };
+        let count = pending.len();
+        for event in pending {
+            let index = refolded.events.len();
+            let folded = refolded.fold_one(fold, &mut state, event, index)?;
+            refolded.events.push(folded);
+            refolded.state = state.clone();
+            refolded.checkpoint_if_due();
+        }
+        *self = refolded;
+        Ok(count)
+    }
+
+    /// Folds `event`, to be placed at `index`, into `state`.
+    fn fold_one(
+        &self,
+        fold: &impl Fold,
+        state: &mut Vec<u8>,
+        mut event: EventEnvelope,
+        index: usize,
+    ) -> Result<Folded, PluginError> {
+        let concurrent: Vec<&EventEnvelope> = self.events[..index]
+            .iter()
+            .filter(|folded| folded.outcome == Outcome::Applied)
+            .map(|folded| &folded.event)
+            .filter(|earlier| !causally_before(&earlier.version, &event.version))
+            .collect();
+        event.concurrent = !concurrent.is_empty();
+        let resolution = if concurrent.is_empty() {
+            Resolution::Keep
+        } else {
+            fold.resolve(state, &event, &concurrent)?
+        };
+        let outcome = match resolution {
+            Resolution::Keep => {
+                *state = fold.apply(state, &event)?;
+                Outcome::Applied
+            }
+            Resolution::Drop => Outcome::Dropped,
+            Resolution::Replace(payloads) => {
+                for payload in payloads {
+                    let replacement = EventEnvelope {
+                        payload,
+                        ..event.clone()
+                    };
+                    *state = fold.apply(state, &replacement)?;
+                }
+                Outcome::Applied
+            }
+        };
+        Ok(Folded { event, outcome })
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        if self.events.len().is_multiple_of(CHECKPOINT_EVERY) {
+            self.checkpoints.push(self.state.clone());
+        }
+    }
+
+    /// Folds into the base state the leading events that every replica has seen (`stable`: the
+    /// lowest delivered counter per replica across all replicas). Returns how many were folded.
+    /// Only whole checkpoint intervals are compacted, so no fold is needed.
+    pub fn compact(&mut self, stable: &BTreeMap<String, u64>) -> usize {
+        let prefix = self
+            .events
+            .iter()
+            .take_while(|folded| causally_before(&folded.event.version, stable))
+            .count();
+        let prefix = prefix - prefix % CHECKPOINT_EVERY;
+        if prefix == 0 {
+            return 0;
+        }
+        self.base = self.checkpoints[prefix / CHECKPOINT_EVERY - 1].clone();
+        self.events.drain(..prefix);
+        self.checkpoints.drain(..prefix / CHECKPOINT_EVERY);
+        prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// State: the payloads applied, joined by ','. Not commutative, so order mistakes show.
+    /// Resolves by keeping the larger payload; can be told to fail on one payload.
+    struct Concat {
+        fail_on: Option<Vec<u8>>,
+        applies: Cell<usize>,
+    }
+
+    impl Concat {
+        fn new() -> Self {
+            Concat {
+                fail_on: None,
+                applies: Cell::new(0),
+            }
+        }
+    }
+
+    impl Fold for Concat {
+        fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError> {
+            if self.fail_on.as_ref() == Some(&event.payload) {
+                return Err(PluginError::Trapped {
+                    plugin: "concat".into(),
+                    message: "boom".into(),
+                });
+            }
+            self.applies.set(self.applies.get() + 1);
+            let mut next = state.to_vec();
+            if !next.is_empty() {
+                next.push(b',');
+            }
+            next.extend_from_slice(&event.payload);
+            Ok(next)
+        }
+
+        fn resolve(
+            &self,
+            _: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            let beaten = concurrent
+                .iter()
+                .any(|other| other.payload > incoming.payload);
+            Ok(if beaten {
+                Resolution::Drop
+            } else {
+                Resolution::Keep
+            })
+        }
+    }
+
+    fn event(
+        origin: &str,
+        seq: u64,
+        timestamp: u64,
+        version: &[(&str, u64)],
+        payload: &str,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            persistence_id: "t|1".into(),
+            seq_nr: seq,
+            writer: ulid::Ulid::nil(),
+            fencing_token: 0,
+            timestamp,
+            origin_replica: origin.into(),
+            origin_seq_nr: seq,
+            version: version.iter().map(|(r, c)| (r.to_string(), *c)).collect(),
+            concurrent: false,
+            plugin: "t@0".into(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_late_event_rewinds_and_refolds_in_total_order() {
+        let fold = Concat::new();
+        let mut log = MergeLog::new(Vec::new());
+        // a1 -> a2 on replica a; b1 concurrent with both, timestamp between them.
+        assert_eq!(
+            log.insert(&fold, event("a", 1, 10, &[("a", 1)], "a1"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            log.insert(&fold, event("a", 2, 30, &[("a", 2)], "a2"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            log.insert(&fold, event("b", 1, 20, &[("b", 1)], "b1"))
+                .unwrap(),
+            3,
+            "b1 sorts before a2: refold from the base"
+        );
+        // b1 is concurrent with a1 ("b1" > "a1": kept); a2 then is concurrent with b1 and loses.
+        assert_eq!(log.state(), b"a1,b1");
+        let flags: Vec<bool> = log.events().map(|e| e.concurrent).collect();
+        assert_eq!(flags, [false, true, true]);
+        assert_eq!(
+            log.insert(&fold, event("b", 1, 20, &[("b", 1)], "b1"))
+                .unwrap(),
+            0,
+            "duplicates are ignored"
+        );
+    }
+
+    #[test]
+    fn causally_ordered_events_are_not_concurrent() {
+        let fold = Concat::new();
+        let mut log = MergeLog::new(Vec::new());
+        log.insert(&fold, event("a", 1, 10, &[("a", 1)], "a1"))
+            .unwrap();
+        // b saw a1 before writing b1.
+        log.insert(&fold, event("b", 1, 11, &[("a", 1), ("b", 1)], "0-smaller"))
+            .unwrap();
+        assert_eq!(log.state(), b"a1,0-smaller");
+        assert!(log.events().all(|e| !e.concurrent));
+    }
+
+    #[test]
+    fn a_failing_fold_leaves_the_log_untouched() {
+        let mut fold = Concat::new();
+        let mut log = MergeLog::new(b"base".to_vec());
+        for seq in 1..=40 {
+            log.insert(
+                &fold,
+                event("a", seq, seq * 10, &[("a", seq)], &format!("a{seq:02}")),
+            )
+            .unwrap();
+        }
+        let before = log.clone();
+        fold.fail_on = Some(b"z".to_vec());
+        let error = log
+            .insert(&fold, event("b", 1, 5, &[("b", 1)], "z"))
+            .unwrap_err();
+        assert!(error.to_string().contains("boom"));
+        assert_eq!(log.state(), before.state());
+        assert_eq!(log.len(), before.len());
+    }
+
+    #[test]
+    fn rewinds_start_from_the_checkpoint_before_the_late_event() {
+        let fold = Concat::new();
+        let mut log = MergeLog::new(Vec::new());
+        let total = 3 * CHECKPOINT_EVERY as u64;
+        for seq in 1..=total {
+            log.insert(
+                &fold,
+                event("a", seq, seq * 10, &[("a", seq)], &format!("a{seq:03}")),
+            )
+            .unwrap();
+        }
+        // Sorts just before the last event: only the last interval is folded again.
+        let late = event("b", 1, total * 10 - 5, &[("b", 1)], "b");
+        let refolded = log.insert(&fold, late).unwrap();
+        assert!(refolded <= CHECKPOINT_EVERY + 1, "refolded {refolded}");
+        let mut expected: Vec<String> = (1..total).map(|s| format!("a{s:03}")).collect();
+        // "b" > "a..." so b is kept; the last a is then concurrent with b and loses ("a" < "b").
+        expected.push("b".into());
+        assert_eq!(
+            String::from_utf8(log.state().to_vec()).unwrap(),
+            expected.join(",")
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_state_and_drops_stable_events() {
+        let fold = Concat::new();
+        let mut log = MergeLog::new(Vec::new());
+        for seq in 1..=70 {
+            log.insert(
+                &fold,
+                event("a", seq, seq * 10, &[("a", seq)], &format!("a{seq:02}")),
+            )
+            .unwrap();
+        }
+        let state = log.state().to_vec();
+        let stable: BTreeMap<String, u64> = [("a".to_string(), 50)].into();
+        assert_eq!(log.compact(&stable), CHECKPOINT_EVERY);
+        assert_eq!(log.len(), 70 - CHECKPOINT_EVERY);
+        assert_eq!(log.state(), state);
+        // A later event still folds onto the right state.
+        log.insert(&fold, event("a", 71, 710, &[("a", 71)], "a71"))
+            .unwrap();
+        assert!(log.state().ends_with(b"a70,a71"));
+    }
+}
