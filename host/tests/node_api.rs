@@ -218,3 +218,38 @@ async fn hot_load_over_http_under_load_fails_no_command() {
     assert_eq!(events.last().unwrap()["plugin"], json!(new_version));
     node.shutdown().await.unwrap();
 }
+
+/// A `.wasm` file that appears in or changes in the watched plugins directory is hot-loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_directory_is_watched() {
+    let root = tempfile::tempdir().unwrap();
+    let config = config(root.path(), &["versioned"]);
+    let dir = config.node.plugins_dir.clone().unwrap();
+    let TestNode { node, .. } = TestNode::start(config).await;
+    let first = node.plugins.get("versioned").unwrap().id().to_owned();
+
+    // Write through a temporary name and rename, as deploy tools do.
+    let staged = dir.join("versioned.wasm.part");
+    std::fs::write(&staged, plugin_bytes("versioned-v2")).unwrap();
+    std::fs::rename(&staged, dir.join("versioned.wasm")).unwrap();
+    std::fs::write(dir.join("counter.wasm"), plugin_bytes("counter")).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let swapped = node.plugins.get("versioned").unwrap().id() != first;
+        let added = node.plugins.get("counter").is_ok();
+        if swapped && added {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not load the new files in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        node.entities.types().iter().any(|t| t.name == "counter"),
+        "a new entity plugin serves its own type"
+    );
+    node.shutdown().await.unwrap();
+}
