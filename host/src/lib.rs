@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`plugin`]: loading, sandboxing, calling and hot-swapping plugins.
-//! - [`journal`]: the event journal and snapshots (SQLite, in memory), the replay filter.
+//! - [`journal`]: the event journal and snapshots (SQLite, PostgreSQL, in memory), the replay filter.
+//! - [`postgres`]: the connection pool and schema versions the PostgreSQL backends share.
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
@@ -20,3 +21,4 @@ pub mod entity;
 pub mod journal;
 pub mod node;
 pub mod plugin;
+pub mod postgres;
