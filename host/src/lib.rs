@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`plugin`]: loading, sandboxing, calling and hot-swapping plugins.
 //! - [`journal`]: the event journal and snapshots (SQLite, PostgreSQL, in memory), the replay filter.
+//! - [`lease`]: named leases with fencing tokens (in memory, PostgreSQL, Redis) and the manager that
+//!   keeps one.
 //! - [`postgres`]: the connection pool and schema versions the PostgreSQL backends share.
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
 //! - [`api`]: the HTTP API.
@@ -19,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod entity;
 pub mod journal;
+pub mod lease;
 pub mod node;
 pub mod plugin;
 pub mod postgres;
