@@ -111,7 +111,10 @@ pub struct PgConnection {
 
 impl PgConnection {
     /// The statement for `sql`, prepared on first use on this connection.
-    pub async fn statement(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+    pub async fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -228,7 +231,7 @@ pub fn describe(doing: impl Display, error: &tokio_postgres::Error) -> String {
 /// Concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail on the catalog's unique indexes.
 fn is_catalog_race(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    error
-        .code()
-        .is_some_and(|code| *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_TABLE)
+    error.code().is_some_and(|code| {
+        *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_TABLE
+    })
 }

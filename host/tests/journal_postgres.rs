@@ -37,7 +37,10 @@ async fn two_journals_on_one_database_share_streams_and_fences() {
         .await
         .expect("node a appends");
     assert_eq!(node_b.highest_seq_nr("order|1").await, Ok(2));
-    node_b.record_fence("order|1", 7).await.expect("node b fences");
+    node_b
+        .record_fence("order|1", 7)
+        .await
+        .expect("node b fences");
     assert_eq!(
         node_a
             .append("order|1", 2, 0, sample_batch("order|1", 2, 0, 1, writer))

@@ -90,7 +90,11 @@ async fn a_redis_lease_survives_killed_clients_and_the_error_surfaces() {
     let url = redis.url();
     let lease = redis_lease(&url).await;
     let errors = conformance::check_lease_survives_connection_loss(lease, async || {
-        redis_command(&url, redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal")).await;
+        redis_command(
+            &url,
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
+        )
+        .await;
     })
     .await;
     assert!(
@@ -144,8 +148,15 @@ async fn check_managers_hand_over(lease: Arc<dyn Lease>) {
         "renewals kept the lease three times its time to live"
     );
     assert_eq!(second.status(), LeaseStatus::Acquiring);
-    let holder = lease.holder("singleton").await.expect("holder").expect("held");
-    assert_eq!((holder.owner.as_str(), holder.fencing_token), ("node-1", first_token));
+    let holder = lease
+        .holder("singleton")
+        .await
+        .expect("holder")
+        .expect("held");
+    assert_eq!(
+        (holder.owner.as_str(), holder.fencing_token),
+        ("node-1", first_token)
+    );
 
     assert_eq!(first.release().await, LeaseStatus::Released);
     let second_token = wait_until_held(&second).await;
@@ -183,7 +194,11 @@ async fn check_manager_steps_down_when_the_server_is_gone(
 
     stop_server();
     wait_for_status(&manager, LeaseStatus::Lost).await;
-    assert_eq!(manager.release().await, LeaseStatus::Lost, "lost stays lost");
+    assert_eq!(
+        manager.release().await,
+        LeaseStatus::Lost,
+        "lost stays lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

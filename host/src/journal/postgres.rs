@@ -154,12 +154,19 @@ impl Journal for PostgresJournal {
         events: Vec<EventEnvelope>,
     ) -> Result<(), JournalError> {
         validate_append(persistence_id, expected_seq_nr, fencing_token, &events)?;
-        let in_context = |error| storage_error(format_args!("appending to {persistence_id}"), error);
+        let in_context =
+            |error| storage_error(format_args!("appending to {persistence_id}"), error);
         let columns = EventColumns::of(&events)?;
         let mut connection = self.connection().await?;
         let lock_fence = connection.statement(LOCK_FENCE).await.map_err(in_context)?;
-        let highest = connection.statement(HIGHEST_SEQ_NR).await.map_err(in_context)?;
-        let insert = connection.statement(INSERT_EVENTS).await.map_err(in_context)?;
+        let highest = connection
+            .statement(HIGHEST_SEQ_NR)
+            .await
+            .map_err(in_context)?;
+        let insert = connection
+            .statement(INSERT_EVENTS)
+            .await
+            .map_err(in_context)?;
 
         let transaction = connection.client.transaction().await.map_err(in_context)?;
         let recorded_fence: i64 = transaction
@@ -215,7 +222,10 @@ impl Journal for PostgresJournal {
         let in_context =
             |error| storage_error(format_args!("reading events of {persistence_id}"), error);
         let mut connection = self.connection().await?;
-        let statement = connection.statement(READ_EVENTS).await.map_err(in_context)?;
+        let statement = connection
+            .statement(READ_EVENTS)
+            .await
+            .map_err(in_context)?;
         connection
             .client
             .query(&statement, &[&persistence_id, &from_seq_nr, &limit])
@@ -234,7 +244,10 @@ impl Journal for PostgresJournal {
             )
         };
         let mut connection = self.connection().await?;
-        let statement = connection.statement(HIGHEST_SEQ_NR).await.map_err(in_context)?;
+        let statement = connection
+            .statement(HIGHEST_SEQ_NR)
+            .await
+            .map_err(in_context)?;
         let highest: i64 = connection
             .client
             .query_one(&statement, &[&persistence_id])
@@ -255,7 +268,10 @@ impl Journal for PostgresJournal {
         let version = to_json(&snapshot.version)?;
         let seen = to_json(&snapshot.seen)?;
         let mut connection = self.connection().await?;
-        let statement = connection.statement(SAVE_SNAPSHOT).await.map_err(in_context)?;
+        let statement = connection
+            .statement(SAVE_SNAPSHOT)
+            .await
+            .map_err(in_context)?;
         connection
             .client
             .execute(
@@ -286,7 +302,10 @@ impl Journal for PostgresJournal {
             )
         };
         let mut connection = self.connection().await?;
-        let statement = connection.statement(READ_SNAPSHOT).await.map_err(in_context)?;
+        let statement = connection
+            .statement(READ_SNAPSHOT)
+            .await
+            .map_err(in_context)?;
         connection
             .client
             .query_opt(&statement, &[&persistence_id])
@@ -446,13 +465,16 @@ fn stored_i64(value: u64) -> i64 {
 
 /// A stored integer read back; negative only if something else wrote the table.
 fn stored_u64(value: i64, field: &str) -> Result<u64, JournalError> {
-    u64::try_from(value)
-        .map_err(|_| JournalError::Storage(format!("the journal holds a negative {field}: {value}")))
+    u64::try_from(value).map_err(|_| {
+        JournalError::Storage(format!("the journal holds a negative {field}: {value}"))
+    })
 }
 
 fn ulid_from(text: &str) -> Result<Ulid, JournalError> {
     Ulid::from_string(text).map_err(|error| {
-        JournalError::Storage(format!("the journal holds an invalid writer id {text:?}: {error}"))
+        JournalError::Storage(format!(
+            "the journal holds an invalid writer id {text:?}: {error}"
+        ))
     })
 }
 

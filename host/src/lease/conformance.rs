@@ -52,7 +52,10 @@ pub async fn check_acquire_renew_release_round_trip(lease: Arc<dyn Lease>) {
     let name = "job/ä ✓";
     assert_eq!(lease.holder(name).await, Ok(None), "a new lease is free");
     let grant = acquired(&*lease, name, "worker-1", LONG_TTL).await;
-    assert!(grant.fencing_token > 0, "tokens start above 0, which means no lease");
+    assert!(
+        grant.fencing_token > 0,
+        "tokens start above 0, which means no lease"
+    );
     assert_eq!(grant.ttl, LONG_TTL);
 
     let holder = lease.holder(name).await.expect("holder").expect("held");
@@ -138,7 +141,11 @@ pub async fn check_a_live_lease_excludes_other_owners(lease: Arc<dyn Lease>) {
         Ok(false),
         "a token beyond every stored one"
     );
-    let holder = lease.holder(name).await.expect("holder").expect("still held");
+    let holder = lease
+        .holder(name)
+        .await
+        .expect("holder")
+        .expect("still held");
     assert_eq!((holder.owner.as_str(), holder.fencing_token), ("a", token));
     assert_eq!(
         lease.holder("shard-8").await,

@@ -537,7 +537,10 @@ impl Driver {
                 Outcome::Acquire(sent_at, lease.acquire(&name, &owner, ttl).await)
             })),
             LeaseAction::Renew { fencing_token } => Some(Box::pin(async move {
-                Outcome::Renew(sent_at, lease.renew(&name, &owner, fencing_token, ttl).await)
+                Outcome::Renew(
+                    sent_at,
+                    lease.renew(&name, &owner, fencing_token, ttl).await,
+                )
             })),
             LeaseAction::StepDown => {
                 if self.status.borrow().fencing_token().is_some() {
@@ -703,13 +706,19 @@ mod tests {
             Some(t0 + ms(2400)),
             "while a renewal is in flight, only the deadline matters"
         );
-        assert_eq!(state.renewed(t0 + ms(1000), t0 + ms(1200), grant(7)), vec![]);
+        assert_eq!(
+            state.renewed(t0 + ms(1000), t0 + ms(1200), grant(7)),
+            vec![]
+        );
         assert_eq!(state.next_wakeup(), Some(t0 + ms(2000)));
         assert_eq!(
             state.tick(t0 + ms(2000)),
             vec![LeaseAction::Renew { fencing_token: 7 }]
         );
-        assert_eq!(state.renewed(t0 + ms(2000), t0 + ms(2010), grant(7)), vec![]);
+        assert_eq!(
+            state.renewed(t0 + ms(2000), t0 + ms(2010), grant(7)),
+            vec![]
+        );
         assert_eq!(
             state.tick(t0 + ms(2500)),
             vec![],
@@ -750,7 +759,10 @@ mod tests {
             now < t0 + TTL,
             "the deadline is before the backend's earliest expiry"
         );
-        assert_eq!(renewals, 4, "renewed at 1000 ms, retried at 1350, 1700 and 2050 ms");
+        assert_eq!(
+            renewals, 4,
+            "renewed at 1000 ms, retried at 1350, 1700 and 2050 ms"
+        );
         assert_eq!(state.status(), LeaseStatus::Lost);
     }
 
@@ -775,7 +787,10 @@ mod tests {
             vec![],
             "a renewal answered after the deadline does not revive the lease"
         );
-        assert_eq!(state.renew_failed(t0 + ms(2600), RenewFailure::NotHeld), vec![]);
+        assert_eq!(
+            state.renew_failed(t0 + ms(2600), RenewFailure::NotHeld),
+            vec![]
+        );
         assert_eq!(state.tick(t0 + ms(9000)), vec![]);
         assert_eq!(state.release(), vec![], "nothing to release once lost");
         assert_eq!(state.status(), LeaseStatus::Lost);

@@ -128,7 +128,9 @@ impl Leases {
         now: Instant,
     ) -> Option<&mut Tenure> {
         self.held.get_mut(name).filter(|tenure| {
-            tenure.owner == owner && tenure.fencing_token == fencing_token && tenure.expires_at > now
+            tenure.owner == owner
+                && tenure.fencing_token == fencing_token
+                && tenure.expires_at > now
         })
     }
 
@@ -289,6 +291,10 @@ mod tests {
         clock.advance(TTL);
         let after = leases.acquire("0", "b", TTL).await.unwrap().unwrap();
         assert_eq!(after.fencing_token, names + 1);
-        assert_eq!(leases.leases().held.len(), 1, "the expired tenures are gone");
+        assert_eq!(
+            leases.leases().held.len(),
+            1,
+            "the expired tenures are gone"
+        );
     }
 }

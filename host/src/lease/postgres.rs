@@ -105,8 +105,9 @@ impl Lease for PostgresLease {
         ttl: Duration,
     ) -> Result<Option<Grant>, LeaseError> {
         let ttl_ms = stored(validate_grant_request(name, owner, ttl)?);
-        let unavailable =
-            |error| LeaseError::Unavailable(describe(format_args!("acquiring lease {name}"), &error));
+        let unavailable = |error| {
+            LeaseError::Unavailable(describe(format_args!("acquiring lease {name}"), &error))
+        };
         let mut connection = self.connection().await?;
         let statement = connection.statement(ACQUIRE).await.map_err(unavailable)?;
         let granted = connection

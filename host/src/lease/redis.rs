@@ -205,12 +205,7 @@ impl Lease for RedisLease {
     async fn holder(&self, name: &str) -> Result<Option<Holder>, LeaseError> {
         validate_name(name)?;
         let holder: Option<(String, i64)> = self
-            .run(
-                &format!("reading lease {name}"),
-                &self.holder,
-                name,
-                &[],
-            )
+            .run(&format!("reading lease {name}"), &self.holder, name, &[])
             .await?;
         let Some((value, millis_left)) = holder else {
             return Ok(None);

@@ -67,10 +67,9 @@ impl Postgres {
             .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
             .args(["--locale=C", "--no-sync"]);
         run_as_user(&mut initdb, run_as.as_ref());
-        let output = initdb
-            .stdin(Stdio::null())
-            .output()
-            .expect("start initdb (is the postgresql package installed? `cargo xtask test` installs it)");
+        let output = initdb.stdin(Stdio::null()).output().expect(
+            "start initdb (is the postgresql package installed? `cargo xtask test` installs it)",
+        );
         assert!(
             output.status.success(),
             "initdb failed: {}",
@@ -103,10 +102,7 @@ impl Postgres {
     }
 
     pub fn database_url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{database}",
-            self.port
-        )
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
     /// Creates a new, empty database and returns its URL.
@@ -189,8 +185,14 @@ impl Server {
                 });
             let (lines, log) = mpsc::channel();
             for output in [
-                child.stdout.take().map(|out| Box::new(out) as Box<dyn Read + Send>),
-                child.stderr.take().map(|err| Box::new(err) as Box<dyn Read + Send>),
+                child
+                    .stdout
+                    .take()
+                    .map(|out| Box::new(out) as Box<dyn Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|err| Box::new(err) as Box<dyn Read + Send>),
             ]
             .into_iter()
             .flatten()
@@ -334,9 +336,6 @@ fn run_as_user(command: &mut Command, user: Option<&User>) {
 }
 
 fn id(args: &[&str]) -> String {
-    let output = Command::new("id")
-        .args(args)
-        .output()
-        .expect("run `id`");
+    let output = Command::new("id").args(args).output().expect("run `id`");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
