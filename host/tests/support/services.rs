@@ -125,7 +125,8 @@ impl Postgres {
 
 /// A Redis server of its own, without persistence.
 pub struct Redis {
-    server: Server,
+    /// Stopped when dropped.
+    _server: Server,
     port: u16,
     _directory: tempfile::TempDir,
 }
@@ -143,7 +144,7 @@ impl Redis {
             redis
         });
         Redis {
-            server,
+            _server: server,
             port,
             _directory: directory,
         }
