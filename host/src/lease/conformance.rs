@@ -234,17 +234,18 @@ pub async fn check_invalid_requests_are_refused(lease: Arc<dyn Lease>) {
     assert_eq!(lease.holder("job").await, Ok(None), "nothing was taken");
 }
 
-/// The holder stops renewing: an acquire sent right after its grant fails, one after the time to live
-/// succeeds with a higher token, and the old holder can neither renew nor release any more.
+/// The holder stops renewing: an acquire answered right after its grant fails, one after the time to
+/// live succeeds with a higher token, and the old holder can neither renew nor release any more.
 pub async fn check_takeover_after_the_time_to_live(lease: Arc<dyn Lease>) {
     let name = "leader";
     let sent_at = Instant::now();
     let first = acquired(&*lease, name, "old", SHORT_TTL).await;
-    assert_eq!(
-        lease.acquire(name, "new", SHORT_TTL).await,
-        Ok(None),
-        "an acquire well before the expiry fails"
-    );
+    let early = lease.acquire(name, "new", LONG_TTL).await;
+    // On a machine so busy that the answer came after the expiry, a grant is correct: only an answer
+    // before the expiry must be a refusal.
+    if sent_at.elapsed() + CLOCK_GRANULARITY < SHORT_TTL {
+        assert_eq!(early, Ok(None), "an acquire well before the expiry fails");
+    }
 
     let deadline = sent_at + SHORT_TTL + CONDITION_DEADLINE;
     let second = loop {
