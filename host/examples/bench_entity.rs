@@ -6,15 +6,14 @@
 //! the same shape, on the same kind of file. The ratio is what the entity machinery (mailboxes,
 //! plugin calls, envelopes, group commit) costs over the bare storage engine.
 
+#[path = "support/durable_commands.rs"]
+mod durable_commands;
+
+use durable_commands::{CALLERS, ENTITIES};
 use std::sync::Arc;
 use std::time::Instant;
-use weft::clock::NodeClock;
-use weft::entity::{EntitySystem, EntityTypeConfig, SystemSettings};
 use weft::journal::{Journal, SqliteJournal};
-use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
-const ENTITIES: u64 = 64;
-const CALLERS: u64 = 256;
 const COMMANDS: u64 = 40_000;
 const RAW_BATCH: usize = 64;
 
@@ -23,39 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let journal_path = dir.path().join("journal.db");
     let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&journal_path).await?);
-    let runtime = PluginRuntime::new(RuntimeLimits::default(), None)?;
-    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
-    let wasm =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm");
-    plugins.load_file(&wasm)?;
-    let settings = SystemSettings {
-        writer_id: ulid::Ulid::new(),
-        replica: "bench".into(),
-    };
-    let system = EntitySystem::new(journal, plugins, settings, NodeClock::default());
-    system.bind_type("counter", EntityTypeConfig::for_plugin("counter"))?;
-    let command = rmp_serde::to_vec_named(&serde_json::json!({"op": "increment", "by": 1}))?;
-
-    let started = Instant::now();
-    let callers: Vec<_> = (0..CALLERS)
-        .map(|caller| {
-            let (system, command) = (system.clone(), command.clone());
-            tokio::spawn(async move {
-                for n in 0..COMMANDS / CALLERS {
-                    let id = format!("e{}", (caller + n) % ENTITIES);
-                    system
-                        .ask("counter", &id, command.clone())
-                        .await
-                        .expect("command");
-                }
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await?;
-    }
-    let entity_secs = started.elapsed().as_secs_f64();
-    let sent = (COMMANDS / CALLERS) * CALLERS;
+    let (sent, entity_secs) = durable_commands::run(journal, COMMANDS).await?;
 
     let raw_secs = raw_rusqlite(&dir.path().join("raw.db"), sent as usize)?;
     println!(

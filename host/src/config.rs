@@ -9,7 +9,12 @@
 //! # writer_id = "01J…"           # a fixed ULID instead of a new one per boot (tests, migrations)
 //!
 //! [journal]
-//! backend = "sqlite"             # or "memory"
+//! backend = "sqlite"             # or "memory", or "postgres" with a url:
+//! # url = "postgres://weft@db.internal:5432/weft"
+//!
+//! [lease]                        # named leases (`/leases/...`, single-writer entities)
+//! # backend = "memory"           # default: "postgres" when the journal is, else "memory"
+//! # url = "redis://127.0.0.1:6379/"   # for "redis"; "postgres" defaults to the journal's url
 //!
 //! [limits]                       # per plugin call
 //! cpu_per_call_ms = 1000
@@ -37,6 +42,7 @@ use crate::plugin::RuntimeLimits;
 pub struct Config {
     pub node: NodeConfig,
     pub journal: JournalConfig,
+    pub lease: LeaseConfig,
     pub limits: RuntimeLimits,
     /// Entity types by name. A loaded entity plugin with no entry here serves the entity type
     /// of its own name with the defaults.
@@ -75,6 +81,8 @@ impl Default for NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct JournalConfig {
     pub backend: JournalBackend,
+    /// The database of the `postgres` backend: `postgres://user@host:port/database`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +93,28 @@ pub enum JournalBackend {
     Sqlite,
     /// Nothing survives a restart: for tests and experiments.
     Memory,
+    /// A PostgreSQL database at `[journal] url`, shared by the nodes of a cluster.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Where leases live; `None` picks PostgreSQL when the journal is there, else memory.
+    pub backend: Option<LeaseBackend>,
+    /// The server of the `postgres` (default: the journal's url) or `redis` backend.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseBackend {
+    /// Leases of this node only: enough for one node, meaningless across several.
+    Memory,
+    /// The `weft_leases` table of a PostgreSQL database.
+    Postgres,
+    /// Keys in a Redis server.
+    Redis,
 }
 
 impl Config {
@@ -103,6 +133,26 @@ impl Config {
     pub fn journal_path(&self) -> PathBuf {
         self.node.data_dir.join("journal.db")
     }
+
+    /// The lease backend in effect: the configured one, else PostgreSQL when the journal is there
+    /// (a cluster sharing a journal must share its leases too), else memory.
+    pub fn lease_backend(&self) -> LeaseBackend {
+        match (self.lease.backend, self.journal.backend) {
+            (Some(backend), _) => backend,
+            (None, JournalBackend::Postgres) => LeaseBackend::Postgres,
+            (None, _) => LeaseBackend::Memory,
+        }
+    }
+
+    /// The server URL of the lease backend in effect: `[lease] url`, else for PostgreSQL the
+    /// journal's.
+    pub fn lease_url(&self) -> Option<&str> {
+        match (&self.lease.url, self.lease_backend()) {
+            (Some(url), _) => Some(url),
+            (None, LeaseBackend::Postgres) => self.journal.url.as_deref(),
+            (None, _) => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +164,28 @@ mod tests {
         let config: Config = toml::from_str("").unwrap();
         assert_eq!(config.node.listen.port(), 7070);
         assert_eq!(config.journal.backend, JournalBackend::Sqlite);
+    }
+
+    #[test]
+    fn leases_follow_a_postgres_journal_unless_configured() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.lease_backend(), LeaseBackend::Memory);
+        assert_eq!(config.lease_url(), None);
+
+        let shared: Config = toml::from_str(
+            "[journal]\nbackend = \"postgres\"\nurl = \"postgres://weft@db/weft\"\n",
+        )
+        .unwrap();
+        assert_eq!(shared.lease_backend(), LeaseBackend::Postgres);
+        assert_eq!(shared.lease_url(), Some("postgres://weft@db/weft"));
+
+        let redis: Config = toml::from_str(
+            "[journal]\nbackend = \"postgres\"\nurl = \"postgres://weft@db/weft\"\n\
+             [lease]\nbackend = \"redis\"\nurl = \"redis://cache:6379/\"\n",
+        )
+        .unwrap();
+        assert_eq!(redis.lease_backend(), LeaseBackend::Redis);
+        assert_eq!(redis.lease_url(), Some("redis://cache:6379/"));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!
 //! # Layout
 //! - [`plugin`]: loading, sandboxing, calling and hot-swapping plugins.
-//! - [`journal`]: the event journal and snapshots (SQLite, in memory), the replay filter.
+//! - [`journal`]: the event journal and snapshots (SQLite, PostgreSQL, in memory), the replay filter.
+//! - [`lease`]: named leases with fencing tokens (in memory, PostgreSQL, Redis) and the manager that
+//!   keeps one.
+//! - [`postgres`]: the connection pool and schema versions the PostgreSQL backends share.
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
 //! - [`replication`]: replicated event sourcing's sans-IO core: causal delivery, deterministic merge.
 //! - [`api`]: the HTTP API.
@@ -19,6 +22,8 @@ pub mod clock;
 pub mod config;
 pub mod entity;
 pub mod journal;
+pub mod lease;
 pub mod node;
 pub mod plugin;
+pub mod postgres;
 pub mod replication;

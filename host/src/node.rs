@@ -1,6 +1,6 @@
 //! A running node: everything `weft serve` starts, wired together from a [`Config`].
 //!
-//! Start-up: data directory, writer id, journal, plugin runtime (with its compile cache), the
+//! Start-up: data directory, writer id, journal, lease backend, plugin runtime (with its compile cache), the
 //! plugins found in the plugins directory (each load logged as it happens), entity types, then
 //! the HTTP API. The plugins directory keeps being watched: a new or changed `.wasm` file is
 //! hot-loaded.
@@ -15,10 +15,14 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
-use crate::config::{Config, JournalBackend};
+use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::entity::{EntitySystem, SystemSettings};
-use crate::journal::{InMemoryJournal, Journal, SqliteJournal};
+use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
+use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
 use crate::plugin::{PluginRegistry, PluginRuntime, World};
+
+/// Most PostgreSQL connections the lease backend opens: lease calls are short single statements.
+const LEASE_CONNECTIONS_MAX: usize = 4;
 
 /// How often the plugins directory is scanned for new or changed files.
 const PLUGIN_SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,7 +60,19 @@ impl Node {
                 tracing::warn!("journal: in memory, nothing survives a restart");
                 Arc::new(InMemoryJournal::new())
             }
+            JournalBackend::Postgres => {
+                let url = config.journal.url.as_deref().context(
+                    "[journal] backend = \"postgres\" needs the database: [journal] url = \"postgres://…\"",
+                )?;
+                tracing::info!("journal: PostgreSQL");
+                Arc::new(
+                    PostgresJournal::open(url)
+                        .await
+                        .context("cannot open the PostgreSQL journal")?,
+                )
+            }
         };
+        let lease = open_lease(&config).await?;
         let runtime = PluginRuntime::new(config.limits.clone(), Some(config.compile_cache_dir()))?;
         let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
         let entities = EntitySystem::new(
@@ -84,6 +100,7 @@ impl Node {
         let state = AppState {
             entities: entities.clone(),
             plugins: plugins.clone(),
+            lease,
             limits: BodyLimits {
                 command_bytes: config.node.max_command_bytes,
                 plugin_bytes: config.node.max_plugin_bytes,
@@ -126,6 +143,38 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The lease backend the config asks for (see [`Config::lease_backend`]).
+async fn open_lease(config: &Config) -> anyhow::Result<Arc<dyn Lease>> {
+    let backend = config.lease_backend();
+    let url = || {
+        config.lease_url().with_context(|| {
+            format!("the {backend:?} lease backend needs a server: [lease] url = \"…\"")
+        })
+    };
+    Ok(match backend {
+        LeaseBackend::Memory => {
+            tracing::info!("leases: in memory, for this node only");
+            Arc::new(InMemoryLease::new())
+        }
+        LeaseBackend::Postgres => {
+            tracing::info!("leases: PostgreSQL");
+            Arc::new(
+                PostgresLease::connect(url()?, LEASE_CONNECTIONS_MAX)
+                    .await
+                    .context("cannot open the PostgreSQL lease table")?,
+            )
+        }
+        LeaseBackend::Redis => {
+            tracing::info!("leases: Redis");
+            Arc::new(
+                RedisLease::connect(url()?)
+                    .await
+                    .context("cannot connect to the Redis lease backend")?,
+            )
+        }
+    })
 }
 
 /// Loads `.wasm` files from a directory at start-up and whenever one appears or changes.

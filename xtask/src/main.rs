@@ -5,9 +5,11 @@
 //! - `toolchain`: finds or installs a toolchain that builds wasm32-wasip2 guests.
 //! - `plugins`: builds every plugin under `plugins/` into `target/plugins/*.wasm`.
 //! - `process`: running child commands with a clean environment and clear errors.
+//! - `services`: installs the database servers the tests and benchmarks start (PostgreSQL, Redis).
 
 mod plugins;
 mod process;
+mod services;
 mod toolchain;
 
 use anyhow::{Result, bail};
@@ -21,7 +23,7 @@ commands:
   plugins          build every plugin under plugins/ into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin, entity, http) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, http, lease) and print its figures
 ";
 
 fn main() {
@@ -58,6 +60,7 @@ fn run(args: Vec<String>) -> Result<()> {
 fn test(root: &std::path::Path) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
+    services::ensure_installed()?;
     process::step("running the workspace tests");
     let mut counts = process::cargo(root)
         .args(["test", "--workspace", "--all-features"])
@@ -100,6 +103,9 @@ fn bench(root: &std::path::Path, args: &[String]) -> Result<()> {
     plugins::build_all(root, &toolchain)?;
     if name == "http" && !process::on_path("wrk") {
         process::apt_install(&["wrk"])?;
+    }
+    if name == "lease" {
+        services::ensure_installed()?;
     }
     process::step(&format!("running benchmark `{name}` (release build)"));
     process::cargo(root)

@@ -1,5 +1,5 @@
-//! The HTTP API (axum): entities, plugins, entity types, health, metrics and the OpenAPI
-//! document.
+//! The HTTP API (axum): entities, plugins, entity types, named leases, health, metrics and the
+//! OpenAPI document.
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code and a
 //! message for people. Bad input is refused before anything is written.
@@ -9,10 +9,12 @@
 //! - `payload`: JSON and MessagePack bodies, and the conversion between them.
 //! - `entities`: `/entities/...` and `/entity-types/...`.
 //! - `plugins`: `/plugins/...`, upload and hot-load.
+//! - `leases`: `/leases/{name}/...`, named leases with fencing tokens for external workers.
 //! - `ops`: `/health`, `/metrics`, `/openapi.json`.
 
 mod entities;
 mod error;
+mod leases;
 mod ops;
 mod payload;
 mod plugins;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 pub use error::ApiError;
 
 use crate::entity::EntitySystem;
+use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
 
 /// What every handler can reach.
@@ -32,6 +35,8 @@ use crate::plugin::PluginRegistry;
 pub struct AppState {
     pub entities: EntitySystem,
     pub plugins: Arc<PluginRegistry>,
+    /// The node's lease backend, for `/leases` (and, as the node grows, single-writer entities).
+    pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,
     pub started: std::time::Instant,
 }
@@ -56,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/entity-types", get(entities::list_types))
         .route("/entity-types/{entity_type}", put(entities::bind_type))
+        .route("/leases/{name}", get(leases::show))
+        .route("/leases/{name}/acquire", post(leases::acquire))
+        .route("/leases/{name}/renew", post(leases::renew))
+        .route("/leases/{name}/release", post(leases::release))
         .layer(DefaultBodyLimit::max(limits.command_bytes));
     let uploads = Router::new()
         .route("/plugins/{name}", put(plugins::upload))

@@ -50,12 +50,60 @@ pub async fn send(
 ) -> anyhow::Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(command).context("the command is not valid JSON")?;
+    post(
+        url,
+        endpoint(url, &format!("/entities/{entity_type}/{entity_id}")),
+        &json,
+    )
+    .await
+}
+
+/// `GET /leases/{name}` when `action` is `None`, else `POST /leases/{name}/{action}` with `body`
+/// (`null` fields left out, so that the node's defaults apply). The name is percent-encoded: it may
+/// contain `/` and spaces.
+pub async fn lease(
+    url: &str,
+    name: &str,
+    action: Option<&str>,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut endpoint =
+        reqwest::Url::parse(url).with_context(|| format!("invalid node URL {url:?}"))?;
+    endpoint
+        .path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("the node URL {url:?} cannot take a path"))?
+        .pop_if_empty()
+        .push("leases")
+        .push(name)
+        .extend(action);
+    match action {
+        None => {
+            let response = reqwest::get(endpoint).await.map_err(unreachable(url))?;
+            print_response(response).await
+        }
+        Some(_) => post(url, endpoint, &without_nulls(body)).await,
+    }
+}
+
+fn without_nulls(body: &serde_json::Value) -> serde_json::Value {
+    match body {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
+async fn post(
+    url: &str,
+    endpoint: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
     let response = reqwest::Client::new()
-        .post(endpoint(
-            url,
-            &format!("/entities/{entity_type}/{entity_id}"),
-        ))
-        .json(&json)
+        .post(endpoint)
+        .json(body)
         .send()
         .await
         .map_err(unreachable(url))?;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
+    /// Acquire, renew, release or show a named lease (weft as a coordinator of external workers).
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
+        url: String,
+    },
     /// Print an entity's events with their metadata.
     Events {
         entity_type: String,
@@ -90,6 +97,77 @@ enum PluginCommand {
     List,
 }
 
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Acquire NAME for OWNER; prints the fencing token to pass on to every write.
+    Acquire {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        /// Time to live in milliseconds (the node's default when left out).
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// Extend NAME, held by OWNER with FENCING_TOKEN, to its time to live from now.
+    Renew {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        fencing_token: u64,
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// Release NAME if OWNER holds it with FENCING_TOKEN.
+    Release {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        fencing_token: u64,
+    },
+    /// Print NAME's live holder, if any.
+    Show { name: String },
+}
+
+impl LeaseCommand {
+    /// The lease's name, the action in the URL (`None`: show) and the request body.
+    fn request(self) -> (String, Option<&'static str>, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            LeaseCommand::Acquire {
+                name,
+                owner,
+                ttl_ms,
+            } => (
+                name,
+                Some("acquire"),
+                json!({"owner": owner, "ttl_ms": ttl_ms}),
+            ),
+            LeaseCommand::Renew {
+                name,
+                owner,
+                fencing_token,
+                ttl_ms,
+            } => (
+                name,
+                Some("renew"),
+                json!({"owner": owner, "fencing_token": fencing_token, "ttl_ms": ttl_ms}),
+            ),
+            LeaseCommand::Release {
+                name,
+                owner,
+                fencing_token,
+            } => (
+                name,
+                Some("release"),
+                json!({"owner": owner, "fencing_token": fencing_token}),
+            ),
+            LeaseCommand::Show { name } => (name, None, serde_json::Value::Null),
+        }
+    }
+}
+
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -100,6 +178,10 @@ impl Cli {
                 }
                 PluginCommand::List => client::get(&url, "/plugins").await,
             },
+            Command::Lease { command, url } => {
+                let (name, action, body) = command.request();
+                client::lease(&url, &name, action, &body).await
+            }
             Command::Send {
                 entity_type,
                 entity_id,

@@ -16,6 +16,7 @@
 //!   backends accept and refuse exactly the same writes.
 //! - [`memory`]: an in-memory backend for tests and single-process experiments.
 //! - [`sqlite`]: the embedded default backend (WAL, one writer thread, group commit).
+//! - [`postgres`]: the backend a cluster shares (row-locked fences, portable SQL).
 //! - [`replay_filter`]: the sans-IO [`ReplayFilter`] recovery runs events through to detect several
 //!   hosts writing the same stream.
 //! - [`conformance`]: the behaviour every backend must show, as async checks each backend's tests run.
@@ -25,6 +26,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod replay_filter;
 pub mod rules;
 pub mod sqlite;
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 pub use memory::InMemoryJournal;
+pub use postgres::{PostgresJournal, PostgresJournalOptions};
 pub use replay_filter::{
     ReplayFilter, ReplayFilterMode, ReplayFilterSettings, UnknownReplayFilterMode, WriterConflict,
 };

@@ -1,8 +1,10 @@
-//! Helpers shared by the host's integration tests: where the built plugins are, call contexts.
+//! Helpers shared by the host's integration tests: where the built plugins are, call contexts, nodes
+//! ([`node`]) and throwaway database servers ([`services`]).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod node;
+pub mod services;
 
 use std::path::PathBuf;
 use weft::plugin::{Context, Role};

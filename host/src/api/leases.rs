@@ -1,0 +1,158 @@
+//! `/leases/{name}`: named leases for external workers that use weft as their coordinator (acquire,
+//! renew, release, show), on the node's lease backend.
+//!
+//! A worker acquires with its owner name and a time to live, renews well before the time to live runs
+//! out, and passes the fencing token to whatever it writes, so that its writes are refused once a
+//! newer holder took over. Expiry is judged by the backend's clock; a worker that cannot renew must
+//! stop before its own deadline (see `docs/leases.md`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::lease::{Grant, Holder, LeaseError};
+
+/// The time to live when a request names none.
+const DEFAULT_TTL_MS: u64 = 10_000;
+
+fn default_ttl_ms() -> u64 {
+    DEFAULT_TTL_MS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    owner: String,
+    #[serde(default = "default_ttl_ms")]
+    ttl_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    owner: String,
+    fencing_token: u64,
+    #[serde(default = "default_ttl_ms")]
+    ttl_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    owner: String,
+    fencing_token: u64,
+}
+
+/// 200 with the grant, or 409 `lease_held` naming the holder.
+pub async fn acquire(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<AcquireRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(invalid_json)?;
+    let ttl = Duration::from_millis(request.ttl_ms);
+    if let Some(grant) = app.lease.acquire(&name, &request.owner, ttl).await? {
+        return Ok(grant_body(grant));
+    }
+    let held_by = match app.lease.holder(&name).await? {
+        Some(holder) => format!(
+            "held by {} (fencing token {}, expires in {} ms)",
+            holder.owner,
+            holder.fencing_token,
+            holder.expires_in.as_millis()
+        ),
+        // Freed between the two calls: the caller may simply try again.
+        None => "held by another owner".to_owned(),
+    };
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "lease_held",
+        format!("lease {name} is {held_by}"),
+    ))
+}
+
+/// 200 with the renewed grant, or 409 `lease_lost` when the caller no longer holds the lease.
+pub async fn renew(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RenewRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(invalid_json)?;
+    let ttl = Duration::from_millis(request.ttl_ms);
+    match app
+        .lease
+        .renew(&name, &request.owner, request.fencing_token, ttl)
+        .await?
+    {
+        Some(grant) => Ok(grant_body(grant)),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lease_lost",
+            format!(
+                "lease {name} is not held by {} with fencing token {} (it expired, was released \
+                 or was taken over): stop writing with that token",
+                request.owner, request.fencing_token
+            ),
+        )),
+    }
+}
+
+/// 200 `{"released": bool}`: false when the caller did not hold the lease (nothing changed).
+pub async fn release(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<ReleaseRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(invalid_json)?;
+    let released = app
+        .lease
+        .release(&name, &request.owner, request.fencing_token)
+        .await?;
+    Ok(Json(json!({"name": name, "released": released})))
+}
+
+/// 200 with the live holder, `null` when the lease is free.
+pub async fn show(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let holder = app.lease.holder(&name).await?;
+    Ok(Json(json!({
+        "name": name,
+        "holder": holder.map(|Holder { owner, fencing_token, expires_in }| json!({
+            "owner": owner,
+            "fencing_token": fencing_token,
+            "expires_in_ms": expires_in.as_millis() as u64,
+        })),
+    })))
+}
+
+fn grant_body(grant: Grant) -> Json<Value> {
+    Json(json!({
+        "fencing_token": grant.fencing_token,
+        "ttl_ms": grant.ttl.as_millis() as u64,
+    }))
+}
+
+fn invalid_json(rejection: JsonRejection) -> ApiError {
+    ApiError::bad_request("invalid_json", rejection.body_text())
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(error: LeaseError) -> Self {
+        let (status, code) = match &error {
+            LeaseError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_lease_request"),
+            LeaseError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "lease_backend_unavailable")
+            }
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}

@@ -1,0 +1,237 @@
+//! PostgreSQL plumbing shared by the PostgreSQL journal and lease backends: a small pool of
+//! `tokio-postgres` connections that keep their prepared statements, schema versions, and error
+//! messages that say what failed.
+//!
+//! The SQL of both backends stays portable to PostgreSQL-compatible distributed databases
+//! (CockroachDB, YugabyteDB): plain tables, `INSERT … ON CONFLICT`, row locks; no advisory locks, no
+//! extensions, no `LISTEN`.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// How long opening one connection may take before the attempt fails: a server that does not answer
+/// surfaces as an error instead of a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time after which TCP keepalives probe the server, so that a connection to a vanished server
+/// is noticed and replaced.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// How often a racing schema creation (another node opening the same database) is retried.
+const SCHEMA_ATTEMPTS_MAX: usize = 3;
+
+/// A pool of at most `connections_max` connections to one database. Connections are opened on demand
+/// and kept while healthy; a closed one (server restart, terminated backend) is dropped and the next
+/// checkout opens a fresh one.
+#[derive(Debug)]
+pub struct PgPool {
+    config: Config,
+    /// A std mutex: held only to push or pop a connection, never across an `.await`.
+    idle: Arc<Mutex<Vec<PgConnection>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl PgPool {
+    /// Parses `url` (`postgres://user@host:port/database`), names the connections
+    /// `application_name` (visible in `pg_stat_activity`) and opens one connection to check that the
+    /// database is reachable.
+    pub async fn connect(
+        url: &str,
+        application_name: &str,
+        connections_max: usize,
+    ) -> Result<PgPool, String> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
+        config
+            .application_name(application_name)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE);
+        let pool = PgPool {
+            config,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(connections_max.max(1))),
+        };
+        drop(pool.get().await?);
+        Ok(pool)
+    }
+
+    /// A connection for one operation; back in the pool when dropped, unless it was closed.
+    pub async fn get(&self) -> Result<PooledConnection, String> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|error| format!("the connection pool is closed: {error}"))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let connection = match idle.filter(|connection| !connection.client.is_closed()) {
+            Some(connection) => connection,
+            None => self.open().await?,
+        };
+        Ok(PooledConnection {
+            connection: Some(connection),
+            idle: Arc::clone(&self.idle),
+            _permit: permit,
+        })
+    }
+
+    async fn open(&self) -> Result<PgConnection, String> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|error| describe("connecting to PostgreSQL", &error))?;
+        // The connection task ends when the client is dropped or the server closes the connection.
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("PostgreSQL connection ended: {error}");
+            }
+        });
+        Ok(PgConnection {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+}
+
+/// One connection and the statements prepared on it, by their SQL text.
+#[derive(Debug)]
+pub struct PgConnection {
+    pub client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConnection {
+    /// The statement for `sql`, prepared on first use on this connection.
+    pub async fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Creates the tables of `component` (`ddl`, made of `CREATE TABLE IF NOT EXISTS` statements) and
+    /// records its schema `version`; refuses a database whose recorded version differs.
+    pub async fn prepare_schema(
+        &mut self,
+        component: &str,
+        version: i64,
+        ddl: &str,
+    ) -> Result<(), String> {
+        let in_context = |error: tokio_postgres::Error| {
+            describe(format_args!("creating the {component} schema"), &error)
+        };
+        let script = format!(
+            "CREATE TABLE IF NOT EXISTS weft_schema_versions (
+                 component TEXT NOT NULL PRIMARY KEY,
+                 version BIGINT NOT NULL
+             );
+             {ddl}"
+        );
+        let mut attempt = 1;
+        // Two nodes creating the same tables at once can collide in the catalog: the loser retries
+        // and then finds them.
+        while let Err(error) = self.client.batch_execute(&script).await {
+            if attempt >= SCHEMA_ATTEMPTS_MAX || !is_catalog_race(&error) {
+                return Err(in_context(error));
+            }
+            attempt += 1;
+        }
+        self.client
+            .execute(
+                "INSERT INTO weft_schema_versions (component, version) VALUES ($1, $2) \
+                 ON CONFLICT (component) DO NOTHING",
+                &[&component, &version],
+            )
+            .await
+            .map_err(in_context)?;
+        let recorded: i64 = self
+            .client
+            .query_one(
+                "SELECT version FROM weft_schema_versions WHERE component = $1",
+                &[&component],
+            )
+            .await
+            .map_err(in_context)?
+            .get(0);
+        if recorded != version {
+            return Err(format!(
+                "the database has {component} schema version {recorded}; this weft uses version {version}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A checked-out connection; returns to the pool when dropped unless the server closed it.
+#[derive(Debug)]
+pub struct PooledConnection {
+    connection: Option<PgConnection>,
+    idle: Arc<Mutex<Vec<PgConnection>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Deref for PooledConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.connection
+            .as_ref()
+            .expect("the connection is only taken out on drop")
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.connection
+            .as_mut()
+            .expect("the connection is only taken out on drop")
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && !connection.client.is_closed()
+        {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(connection);
+        }
+    }
+}
+
+/// `"<doing>: <what the server or the driver said>"`, with the server's SQLSTATE when there is one.
+pub fn describe(doing: impl Display, error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{doing}: {} {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => format!("{doing}: {error}"),
+    }
+}
+
+/// Concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail on the catalog's unique indexes.
+fn is_catalog_race(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|code| {
+        *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_TABLE
+    })
+}

@@ -1,0 +1,94 @@
+//! The PostgreSQL journal against a throwaway server: the conformance suite every backend passes,
+//! data shared by two journals on one database, and a database of another schema version refused.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::services::Postgres;
+use ulid::Ulid;
+use weft::journal::conformance::{self, sample_batch};
+use weft::journal::{Journal, JournalError, PostgresJournal};
+
+async fn open(url: &str) -> PostgresJournal {
+    PostgresJournal::open(url)
+        .await
+        .expect("open the PostgreSQL journal")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite() {
+    let postgres = Postgres::start();
+    conformance::run_all(async || {
+        Arc::new(open(&postgres.fresh_database().await).await) as Arc<dyn Journal>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_journals_on_one_database_share_streams_and_fences() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    let (node_a, node_b) = (open(&url).await, open(&url).await);
+    let writer = Ulid::new();
+
+    node_a
+        .append("order|1", 0, 0, sample_batch("order|1", 0, 0, 2, writer))
+        .await
+        .expect("node a appends");
+    assert_eq!(node_b.highest_seq_nr("order|1").await, Ok(2));
+    node_b
+        .record_fence("order|1", 7)
+        .await
+        .expect("node b fences");
+    assert_eq!(
+        node_a
+            .append("order|1", 2, 0, sample_batch("order|1", 2, 0, 1, writer))
+            .await,
+        Err(JournalError::StaleFencingToken {
+            persistence_id: "order|1".to_owned(),
+            token: 0,
+            current: 7,
+        }),
+        "node a, holding no token, is fenced off by node b's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_another_schema_version_is_refused() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    drop(open(&url).await);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE weft_schema_versions SET version = 2 WHERE component = 'journal'",
+            &[],
+        )
+        .await
+        .expect("mark the journal as schema version 2");
+
+    let error = PostgresJournal::open(&url)
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("the database has journal schema version 2; this weft uses version 1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    let error = PostgresJournal::open("postgres://postgres@127.0.0.1:1/weft")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        error.to_string().contains("connecting to PostgreSQL"),
+        "{error}"
+    );
+}
