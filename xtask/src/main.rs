@@ -3,9 +3,14 @@
 //!
 //! # Layout
 //! - `toolchain`: finds or installs a toolchain that builds wasm32-wasip2 guests.
-//! - `plugins`: builds every plugin under `plugins/` into `target/plugins/*.wasm`.
+//! - `plugins`: builds every plugin under `plugins/` (Rust, Python, JavaScript) into
+//!   `target/plugins/*.wasm`.
+//! - `guest_tools`: finds or installs componentize-py and componentize-qjs.
+//! - `native_tests`: the Python and JavaScript unit tests.
 //! - `process`: running child commands with a clean environment and clear errors.
 
+mod guest_tools;
+mod native_tests;
 mod plugins;
 mod process;
 mod toolchain;
@@ -18,10 +23,10 @@ usage: cargo xtask <command>
 
 commands:
   setup            make a wasm32-wasip2 guest toolchain available (installs it if needed)
-  plugins          build every plugin under plugins/ into target/plugins/
+  plugins          build every plugin under plugins/ (Rust, Python, JavaScript) into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin, entity, http) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, http, languages) and print its figures
 ";
 
 fn main() {
@@ -54,7 +59,8 @@ fn run(args: Vec<String>) -> Result<()> {
     }
 }
 
-/// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' own tests.
+/// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' and SDKs'
+/// own tests in every language.
 fn test(root: &std::path::Path) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
@@ -62,7 +68,7 @@ fn test(root: &std::path::Path) -> Result<()> {
     process::cargo(root)
         .args(["test", "--workspace", "--all-features"])
         .run()?;
-    process::step("running the plugins' native unit tests");
+    process::step("running the Rust plugins' native unit tests");
     process::cargo(root)
         .args([
             "test",
@@ -70,7 +76,8 @@ fn test(root: &std::path::Path) -> Result<()> {
             "plugins/Cargo.toml",
             "--workspace",
         ])
-        .run()
+        .run()?;
+    native_tests::python_and_javascript(root)
 }
 
 /// Builds the plugins and runs one node on the embedded defaults with them.
