@@ -11,7 +11,7 @@ use std::time::Duration;
 use weft::config::Config;
 use weft::node::Node;
 
-use super::plugin_path;
+use super::{plugin_path, shared_compile_cache};
 
 /// A plugins directory holding copies of the named built plugins.
 pub fn plugins_dir(root: &Path, names: &[&str]) -> PathBuf {
@@ -23,11 +23,12 @@ pub fn plugins_dir(root: &Path, names: &[&str]) -> PathBuf {
     dir
 }
 
-/// A node config on a free port under `root`.
+/// A node config on a free port under `root`, compiling through the shared compile cache.
 pub fn config(root: &Path, plugins: &[&str]) -> Config {
     let mut config = Config::default();
     config.node.listen = "127.0.0.1:0".parse().unwrap();
     config.node.data_dir = root.join("data");
+    config.node.compile_cache_dir = Some(shared_compile_cache());
     config.node.plugins_dir = Some(plugins_dir(root, plugins));
     config
 }
