@@ -6,7 +6,7 @@
 //! - `plugins`: builds every plugin under `plugins/` (Rust, Python, JavaScript) into
 //!   `target/plugins/*.wasm`.
 //! - `guest_tools`: finds or installs componentize-py and componentize-qjs.
-//! - `native_tests`: the Python and JavaScript unit tests.
+//! - `native_tests`: the Python and JavaScript unit tests, and the Rust plugin template's.
 //! - `process`: running child commands with a clean environment and clear errors.
 
 mod guest_tools;
@@ -60,7 +60,7 @@ fn run(args: Vec<String>) -> Result<()> {
 }
 
 /// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' and SDKs'
-/// own tests in every language.
+/// own tests in every language, the Rust plugin template's tests.
 fn test(root: &std::path::Path) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
@@ -77,7 +77,8 @@ fn test(root: &std::path::Path) -> Result<()> {
             "--workspace",
         ])
         .run()?;
-    native_tests::python_and_javascript(root)
+    native_tests::python_and_javascript(root)?;
+    native_tests::rust_template(root)
 }
 
 /// Builds the plugins and runs one node on the embedded defaults with them.
