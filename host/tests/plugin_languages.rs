@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::node::{TestNode, config};
+use support::node::{TestNode, command_ok, config, send_command, upload_plugin};
 use support::{cached_registry, context, msgpack, plugin_bytes};
 use weft::plugin::{Envelope, EventMeta, Resolution, RuntimeLimits, VersionEntry};
 
@@ -49,14 +49,7 @@ async fn the_counter_behaves_the_same_in_rust_python_and_javascript() {
     for entity_type in COUNTERS {
         let mut steps = Vec::new();
         for command in &commands {
-            let response = http
-                .post(format!("{url}/entities/{entity_type}/same"))
-                .json(command)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let mut body: Value = response.json().await.unwrap();
+            let (status, mut body) = send_command(&http, &url, entity_type, "same", command).await;
             // The only field that differs: which plugin version answered.
             let answered_by = body.as_object_mut().and_then(|body| body.remove("plugin"));
             if status == StatusCode::OK {
@@ -127,14 +120,9 @@ async fn the_counter_behaves_the_same_in_rust_python_and_javascript() {
 
     // A command none of them can decode is rejected by each, with the same opening.
     for entity_type in COUNTERS {
-        let response = http
-            .post(format!("{url}/entities/{entity_type}/same"))
-            .json(&json!({"op": "explode"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let body: Value = response.json().await.unwrap();
+        let (status, body) =
+            send_command(&http, &url, entity_type, "same", &json!({"op": "explode"})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         let message = body["error"]["message"].as_str().unwrap();
         assert!(
             message.starts_with("cannot decode command"),
@@ -206,18 +194,9 @@ async fn a_javascript_counter_hot_swaps_the_rust_one_under_load() {
                 while after_upload < COMMANDS_AFTER_UPLOAD_PER_CLIENT {
                     assert!(Instant::now() < deadline, "client {client} ran out of time");
                     let started_after_upload = uploaded.load(Ordering::SeqCst);
-                    let response = http
-                        .post(format!("{url}/entities/counter/c{client}"))
-                        .json(&json!({"op": "increment", "by": 1}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(
-                        response.status(),
-                        StatusCode::OK,
-                        "command {increments} of client {client} failed"
-                    );
-                    let body: Value = response.json().await.unwrap();
+                    let increment = json!({"op": "increment", "by": 1});
+                    let entity_id = format!("c{client}");
+                    let body = command_ok(&http, &url, "counter", &entity_id, &increment).await;
                     increments += 1;
                     assert_eq!(body["reply"], json!({"value": increments}));
                     if started_after_upload {
@@ -236,14 +215,7 @@ async fn a_javascript_counter_hot_swaps_the_rust_one_under_load() {
         assert!(Instant::now() < deadline, "clients made no progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let response = http
-        .put(format!("{url}/plugins/counter"))
-        .body(plugin_bytes("counter-js"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let report: Value = response.json().await.unwrap();
+    let report = upload_plugin(&http, &url, "counter", plugin_bytes("counter-js")).await;
     assert_eq!(report["replaced"], json!(rust_version));
     let javascript_version = report["version"].as_str().unwrap().to_owned();
     assert_ne!(javascript_version, rust_version);

@@ -35,14 +35,12 @@ pub fn componentize_py(root: &Path) -> Result<(PathBuf, String)> {
     if installed {
         return Ok((tool, version));
     }
-    forbid_unless_allowed(&format!("componentize-py {version}"))?;
-    if !process::on_path("python3") {
-        process::apt_install(&["python3", "python3-venv"])?;
-    }
-    step(&format!(
-        "installing componentize-py {version} into {}",
-        venv.display()
-    ));
+    prepare_install(
+        &format!("componentize-py {version}"),
+        &venv,
+        "python3",
+        &["python3", "python3-venv"],
+    )?;
     Cmd::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
@@ -68,14 +66,12 @@ pub fn componentize_qjs(root: &Path) -> Result<(PathBuf, String)> {
     if tool.exists() && installed_version.as_deref() == Some(version.as_str()) {
         return Ok((tool, version));
     }
-    forbid_unless_allowed(&format!("componentize-qjs {version}"))?;
-    if !process::on_path("npm") {
-        process::apt_install(&["nodejs", "npm"])?;
-    }
-    step(&format!(
-        "installing componentize-qjs {version} into {}",
-        prefix.display()
-    ));
+    prepare_install(
+        &format!("componentize-qjs {version}"),
+        &prefix,
+        "npm",
+        &["nodejs", "npm"],
+    )?;
     std::fs::create_dir_all(&prefix)
         .with_context(|| format!("cannot create {}", prefix.display()))?;
     Cmd::new("npm")
@@ -92,9 +88,15 @@ pub fn componentize_qjs(root: &Path) -> Result<(PathBuf, String)> {
     Ok((tool, version))
 }
 
-fn forbid_unless_allowed(what: &str) -> Result<()> {
+/// Checks that installing `tool` is allowed and that `installer` is on PATH (installing
+/// Debian's `packages` for it if not), then says what is being installed where.
+fn prepare_install(tool: &str, dest: &Path, installer: &str, packages: &[&str]) -> Result<()> {
     if std::env::var_os("WEFT_NO_INSTALL").is_some() {
-        bail!("{what} is not installed; WEFT_NO_INSTALL forbids installing it here");
+        bail!("{tool} is not installed; WEFT_NO_INSTALL forbids installing it here");
     }
+    if !process::on_path(installer) {
+        process::apt_install(packages)?;
+    }
+    step(&format!("installing {tool} into {}", dest.display()));
     Ok(())
 }
