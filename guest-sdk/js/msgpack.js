@@ -81,14 +81,10 @@ class Writer {
     else if (value === true) this.byte(0xc3);
     else if (value === false) this.byte(0xc2);
     else if (typeof value === "number") {
-      if (Number.isSafeInteger(value)) this.integer(BigInt(value));
+      if (Number.isSafeInteger(value)) this.integer(value);
       else this.float(value);
-    } else if (typeof value === "bigint") this.integer(value);
-    else if (typeof value === "string") {
-      const data = utf8Encode(value);
-      this.header(data.length, [0xa0, 32], [0xd9, 0xda, 0xdb]);
-      this.raw(data);
-    } else if (value instanceof Uint8Array) {
+    } else if (typeof value === "bigint") this.bigInteger(value);
+    else if (typeof value === "string") this.text(value); else if (value instanceof Uint8Array) {
       this.header(value.length, null, [0xc4, 0xc5, 0xc6]);
       this.raw(value);
     } else if (Array.isArray(value)) {
@@ -100,10 +96,23 @@ class Writer {
       for (const [key, item] of value) this.value(key, depth + 1), this.value(item, depth + 1);
     } else if (typeof value === "object") {
       // Like JSON: properties whose value is undefined are left out.
-      const entries = Object.entries(value).filter(([, item]) => item !== undefined);
-      this.header(entries.length, [0x80, 16], [null, 0xde, 0xdf]);
-      for (const [key, item] of entries) this.value(key, depth + 1), this.value(item, depth + 1);
+      const keys = Object.keys(value).filter((key) => value[key] !== undefined);
+      this.header(keys.length, [0x80, 16], [null, 0xde, 0xdf]);
+      for (const key of keys) this.text(key), this.value(value[key], depth + 1);
     } else throw new CodecError(`cannot encode a value of type ${typeof value}`);
+  }
+
+  text(value) {
+    if (value.length < 32 && isAscii(value)) {
+      // ASCII that fits a fixstr, the common case (field names, tags): a byte per character.
+      this.byte(0xa0 | value.length);
+      this.reserve(value.length);
+      for (let i = 0; i < value.length; i++) this.bytes[this.length++] = value.charCodeAt(i);
+      return;
+    }
+    const data = utf8Encode(value);
+    this.header(data.length, [0xa0, 32], [0xd9, 0xda, 0xdb]);
+    this.raw(data);
   }
 
   float(value) {
@@ -113,20 +122,29 @@ class Writer {
     this.length += 8;
   }
 
+  /** A safe-integer Number, in its smallest format (as rmp writes it). */
   integer(value) {
+    if (value >= 0) {
+      if (value < 0x80) this.byte(value);
+      else if (value <= 0xff) this.field(0xcc, 1, value);
+      else if (value <= 0xffff) this.field(0xcd, 2, value);
+      else if (value <= 0xffffffff) this.field(0xce, 4, value);
+      else this.field(0xcf, 8, value);
+    } else if (value >= -32) this.byte(0x100 + value);
+    else if (value >= -0x80) this.field(0xd0, 1, value, true);
+    else if (value >= -0x8000) this.field(0xd1, 2, value, true);
+    else if (value >= -0x80000000) this.field(0xd2, 4, value, true);
+    else this.field(0xd3, 8, value, true);
+  }
+
+  /** A BigInt: as a Number when it is one, else in a 64-bit format. */
+  bigInteger(value) {
     if (value < I64_MIN || value > U64_MAX) {
       throw new CodecError(`cannot encode ${value}: outside the 64-bit integer range`);
     }
-    if (value >= 0n) {
-      if (value < 0x80n) this.byte(Number(value));
-      else if (value <= 0xffn) this.field(0xcc, 1, Number(value));
-      else if (value <= 0xffffn) this.field(0xcd, 2, Number(value));
-      else if (value <= 0xffffffffn) this.field(0xce, 4, Number(value));
-      else this.field(0xcf, 8, value);
-    } else if (value >= -32n) this.byte(0x100 + Number(value));
-    else if (value >= -0x80n) this.field(0xd0, 1, Number(value), true);
-    else if (value >= -0x8000n) this.field(0xd1, 2, Number(value), true);
-    else if (value >= -0x80000000n) this.field(0xd2, 4, Number(value), true);
+    if (value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER)) {
+      this.integer(Number(value));
+    } else if (value > 0n) this.field(0xcf, 8, value);
     else this.field(0xd3, 8, value, true);
   }
 
@@ -254,15 +272,20 @@ class Reader {
   }
 
   map(size, depth) {
-    const entries = [];
-    for (let i = 0; i < size; i++) entries.push([this.value(depth + 1), this.value(depth + 1)]);
-    if (!entries.every(([key]) => typeof key === "string")) return new Map(entries);
-    const object = {};
-    for (const [key, item] of entries) {
-      // defineProperty, not assignment: a key `__proto__` is data, never the prototype.
-      Object.defineProperty(object, key, { value: item, enumerable: true, writable: true, configurable: true });
+    // An object while every key is a string (the common case), else a Map.
+    let object = {};
+    let map = null;
+    for (let i = 0; i < size; i++) {
+      const key = this.value(depth + 1);
+      const item = this.value(depth + 1);
+      if (map === null && typeof key !== "string") map = new Map(Object.entries(object));
+      if (map !== null) map.set(key, item);
+      else if (key === "__proto__") {
+        // Data, never the prototype.
+        Object.defineProperty(object, key, { value: item, enumerable: true, writable: true, configurable: true });
+      } else object[key] = item;
     }
-    return object;
+    return map ?? object;
   }
 
   ext(size) {
@@ -271,9 +294,17 @@ class Reader {
   }
 }
 
+/** Strings up to this many bytes are decoded a character at a time when they are ASCII. */
+const SHORT_TEXT_MAX = 32;
+
 /** A 64-bit integer as a Number when that is exact, else as a BigInt. */
 function safe(big) {
   return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+}
+
+function isAscii(text) {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 0x7f) return false;
+  return true;
 }
 
 function utf8Encode(text) {
@@ -291,7 +322,20 @@ function utf8Encode(text) {
 }
 
 function utf8Decode(bytes, start, end) {
-  let text = "";
+  if (end - start <= SHORT_TEXT_MAX) {
+    // Short ASCII, the common case (field names, tags): a character per byte.
+    let text = "";
+    for (let i = start; i < end; i++) {
+      if (bytes[i] >= 0x80) return utf8DecodeAny(bytes, start, end);
+      text += String.fromCharCode(bytes[i]);
+    }
+    return text;
+  }
+  return utf8DecodeAny(bytes, start, end);
+}
+
+function utf8DecodeAny(bytes, start, end) {
+  const points = [];
   let i = start;
   const invalid = () => new CodecError(`a string is not UTF-8 (byte ${i})`);
   const continuation = (at) => {
@@ -300,21 +344,29 @@ function utf8Decode(bytes, start, end) {
   };
   while (i < end) {
     const b = bytes[i];
-    let code;
-    let size;
-    if (b < 0x80) (code = b), (size = 1);
-    else if (b >= 0xc2 && b < 0xe0) (code = ((b & 0x1f) << 6) | continuation(i + 1)), (size = 2);
-    else if (b >= 0xe0 && b < 0xf0) {
-      code = ((b & 0x0f) << 12) | (continuation(i + 1) << 6) | continuation(i + 2);
-      size = 3;
+    if (b < 0x80) {
+      points.push(b);
+      i += 1;
+    } else if (b >= 0xc2 && b < 0xe0) {
+      points.push(((b & 0x1f) << 6) | continuation(i + 1));
+      i += 2;
+    } else if (b >= 0xe0 && b < 0xf0) {
+      const code = ((b & 0x0f) << 12) | (continuation(i + 1) << 6) | continuation(i + 2);
       if (code < 0x800 || (code >= 0xd800 && code <= 0xdfff)) throw invalid();
+      points.push(code);
+      i += 3;
     } else if (b >= 0xf0 && b < 0xf5) {
-      code = ((b & 0x07) << 18) | (continuation(i + 1) << 12) | (continuation(i + 2) << 6) | continuation(i + 3);
-      size = 4;
+      const code =
+        ((b & 0x07) << 18) | (continuation(i + 1) << 12) | (continuation(i + 2) << 6) | continuation(i + 3);
       if (code < 0x10000 || code > 0x10ffff) throw invalid();
+      points.push(code);
+      i += 4;
     } else throw invalid();
-    text += String.fromCodePoint(code);
-    i += size;
+  }
+  // In chunks: `apply` passes every code point as an argument, and engines cap their number.
+  let text = "";
+  for (let at = 0; at < points.length; at += 8192) {
+    text += String.fromCodePoint.apply(null, points.slice(at, at + 8192));
   }
   return text;
 }

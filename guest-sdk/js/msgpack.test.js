@@ -42,6 +42,14 @@ test("bytes, maps with other keys, ext, float32", () => {
   assert.equal(hex(encode({ a: 1, gone: undefined })), "81a16101");
 });
 
+test("long strings, ASCII or not, round-trip", () => {
+  for (const text of ["x".repeat(100_000), "é€😀".repeat(30_000)]) {
+    const bytes = encode(text);
+    assert.equal(bytes[0], 0xdb); // str32: the length needs more than 16 bits
+    assert.equal(decode(bytes), text);
+  }
+});
+
 test("a __proto__ key is data", () => {
   const decoded = decode(encode(new Map([["__proto__", { polluted: true }]])));
   assert.equal(Object.getPrototypeOf(decoded), Object.prototype);

@@ -3,8 +3,8 @@
 //
 // Commands: {"op":"increment","by":3}, {"op":"decrement","by":1}, {"op":"reset"}, {"op":"get"}.
 // The value never goes below the floor of 0: a decrement that would is rejected and persists
-// nothing. The value is a signed 64-bit integer, as in the Rust plugin: arithmetic is done on
-// BigInt, so values beyond 2^53 stay exact.
+// nothing. The value is a signed 64-bit integer, as in the Rust plugin: arithmetic stays on
+// Numbers while they are exact and moves to BigInt beyond 2^53.
 
 import { exportEntity, Rejected } from "../../guest-sdk/js/weft.js";
 
@@ -21,30 +21,41 @@ export function init() {
 /** The `by` of an increment or decrement; a command without one does not decode. */
 function amount(command, op) {
   const by = command.by;
-  const integer = typeof by === "bigint" || Number.isSafeInteger(by);
-  if (!integer || BigInt(by) < I64_MIN || BigInt(by) > I64_MAX) {
-    throw new Rejected(`cannot decode command: \`${op}\` needs \`by\`, a 64-bit integer`);
-  }
+  const int64 = typeof by === "bigint" ? by >= I64_MIN && by <= I64_MAX : Number.isSafeInteger(by);
+  if (!int64) throw new Rejected(`cannot decode command: \`${op}\` needs \`by\`, a 64-bit integer`);
   return by;
+}
+
+/** `a + b` exactly: a Number while the sum is a safe integer, else a BigInt. */
+function add(a, b) {
+  if (typeof a === "number" && typeof b === "number" && Number.isSafeInteger(a + b)) return a + b;
+  return BigInt(a) + BigInt(b);
+}
+
+/** `a - b` exactly. */
+function subtract(a, b) {
+  return add(a, -b);
 }
 
 export function handle(state, ctx, command) {
   const op = command !== null && typeof command === "object" ? command.op : undefined;
-  const value = BigInt(state.value);
+  const value = state.value;
   switch (op) {
     case "increment": {
       const by = amount(command, op);
       if (by <= 0) throw new Rejected(`increment by ${by}: must be positive`);
-      if (value + BigInt(by) > I64_MAX) throw new Rejected(`increment by ${by}: the value would overflow`);
-      return { events: [{ type: "incremented", by }], reply: { value: value + BigInt(by) } };
+      const next = add(value, by);
+      if (next > I64_MAX) throw new Rejected(`increment by ${by}: the value would overflow`);
+      return { events: [{ type: "incremented", by }], reply: { value: next } };
     }
     case "decrement": {
       const by = amount(command, op);
       if (by <= 0) throw new Rejected(`decrement by ${by}: must be positive`);
-      if (value - BigInt(by) < FLOOR) {
+      const next = subtract(value, by);
+      if (next < FLOOR) {
         throw new Rejected(`decrement by ${by}: the value ${value} would go below the floor ${FLOOR}`);
       }
-      return { events: [{ type: "decremented", by }], reply: { value: value - BigInt(by) } };
+      return { events: [{ type: "decremented", by }], reply: { value: next } };
     }
     case "reset":
       return { events: [{ type: "reset" }], reply: { value: FLOOR } };
@@ -60,9 +71,9 @@ export function handle(state, ctx, command) {
 export function apply(state, ctx, event) {
   switch (event.type) {
     case "incremented":
-      return { value: BigInt(state.value) + BigInt(event.by) };
+      return { value: add(state.value, event.by) };
     case "decremented":
-      return { value: BigInt(state.value) - BigInt(event.by) };
+      return { value: subtract(state.value, event.by) };
     case "reset":
       return { value: FLOOR };
     default:
