@@ -8,23 +8,24 @@
 //!   fresh instance minus a call on a pooled one);
 //! - plugin load time without and with the compile cache.
 
+#[path = "../tests/support/plugins.rs"]
+mod support;
+
 use counter::{Command, Counter, State};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft::plugin::{
-    Context, Envelope, EventMeta, PluginRegistry, PluginRuntime, Role, RuntimeLimits,
-};
+use support::{context, envelope, plugin_bytes, registry};
+use weft::plugin::RuntimeLimits;
 
 const CALLS: u32 = 200_000;
 const FRESH_CALLS: u32 = 5_000;
 const LOADS: u32 = 5;
 
 fn main() -> anyhow::Result<()> {
-    let wasm = std::fs::read(plugin_path())?;
-    let ctx = context();
+    let wasm = plugin_bytes("counter");
+    let ctx = context("counter", "bench", 1 << 16);
     let command = rmp_serde::to_vec_named(&Command::Increment { by: 1 })?;
 
-    let pooled = registry(RuntimeLimits::default(), None)?;
+    let pooled = registry(RuntimeLimits::default(), None);
     pooled.load("counter", &wasm)?;
     let plugin = pooled.get("counter")?;
     let mut state = plugin.init(&ctx)?;
@@ -57,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             ..RuntimeLimits::default()
         },
         None,
-    )?;
+    );
     fresh.load("counter", &wasm)?;
     let fresh_plugin = fresh.get("counter")?;
     let fresh_state = fresh_plugin.init(&ctx)?;
@@ -77,11 +78,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..LOADS {
         std::fs::remove_dir_all(cache.path()).ok();
         let started = Instant::now();
-        registry(RuntimeLimits::default(), Some(cache.path().into()))?.load("counter", &wasm)?;
+        registry(RuntimeLimits::default(), Some(cache.path().into())).load("counter", &wasm)?;
         cold += started.elapsed();
         let started = Instant::now();
-        let report = registry(RuntimeLimits::default(), Some(cache.path().into()))?
-            .load("counter", &wasm)?;
+        let report =
+            registry(RuntimeLimits::default(), Some(cache.path().into())).load("counter", &wasm)?;
         cached += started.elapsed();
         assert!(report.from_cache);
     }
@@ -134,46 +135,4 @@ fn time_per(count: u32, mut f: impl FnMut(u64)) -> Duration {
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
-}
-
-fn registry(
-    limits: RuntimeLimits,
-    cache: Option<std::path::PathBuf>,
-) -> anyhow::Result<PluginRegistry> {
-    Ok(PluginRegistry::new(Arc::new(PluginRuntime::new(
-        limits, cache,
-    )?)))
-}
-
-fn plugin_path() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm")
-}
-
-fn context() -> Context {
-    Context {
-        entity_type: "counter".into(),
-        entity_id: "bench".into(),
-        replica: "local".into(),
-        all_replicas: vec!["local".into()],
-        now: 1 << 16,
-        recovery_running: false,
-        role: Role::Writer,
-    }
-}
-
-fn envelope(seq_nr: u64, payload: Vec<u8>) -> Envelope {
-    Envelope {
-        meta: EventMeta {
-            persistence_id: "counter|bench".into(),
-            seq_nr,
-            writer: "bench".into(),
-            fencing_token: 0,
-            timestamp: seq_nr << 16,
-            origin_replica: String::new(),
-            origin_seq_nr: seq_nr,
-            version: vec![],
-            concurrent: false,
-        },
-        payload,
-    }
 }

@@ -7,6 +7,7 @@
 //! data_dir = "./weft-data"
 //! plugins_dir = "./plugins"      # watched: a new or changed .wasm is hot-loaded
 //! # writer_id = "01J…"           # a fixed ULID instead of a new one per boot (tests, migrations)
+//! # compile_cache_dir = "…"      # default <data_dir>/compiled
 //!
 //! [journal]
 //! backend = "sqlite"             # or "memory", or "postgres" with a url:
@@ -58,6 +59,9 @@ pub struct NodeConfig {
     pub plugins_dir: Option<PathBuf>,
     /// Overrides the per-boot writer id (a ULID).
     pub writer_id: Option<ulid::Ulid>,
+    /// Where compiled plugins are cached; default `<data_dir>/compiled`. Nodes may share one:
+    /// entries are keyed by content hash and engine, and written atomically.
+    pub compile_cache_dir: Option<PathBuf>,
     /// Largest command body accepted over HTTP, in bytes.
     pub max_command_bytes: usize,
     /// Largest plugin upload accepted over HTTP, in bytes.
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./weft-data"),
             plugins_dir: Some(PathBuf::from("./plugins")),
             writer_id: None,
+            compile_cache_dir: None,
             max_command_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
         }
@@ -127,7 +132,10 @@ impl Config {
 
     /// Where compiled plugins are cached.
     pub fn compile_cache_dir(&self) -> PathBuf {
-        self.node.data_dir.join("compiled")
+        match &self.node.compile_cache_dir {
+            Some(dir) => dir.clone(),
+            None => self.node.data_dir.join("compiled"),
+        }
     }
 
     pub fn journal_path(&self) -> PathBuf {

@@ -157,18 +157,11 @@ async fn hot_load_over_http_under_load_fails_no_command() {
                 while after_upload < 50 {
                     assert!(Instant::now() < deadline, "client {client} ran out of time");
                     let started_after_upload = uploaded.load(Ordering::SeqCst);
-                    let response = http
-                        .post(format!("{url}/entities/versioned/e{client}"))
-                        .json(&json!({"n": sent}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(
-                        response.status(),
-                        StatusCode::OK,
-                        "command {sent} of client {client} failed"
-                    );
-                    let body: Value = response.json().await.unwrap();
+                    let entity_id = format!("e{client}");
+                    let command = json!({"n": sent});
+                    let body =
+                        support::node::command_ok(&http, &url, "versioned", &entity_id, &command)
+                            .await;
                     if started_after_upload {
                         assert_eq!(body["reply"]["build"], json!(2));
                         after_upload += 1;
@@ -181,14 +174,8 @@ async fn hot_load_over_http_under_load_fails_no_command() {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = http
-        .put(format!("{url}/plugins/versioned"))
-        .body(plugin_bytes("versioned-v2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let report: Value = response.json().await.unwrap();
+    let report =
+        support::node::upload_plugin(&http, &url, "versioned", plugin_bytes("versioned-v2")).await;
     uploaded.store(true, Ordering::SeqCst);
     let new_version = report["version"].as_str().unwrap().to_owned();
     assert_eq!(report["replaced"], json!(old_version));

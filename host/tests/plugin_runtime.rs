@@ -7,10 +7,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{context, from_msgpack, msgpack, plugin_bytes};
-use weft::plugin::{
-    Envelope, EventMeta, PluginError, PluginRegistry, PluginRuntime, RuntimeLimits, World,
-};
+use support::{context, envelope, from_msgpack, msgpack, plugin_bytes};
+use weft::plugin::{PluginError, PluginRegistry, PluginRuntime, RuntimeLimits, World};
 
 fn registry_with(limits: RuntimeLimits) -> PluginRegistry {
     PluginRegistry::new(Arc::new(PluginRuntime::new(limits, None).expect("runtime")))
@@ -18,23 +16,6 @@ fn registry_with(limits: RuntimeLimits) -> PluginRegistry {
 
 fn registry() -> PluginRegistry {
     registry_with(RuntimeLimits::default())
-}
-
-fn envelope(seq_nr: u64, payload: Vec<u8>) -> Envelope {
-    Envelope {
-        meta: EventMeta {
-            persistence_id: "counter|c1".into(),
-            seq_nr,
-            writer: "01JTESTWRITER".into(),
-            fencing_token: 0,
-            timestamp: seq_nr << 16,
-            origin_replica: String::new(),
-            origin_seq_nr: seq_nr,
-            version: vec![],
-            concurrent: false,
-        },
-        payload,
-    }
 }
 
 #[test]

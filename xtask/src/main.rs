@@ -3,10 +3,15 @@
 //!
 //! # Layout
 //! - `toolchain`: finds or installs a toolchain that builds wasm32-wasip2 guests.
-//! - `plugins`: builds every plugin under `plugins/` into `target/plugins/*.wasm`.
+//! - `plugins`: builds every plugin under `plugins/` (Rust, Python, JavaScript) into
+//!   `target/plugins/*.wasm`.
+//! - `guest_tools`: finds or installs componentize-py and componentize-qjs.
+//! - `native_tests`: the Python and JavaScript unit tests, and the Rust plugin template's.
 //! - `process`: running child commands with a clean environment and clear errors.
 //! - `services`: installs the database servers the tests and benchmarks start (PostgreSQL, Redis).
 
+mod guest_tools;
+mod native_tests;
 mod plugins;
 mod process;
 mod services;
@@ -20,10 +25,10 @@ usage: cargo xtask <command>
 
 commands:
   setup            make a wasm32-wasip2 guest toolchain available (installs it if needed)
-  plugins          build every plugin under plugins/ into target/plugins/
+  plugins          build every plugin under plugins/ (Rust, Python, JavaScript) into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin, entity, http, lease) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, http, lease, languages) and print its figures
 ";
 
 fn main() {
@@ -56,7 +61,8 @@ fn run(args: Vec<String>) -> Result<()> {
     }
 }
 
-/// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' own tests.
+/// Everything CI runs: guest toolchain, plugins, the workspace's tests, the plugins' and SDKs'
+/// own tests in every language, the Rust plugin template's tests.
 fn test(root: &std::path::Path) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
@@ -65,7 +71,7 @@ fn test(root: &std::path::Path) -> Result<()> {
     let mut counts = process::cargo(root)
         .args(["test", "--workspace", "--all-features"])
         .run_tests()?;
-    process::step("running the plugins' native unit tests");
+    process::step("running the Rust plugins' native unit tests");
     counts.add(
         process::cargo(root)
             .args([
@@ -76,7 +82,10 @@ fn test(root: &std::path::Path) -> Result<()> {
             ])
             .run_tests()?,
     );
-    // The closing line CI reads: the totals over every test binary above.
+    native_tests::python_and_javascript(root)?;
+    native_tests::rust_template(root)?;
+    // The closing line CI reads: the cargo test totals over every test binary above (the
+    // Python and JavaScript runners print their own and fail the run on any failure).
     println!("weft: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())
 }

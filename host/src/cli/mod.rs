@@ -1,7 +1,9 @@
-//! The `weft` command line: `serve` runs a node; the other commands talk to a running node over
-//! its HTTP API (`--url`, or `WEFT_URL`, default `http://127.0.0.1:7070`).
+//! The `weft` command line: `serve` runs a node; `plugin new` writes a plugin template; the
+//! other commands talk to a running node over its HTTP API (`--url`, or `WEFT_URL`, default
+//! `http://127.0.0.1:7070`).
 
 mod client;
+mod templates;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ pub struct Cli {
 enum Command {
     /// Run a node (defaults: SQLite under ./weft-data, 127.0.0.1:7070, ./plugins watched).
     Serve(ServeArgs),
-    /// Load or list plugins on a running node.
+    /// Create a plugin from a template, or load or list plugins on a running node.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -95,6 +97,16 @@ enum PluginCommand {
     },
     /// List loaded plugins.
     List,
+    /// Write a ready-to-build plugin with a unit test (default folder: plugins/NAME).
+    New {
+        name: String,
+        #[arg(long = "lang", value_enum, default_value = "rust")]
+        language: templates::Language,
+        #[arg(long, value_enum, default_value = "entity")]
+        kind: templates::Kind,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +189,17 @@ impl Cli {
                     client::load_plugin(&url, &file, name.as_deref()).await
                 }
                 PluginCommand::List => client::get(&url, "/plugins").await,
+                PluginCommand::New {
+                    name,
+                    language,
+                    kind,
+                    dir,
+                } => new_plugin(templates::NewPlugin {
+                    dir: dir.unwrap_or_else(|| PathBuf::from("plugins").join(&name)),
+                    name,
+                    language,
+                    kind,
+                }),
             },
             Command::Lease { command, url } => {
                 let (name, action, body) = command.request();
@@ -207,6 +230,15 @@ impl Cli {
             }
         }
     }
+}
+
+fn new_plugin(plugin: templates::NewPlugin) -> anyhow::Result<()> {
+    let written = plugin.create()?;
+    for path in &written {
+        println!("created {}", path.display());
+    }
+    println!("{}", plugin.next_steps());
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

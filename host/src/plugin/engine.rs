@@ -6,10 +6,11 @@
 //! come from the pooling allocator, whose slots are sized by the memory cap.
 
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -66,6 +67,10 @@ pub struct PluginRuntime {
     limits: RuntimeLimits,
     /// Where compiled components are kept, by content hash; `None` disables the cache.
     cache_dir: Option<PathBuf>,
+    /// One lock per content hash being compiled: a second load of the same bytes waits for the
+    /// first and then reads its artifact, instead of compiling again (seconds for Python or
+    /// JavaScript components).
+    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Stops the epoch ticker when the runtime is dropped.
     ticker_stop: Arc<AtomicBool>,
 }
@@ -107,6 +112,7 @@ impl PluginRuntime {
             linker,
             limits,
             cache_dir,
+            compiling: Mutex::new(HashMap::new()),
             ticker_stop,
         })
     }
@@ -128,15 +134,42 @@ impl PluginRuntime {
     pub fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<Compiled, PluginError> {
         super::validate::check_header(plugin, bytes)?;
         let content_hash = hex::encode(Sha256::digest(bytes));
-        let cached = self.cache_path(&content_hash);
-        if let Some(path) = &cached
-            && path.exists()
-        {
+        let Some(cached) = self.cache_path(&content_hash) else {
+            return self.compile_uncached(plugin, bytes, content_hash, None);
+        };
+        let gate = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(content_hash.clone())
+            .or_default()
+            .clone();
+        let compiled = {
+            let _turn = gate.lock().unwrap_or_else(|p| p.into_inner());
+            self.load_or_compile(plugin, bytes, content_hash.clone(), &cached)
+        };
+        let mut compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else waits on this hash.
+        if Arc::strong_count(&gate) <= 2 {
+            compiling.remove(&content_hash);
+        }
+        compiled
+    }
+
+    /// The cached artifact at `cached` if it is usable, else a fresh compile written there.
+    fn load_or_compile(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        content_hash: String,
+        cached: &Path,
+    ) -> Result<Compiled, PluginError> {
+        if cached.exists() {
             // SAFETY: the cache directory holds only artifacts this host serialized with an
             // engine of the same configuration (the file name carries the engine's
             // compatibility hash); wasmtime checks the header and version again on load.
             // Like wasmtime's own cache, the directory must not be writable by others.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
+            match unsafe { Component::deserialize_file(&self.engine, cached) } {
                 Ok(component) => {
                     return Ok(Compiled {
                         component,
@@ -145,16 +178,27 @@ impl PluginRuntime {
                     });
                 }
                 Err(error) => tracing::warn!(
-                    plugin, path = %path.display(), "ignoring unusable compile cache entry: {error}"
+                    plugin, path = %cached.display(), "ignoring unusable compile cache entry: {error}"
                 ),
             }
         }
+        self.compile_uncached(plugin, bytes, content_hash, Some(cached))
+    }
+
+    /// Compiles `bytes`, and writes the artifact to `cache_to` when given.
+    fn compile_uncached(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        content_hash: String,
+        cache_to: Option<&Path>,
+    ) -> Result<Compiled, PluginError> {
         let component =
             Component::new(&self.engine, bytes).map_err(|error| PluginError::Invalid {
                 plugin: plugin.to_owned(),
                 reason: format!("not a valid component: {error:#}"),
             })?;
-        if let Some(path) = &cached
+        if let Some(path) = cache_to
             && let Err(error) = write_artifact(&component, path)
         {
             tracing::warn!(plugin, "cannot write the compile cache: {error}");
@@ -182,12 +226,16 @@ impl Drop for PluginRuntime {
     }
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half an artifact.
+/// Writes through a temporary file and a rename, so a crash never leaves half an artifact and a
+/// reader never maps a file being written. The temporary name is unique per write: two hosts
+/// (processes, or runtimes in one process) may write the same artifact at once.
 fn write_artifact(component: &Component, path: &Path) -> anyhow::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let bytes = component
         .serialize()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{write}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use weft::config::Config;
 use weft::node::Node;
 
-use super::plugin_path;
+use super::plugins::{plugin_path, shared_compile_cache};
 
 /// A plugins directory holding copies of the named built plugins.
 pub fn plugins_dir(root: &Path, names: &[&str]) -> PathBuf {
@@ -23,11 +23,12 @@ pub fn plugins_dir(root: &Path, names: &[&str]) -> PathBuf {
     dir
 }
 
-/// A node config on a free port under `root`.
+/// A node config on a free port under `root`, compiling through the shared compile cache.
 pub fn config(root: &Path, plugins: &[&str]) -> Config {
     let mut config = Config::default();
     config.node.listen = "127.0.0.1:0".parse().unwrap();
     config.node.data_dir = root.join("data");
+    config.node.compile_cache_dir = Some(shared_compile_cache());
     config.node.plugins_dir = Some(plugins_dir(root, plugins));
     config
 }
@@ -49,6 +50,61 @@ impl TestNode {
             http: reqwest::Client::new(),
         }
     }
+}
+
+/// `POST /entities/{entity_type}/{entity_id}` with a JSON command: the status and the JSON body.
+pub async fn send_command(
+    http: &reqwest::Client,
+    url: &str,
+    entity_type: &str,
+    entity_id: &str,
+    command: &serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = http
+        .post(format!("{url}/entities/{entity_type}/{entity_id}"))
+        .json(command)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+/// [`send_command`] for a command that must succeed: the body.
+pub async fn command_ok(
+    http: &reqwest::Client,
+    url: &str,
+    entity_type: &str,
+    entity_id: &str,
+    command: &serde_json::Value,
+) -> serde_json::Value {
+    let (status, body) = send_command(http, url, entity_type, entity_id, command).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "{command} to {entity_type}/{entity_id} failed: {body}"
+    );
+    body
+}
+
+/// `PUT /plugins/{name}` with `bytes`; asserts it succeeded and returns the load report.
+pub async fn upload_plugin(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> serde_json::Value {
+    let response = http
+        .put(format!("{url}/plugins/{name}"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::OK,
+        "upload of {name}"
+    );
+    response.json().await.unwrap()
 }
 
 /// A `weft serve` process; killed (SIGKILL) when dropped.
