@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::node::{TestNode, command_ok, config, send_command, upload_plugin};
+use support::rng::SplitMix64;
 use support::{cached_registry, context, msgpack, plugin_bytes};
 use weft::plugin::{Envelope, EventMeta, Resolution, RuntimeLimits, VersionEntry};
 
@@ -251,27 +252,6 @@ async fn a_javascript_counter_hot_swaps_the_rust_one_under_load() {
         );
     }
     node.shutdown().await.unwrap();
-}
-
-/// A deterministic generator (splitmix64): a failing case replays from its seed and index.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// Origin replicas of the generated events.

@@ -9,29 +9,13 @@ mod support;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use support::rng::SplitMix64;
 use support::{context, msgpack, plugin_bytes};
 use weft::journal::EventEnvelope;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 use weft::replication::{CausalBuffer, MergeLog, Offer, PluginFold, Resolver};
 
 const REPLICAS: [&str; 3] = ["a", "b", "c"];
-
-/// A small deterministic generator (splitmix64), so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One replica while a history is generated.
 #[derive(Default, Clone)]
@@ -44,7 +28,7 @@ struct ReplicaClock {
 /// `events` bids/increments written by random replicas that now and then first receive another
 /// replica's history, so some events are causally ordered and others concurrent. Timestamps
 /// sometimes tie across replicas.
-fn history(rng: &mut Rng, events: usize) -> Vec<EventEnvelope> {
+fn history(rng: &mut SplitMix64, events: usize) -> Vec<EventEnvelope> {
     let mut clocks: Vec<ReplicaClock> = vec![ReplicaClock::default(); REPLICAS.len()];
     let mut written = Vec::new();
     for _ in 0..events {
@@ -117,7 +101,7 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
 }
 
 /// Random orders with some events offered two or three times.
-fn shuffled_with_duplicates(rng: &mut Rng, n: usize, count: usize) -> Vec<Vec<usize>> {
+fn shuffled_with_duplicates(rng: &mut SplitMix64, n: usize, count: usize) -> Vec<Vec<usize>> {
     (0..count)
         .map(|_| {
             let mut order: Vec<usize> = (0..n).collect();
@@ -146,7 +130,7 @@ fn check_convergence(resolver: impl Fn(&PluginRegistry) -> Resolver) {
         context("auction", "1", 0),
     );
     let initial = entity.init(&context("auction", "1", 0)).unwrap();
-    let mut rng = Rng(0x5EED);
+    let mut rng = SplitMix64(0x5EED);
     for events in 2..=8 {
         for _history in 0..4 {
             let history = history(&mut rng, events);
@@ -184,7 +168,7 @@ fn a_resolver_plugin_converges_in_every_order() {
 
 #[test]
 fn duplicates_are_applied_once() {
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     let history = history(&mut rng, 6);
     let mut buffer = CausalBuffer::new(BTreeMap::new(), 64);
     let mut delivered = 0;

@@ -1,11 +1,12 @@
 //! Helpers shared by the host's integration tests: plugins and their calls (`plugins`), nodes
 //! in this process or as `weft serve` processes (`node`), throwaway database servers
-//! (`services`).
+//! (`services`), a seeded generator (`rng`).
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 pub mod node;
 mod plugins;
+pub mod rng;
 pub mod services;
 
 pub use plugins::*;
