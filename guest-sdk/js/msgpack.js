@@ -84,7 +84,8 @@ class Writer {
       if (Number.isSafeInteger(value)) this.integer(value);
       else this.float(value);
     } else if (typeof value === "bigint") this.bigInteger(value);
-    else if (typeof value === "string") this.text(value); else if (value instanceof Uint8Array) {
+    else if (typeof value === "string") this.text(value);
+    else if (value instanceof Uint8Array) {
       this.header(value.length, null, [0xc4, 0xc5, 0xc6]);
       this.raw(value);
     } else if (Array.isArray(value)) {
