@@ -69,7 +69,8 @@ macro_rules! conversions {
 pub mod entity_world {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "weft:plugin/entity-plugin",
+        // The entity world plus the optional lease hooks, whose default does nothing.
+        world: "weft:plugin/entity-plugin-with-hooks",
         runtime_path: "weft_guest::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "export_entity_world",

@@ -15,6 +15,16 @@ pub enum Role {
     Observer,
 }
 
+/// Why a single-writer entity stopped being the writer on this host ([`crate::Entity::on_lease_lost`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseLost {
+    /// The fencing token of the tenure that ended.
+    pub fencing_token: u64,
+    /// `expired` (no renewal before the local deadline), `taken-over` (the backend answered that
+    /// another owner holds it) or `fenced` (a newer holder's token refused a write).
+    pub reason: String,
+}
+
 /// What the journal recorded about an event, besides its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EventMeta {

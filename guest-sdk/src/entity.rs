@@ -4,7 +4,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Display;
 
 use crate::codec::{decode, encode};
-use crate::context::Context;
+use crate::context::{Context, LeaseLost};
 
 /// The outcome of a command: events to persist, in order, and the reply to the caller.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +54,40 @@ pub trait Entity {
 
     /// Folds one event into the state.
     fn apply(state: Self::State, ctx: &Context, event: &Self::Event) -> Self::State;
+
+    /// Called once each time this host loses the write lease of a single-writer entity, after
+    /// it switched to observer. The [`Notice`] returned, if any, is published with the host's
+    /// `lease-lost` event (`GET /events`). The default says nothing.
+    fn on_lease_lost(_state: &Self::State, _ctx: &Context, _lost: &LeaseLost) -> Option<Notice> {
+        None
+    }
+}
+
+/// A value published with the host's `lease-lost` event, encoded like replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice(Vec<u8>);
+
+impl Notice {
+    /// Encodes `value`. A value that does not encode is a bug in the plugin: it traps, and the
+    /// host logs the message.
+    pub fn of<T: Serialize>(value: &T) -> Notice {
+        Notice(encode(value).unwrap_or_else(|e| panic!("lease-lost notice: {e}")))
+    }
+
+    /// The MessagePack bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// `on_lease_lost` over bytes.
+pub fn lease_lost_bytes<T: Entity>(
+    ctx: &Context,
+    state: &[u8],
+    lost: &LeaseLost,
+) -> Option<Vec<u8>> {
+    let state: T::State = decode("state", state).unwrap_or_else(|e| panic!("on-lease-lost: {e}"));
+    T::on_lease_lost(&state, ctx, lost).map(Notice::into_bytes)
 }
 
 /// `init` over bytes.
@@ -130,6 +164,21 @@ macro_rules! export_entity {
                 ) -> Vec<u8> {
                     let (ctx, payload) = $crate::__private::entity_world::event_context(ctx, event);
                     $crate::entity::apply_bytes::<$entity>(&ctx, &state, &payload)
+                }
+            }
+            impl $crate::__private::entity_world::exports::weft::plugin::lease_hooks::Guest
+                for WeftEntityExport
+            {
+                fn on_lease_lost(
+                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
+                    state: Vec<u8>,
+                    lost: $crate::__private::entity_world::exports::weft::plugin::lease_hooks::LeaseLost,
+                ) -> Option<Vec<u8>> {
+                    let lost = $crate::LeaseLost {
+                        fencing_token: lost.fencing_token,
+                        reason: lost.reason,
+                    };
+                    $crate::entity::lease_lost_bytes::<$entity>(&ctx.into(), &state, &lost)
                 }
             }
             $crate::__private::entity_world::export_entity_world!(

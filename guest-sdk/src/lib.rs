@@ -34,7 +34,7 @@
 //!
 //! # Layout
 //! - [`context`]: what a handler knows about where and when it runs ([`Context`], [`EventMeta`]).
-//! - [`entity`]: the [`Entity`] trait and [`Decision`].
+//! - [`entity`]: the [`Entity`] trait, [`Decision`] and the lease-lost [`Notice`].
 //! - [`resolver`]: the [`Resolver`] trait and [`Resolution`].
 //! - [`codec`]: MessagePack with named fields, as the host expects it.
 //! - `bindings`: the generated WIT glue, one module per world (private).
@@ -50,8 +50,8 @@ pub mod resolver;
 #[cfg(any(feature = "entity", feature = "resolver"))]
 mod bindings;
 
-pub use context::{Context, Envelope, EventMeta, Role};
-pub use entity::{Decision, Entity};
+pub use context::{Context, Envelope, EventMeta, LeaseLost, Role};
+pub use entity::{Decision, Entity, Notice};
 pub use resolver::{Resolution, Resolver};
 /// CRDTs a plugin can keep inside its state.
 pub use weft_crdt as crdt;

@@ -28,7 +28,7 @@ mod validate;
 mod version;
 
 pub use bindings::types::{Context, Envelope, EventMeta, Role, VersionEntry};
-pub use bindings::{Decision, Resolution};
+pub use bindings::{Decision, LeaseLost, Resolution};
 pub use engine::{PluginRuntime, RuntimeLimits};
 pub use error::PluginError;
 pub use registry::{LoadReport, PluginInfo, PluginRegistry};

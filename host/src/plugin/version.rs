@@ -7,12 +7,13 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::types::{Context, Envelope};
 use super::bindings::{
-    Decision, EntityPlugin, EntityPluginPre, Resolution, ResolverPlugin, ResolverPluginPre,
+    Decision, EntityPlugin, EntityPluginIndices, LeaseHooks, LeaseHooksIndices, LeaseLost,
+    Resolution, ResolverPlugin, ResolverPluginPre,
 };
 use super::engine::{PluginRuntime, RuntimeLimits};
 use super::error::PluginError;
@@ -21,13 +22,21 @@ use super::validate::World;
 
 /// How instances of a world are made.
 enum Pre {
-    Entity(EntityPluginPre<GuestState>),
+    Entity {
+        instance_pre: InstancePre<GuestState>,
+        entity: EntityPluginIndices,
+        /// Present when the plugin exports the optional `lease-hooks` interface.
+        hooks: Option<LeaseHooksIndices>,
+    },
     Resolver(ResolverPluginPre<GuestState>),
 }
 
 /// The exports of a live instance.
 enum Exports {
-    Entity(EntityPlugin),
+    Entity {
+        plugin: EntityPlugin,
+        hooks: Option<LeaseHooks>,
+    },
     Resolver(ResolverPlugin),
 }
 
@@ -72,7 +81,11 @@ impl PluginVersion {
                 reason: format!("its imports do not match what weft provides: {error:#}"),
             })?;
         let pre = match world {
-            World::Entity => EntityPluginPre::new(instance_pre).map(Pre::Entity),
+            World::Entity => EntityPluginIndices::new(&instance_pre).map(|entity| Pre::Entity {
+                hooks: LeaseHooksIndices::new(&instance_pre).ok(),
+                instance_pre,
+                entity,
+            }),
             World::Resolver => ResolverPluginPre::new(instance_pre).map(Pre::Resolver),
         }
         .map_err(|error| PluginError::Invalid {
@@ -124,7 +137,7 @@ impl PluginVersion {
     /// The initial state of an entity.
     pub fn init(&self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
         self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity(plugin) => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
+            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
             Exports::Resolver(_) => Err(World::Entity),
         })
     }
@@ -136,15 +149,13 @@ impl PluginVersion {
         state: &[u8],
         command: &[u8],
     ) -> Result<Decision, PluginError> {
-        let outcome = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity(plugin) => Ok(plugin.weft_plugin_entity().call_handle_command(
-                store,
-                ctx,
-                &state.to_vec(),
-                &command.to_vec(),
-            )),
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
+        let outcome =
+            self.call(ctx.now, |store, exports| match exports {
+                Exports::Entity { plugin, .. } => Ok(plugin
+                    .weft_plugin_entity()
+                    .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
+                Exports::Resolver(_) => Err(World::Entity),
+            })?;
         outcome.map_err(|message| PluginError::Rejected {
             plugin: self.id.to_string(),
             message,
@@ -159,11 +170,36 @@ impl PluginVersion {
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
         self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity(plugin) => {
+            Exports::Entity { plugin, .. } => {
                 Ok(plugin
                     .weft_plugin_entity()
                     .call_apply_event(store, ctx, &state.to_vec(), event))
             }
+            Exports::Resolver(_) => Err(World::Entity),
+        })
+    }
+
+    /// Whether the plugin exports the optional `lease-hooks` interface.
+    pub fn has_lease_hooks(&self) -> bool {
+        matches!(&self.pre, Pre::Entity { hooks: Some(_), .. })
+    }
+
+    /// Tells the plugin its entity lost the write lease; `Ok(None)` when the plugin has no hook or
+    /// nothing to say.
+    pub fn on_lease_lost(
+        &self,
+        ctx: &Context,
+        state: &[u8],
+        lost: &LeaseLost,
+    ) -> Result<Option<Vec<u8>>, PluginError> {
+        if !self.has_lease_hooks() {
+            return Ok(None);
+        }
+        self.call(ctx.now, |store, exports| match exports {
+            Exports::Entity {
+                hooks: Some(hooks), ..
+            } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
+            Exports::Entity { hooks: None, .. } => Ok(Ok(None)),
             Exports::Resolver(_) => Err(World::Entity),
         })
     }
@@ -184,7 +220,7 @@ impl PluginVersion {
                 incoming,
                 concurrent,
             )),
-            Exports::Entity(_) => Err(World::Resolver),
+            Exports::Entity { .. } => Err(World::Resolver),
         })
     }
 
@@ -243,7 +279,19 @@ impl PluginVersion {
         // Instantiation runs guest code (constructors): bound it like a call.
         store.set_epoch_deadline(self.limits.epoch_deadline_ticks());
         let exports = match &self.pre {
-            Pre::Entity(pre) => pre.instantiate(&mut store).map(Exports::Entity),
+            Pre::Entity {
+                instance_pre,
+                entity,
+                hooks,
+            } => instance_pre.instantiate(&mut store).and_then(|instance| {
+                Ok(Exports::Entity {
+                    plugin: entity.load(&mut store, &instance)?,
+                    hooks: match hooks {
+                        Some(hooks) => Some(hooks.load(&mut store, &instance)?),
+                        None => None,
+                    },
+                })
+            }),
             Pre::Resolver(pre) => pre.instantiate(&mut store).map(Exports::Resolver),
         };
         match exports {

@@ -3,9 +3,12 @@
 //! Commands (JSON over the HTTP API, MessagePack inside): `{"op":"increment","by":3}`,
 //! `{"op":"decrement","by":1}`, `{"op":"reset"}`, `{"op":"get"}`. The value never goes below
 //! the floor of 0: a decrement that would is rejected and persists nothing.
+//!
+//! As a single-writer entity it says, when this host loses the write lease, which value it had
+//! and which tenure ended (`LeaseLostNotice`, published with the host's `lease-lost` event).
 
 use serde::{Deserialize, Serialize};
-use weft_guest::{Context, Decision, Entity};
+use weft_guest::{Context, Decision, Entity, LeaseLost, Notice};
 
 /// The lowest value a counter may hold.
 pub const FLOOR: i64 = 0;
@@ -35,6 +38,14 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub value: i64,
+}
+
+/// What the counter publishes when its host loses the write lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseLostNotice {
+    pub value: i64,
+    pub fencing_token: u64,
+    pub reason: String,
 }
 
 pub struct Counter;
@@ -91,6 +102,14 @@ impl Entity for Counter {
             Event::Reset => State { value: FLOOR },
         }
     }
+
+    fn on_lease_lost(state: &State, _ctx: &Context, lost: &LeaseLost) -> Option<Notice> {
+        Some(Notice::of(&LeaseLostNotice {
+            value: state.value,
+            fencing_token: lost.fencing_token,
+            reason: lost.reason.clone(),
+        }))
+    }
 }
 
 weft_guest::export_entity!(Counter);
@@ -132,6 +151,22 @@ mod tests {
         assert!(run(State::default(), Command::Decrement { by: -1 }).is_err());
         let error = run(State { value: i64::MAX }, Command::Increment { by: 1 }).unwrap_err();
         assert!(error.contains("overflow"), "{error}");
+    }
+
+    #[test]
+    fn says_what_it_had_when_the_lease_is_lost() {
+        let ctx = Context::for_test("counter", "c1");
+        let lost = LeaseLost {
+            fencing_token: 7,
+            reason: "expired".into(),
+        };
+        let notice = Counter::on_lease_lost(&State { value: 3 }, &ctx, &lost).unwrap();
+        let expected = LeaseLostNotice {
+            value: 3,
+            fencing_token: 7,
+            reason: "expired".into(),
+        };
+        assert_eq!(notice, Notice::of(&expected));
     }
 
     #[test]
