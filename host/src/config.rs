@@ -27,6 +27,8 @@
 //! passivate_after_secs = 120
 //! mailbox_capacity = 1024
 //! replay_filter = "fail"         # warn | repair-by-discard-old | off
+//! # single_writer = true         # one writer per entity across nodes: the lease holder
+//! # lease_ttl_ms = 10000
 //! ```
 
 use anyhow::Context as _;

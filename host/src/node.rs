@@ -77,6 +77,7 @@ impl Node {
         let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
         let entities = EntitySystem::new(
             journal,
+            lease.clone(),
             plugins.clone(),
             SystemSettings {
                 writer_id,
@@ -106,6 +107,7 @@ impl Node {
                 plugin_bytes: config.node.max_plugin_bytes,
             },
             started: std::time::Instant::now(),
+            shutdown: shutdown_rx.clone(),
         };
         let mut stop = shutdown_rx;
         let server = tokio::spawn(api::serve(listener, state, async move {

@@ -11,6 +11,7 @@ use ulid::Ulid;
 use weft::clock::NodeClock;
 use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
 use weft::journal::{InMemoryJournal, Journal, SqliteJournal};
+use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 fn plugins() -> Arc<PluginRegistry> {
@@ -29,7 +30,13 @@ fn system(
         writer_id: Ulid::new(),
         replica: "test".into(),
     };
-    let system = EntitySystem::new(journal, plugins, settings, NodeClock::default());
+    let system = EntitySystem::new(
+        journal,
+        Arc::new(InMemoryLease::new()),
+        plugins,
+        settings,
+        NodeClock::default(),
+    );
     system.bind_type("counter", config).unwrap();
     system
 }

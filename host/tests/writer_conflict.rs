@@ -11,6 +11,7 @@ use ulid::Ulid;
 use weft::clock::NodeClock;
 use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
 use weft::journal::{EventEnvelope, Journal, ReplayFilterMode, SqliteJournal};
+use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 fn increment(pid: &str, seq_nr: u64, writer: Ulid, by: i64) -> EventEnvelope {
@@ -53,7 +54,13 @@ async fn system(path: &std::path::Path, mode: ReplayFilterMode) -> EntitySystem 
         writer_id: Ulid::new(),
         replica: "test".into(),
     };
-    let system = EntitySystem::new(journal, plugins, settings, NodeClock::default());
+    let system = EntitySystem::new(
+        journal,
+        Arc::new(InMemoryLease::new()),
+        plugins,
+        settings,
+        NodeClock::default(),
+    );
     let config = EntityTypeConfig {
         replay_filter: mode,
         ..EntityTypeConfig::for_plugin("counter")

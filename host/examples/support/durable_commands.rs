@@ -7,6 +7,7 @@ use std::time::Instant;
 use weft::clock::NodeClock;
 use weft::entity::{EntitySystem, EntityTypeConfig, SystemSettings};
 use weft::journal::Journal;
+use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 /// Entities the commands are spread over.
@@ -26,7 +27,13 @@ pub async fn run(journal: Arc<dyn Journal>, commands: u64) -> anyhow::Result<(u6
         writer_id: ulid::Ulid::new(),
         replica: "bench".into(),
     };
-    let system = EntitySystem::new(journal, plugins, settings, NodeClock::default());
+    let system = EntitySystem::new(
+        journal,
+        Arc::new(InMemoryLease::new()),
+        plugins,
+        settings,
+        NodeClock::default(),
+    );
     system.bind_type("counter", EntityTypeConfig::for_plugin("counter"))?;
     let command = rmp_serde::to_vec_named(&serde_json::json!({"op": "increment", "by": 1}))?;
 

@@ -51,6 +51,8 @@ impl From<EntityError> for ApiError {
             }
             EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EntityError::NotWriter { .. } | EntityError::Fenced(_) => StatusCode::CONFLICT,
+            EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.code(), error.to_string())
     }

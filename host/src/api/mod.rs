@@ -10,11 +10,14 @@
 //! - `entities`: `/entities/...` and `/entity-types/...`.
 //! - `plugins`: `/plugins/...`, upload and hot-load.
 //! - `leases`: `/leases/{name}/...`, named leases with fencing tokens for external workers.
+//! - `notifications`: `/notifications`, lease changes of single-writer entities as server-sent
+//!   events.
 //! - `ops`: `/health`, `/metrics`, `/openapi.json`.
 
 mod entities;
 mod error;
 mod leases;
+mod notifications;
 mod ops;
 mod payload;
 mod plugins;
@@ -35,10 +38,13 @@ use crate::plugin::PluginRegistry;
 pub struct AppState {
     pub entities: EntitySystem,
     pub plugins: Arc<PluginRegistry>,
-    /// The node's lease backend, for `/leases` (and, as the node grows, single-writer entities).
+    /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,
     pub started: std::time::Instant,
+    /// Becomes true when the node stops: long-lived responses (event streams) end then, so the
+    /// graceful shutdown does not wait on them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Largest bodies accepted, in bytes.
@@ -73,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(commands)
         .merge(uploads)
         .route("/plugins", get(plugins::list))
+        .route("/notifications", get(notifications::stream))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

@@ -6,17 +6,24 @@
 //! do the commands' callers get their replies; if it fails, every command of the batch fails and
 //! the state goes back to what the journal holds. A rejected command persists nothing and does
 //! not affect the others.
+//!
+//! A single-writer entity also keeps a [`Tenure`]: it handles commands only while this host holds
+//! the entity's lease, stamping its fencing token on every append; otherwise it observes — it
+//! catches up with the journal before answering a state query and refuses commands naming the
+//! writer. A command that finds the lease free waits for this host's manager to acquire it.
 
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::EntityError;
+use super::notifications::Notification;
 use super::system::{CommandReply, EntityState, Shared};
+use super::tenure::{Tenure, TenureChange};
 use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
     EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
 };
-use crate::plugin::{Context, Envelope, PluginVersion, Role};
+use crate::plugin::{Context, Envelope, LeaseLost, PluginVersion, Role};
 
 /// Events read per journal query during recovery.
 const RECOVERY_PAGE: usize = 1_000;
@@ -83,8 +90,24 @@ impl Actor {
     }
 
     pub async fn run(self, mut inbox: mpsc::Receiver<Message>) {
-        let mut committed = match self.recover().await {
-            Ok(committed) => committed,
+        let started = self.recover().await.and_then(|committed| {
+            let tenure = self
+                .config
+                .single_writer
+                .then(|| {
+                    let owner = self.shared.settings.writer_id.to_string();
+                    Tenure::start(
+                        self.shared.lease.clone(),
+                        &self.pid,
+                        &owner,
+                        self.config.lease_ttl(),
+                    )
+                })
+                .transpose()?;
+            Ok((committed, tenure))
+        });
+        let (mut committed, mut tenure) = match started {
+            Ok(started) => started,
             Err(error) => {
                 tracing::error!(entity = %self.pid, "recovery failed: {error}");
                 inbox.close();
@@ -94,20 +117,37 @@ impl Actor {
                 return;
             }
         };
+        self.serve(&mut committed, &mut tenure, inbox).await;
+        if let Some(tenure) = tenure {
+            // Passivated or stopped: let another host take the entity over at once.
+            tenure.release().await;
+        }
+    }
+
+    /// Turns until the mailbox closes: passivation, or a stale view of the stream.
+    async fn serve(
+        &self,
+        committed: &mut Committed,
+        tenure: &mut Option<Tenure>,
+        mut inbox: mpsc::Receiver<Message>,
+    ) {
         let mut passivating = false;
         loop {
-            let first = if passivating {
-                inbox.recv().await
-            } else {
-                match tokio::time::timeout(self.config.passivate_after(), inbox.recv()).await {
-                    Ok(message) => message,
-                    Err(_idle) => {
-                        tracing::debug!(entity = %self.pid, "passivating after {:?} idle", self.config.passivate_after());
-                        // Messages queued before the close are still handled below.
-                        inbox.close();
-                        passivating = true;
-                        continue;
+            let idle = self.config.passivate_after();
+            let first = tokio::select! {
+                message = inbox.recv() => message,
+                () = tokio::time::sleep(idle), if !passivating => {
+                    tracing::debug!(entity = %self.pid, "passivating after {idle:?} idle");
+                    // Messages queued before the close are still handled below.
+                    inbox.close();
+                    passivating = true;
+                    continue;
+                }
+                change = next_change(tenure) => {
+                    if let Some(tenure) = tenure.as_mut() {
+                        self.on_tenure_change(committed, tenure, change).await;
                     }
+                    continue;
                 }
             };
             let Some(first) = first else { return };
@@ -118,13 +158,153 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if let Err(stale) = self.turn(&mut committed, batch).await {
+            if let Err(stale) = self.turn(committed, tenure, batch).await {
                 tracing::warn!(entity = %self.pid, "stopping: {stale}");
                 inbox.close();
                 while let Some(message) = inbox.recv().await {
                     message.fail(EntityError::Stopped(self.pid.clone()));
                 }
                 return;
+            }
+        }
+    }
+
+    async fn on_tenure_change(
+        &self,
+        committed: &mut Committed,
+        tenure: &mut Tenure,
+        change: TenureChange,
+    ) {
+        let outcome = match change {
+            TenureChange::Granted(fencing_token) => {
+                self.take_over(committed, tenure, fencing_token).await
+            }
+            TenureChange::Lost(fencing_token) => {
+                self.lose(committed, tenure, fencing_token, false).await
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::error!(entity = %self.pid, "lease change not handled: {error}");
+        }
+    }
+
+    /// Becomes the writer with a freshly granted token: records it in the journal (from then on
+    /// older holders' appends fail) and catches up with what they wrote.
+    async fn take_over(
+        &self,
+        committed: &mut Committed,
+        tenure: &mut Tenure,
+        fencing_token: u64,
+    ) -> Result<(), EntityError> {
+        let taken = async {
+            self.shared
+                .journal
+                .record_fence(&self.pid, fencing_token)
+                .await?;
+            self.catch_up(committed).await
+        };
+        // On failure the grant stays unconfirmed: the manager keeps the lease, and the next
+        // command retries taking over (other hosts would fail on the same journal too).
+        taken.await?;
+        tenure.confirm(fencing_token);
+        tracing::info!(entity = %self.pid, fencing_token, seq_nr = committed.seq_nr, "single-writer entity: this node writes it now");
+        self.shared
+            .notifications
+            .publish(Notification::LeaseAcquired {
+                entity_type: self.entity_type.clone(),
+                entity_id: self.entity_id.clone(),
+                fencing_token,
+                writer: tenure.owner().to_owned(),
+            });
+        Ok(())
+    }
+
+    /// Switches to observer after the tenure writing with `fencing_token` ended, once per loss:
+    /// an error-level log line, the plugin's hook, a notification.
+    async fn lose(
+        &self,
+        committed: &Committed,
+        tenure: &mut Tenure,
+        fencing_token: u64,
+        fenced: bool,
+    ) -> Result<(), EntityError> {
+        let Some((reason, new_writer)) = tenure.end(fencing_token, fenced).await? else {
+            return Ok(());
+        };
+        tracing::error!(
+            entity = %self.pid, fencing_token, reason = reason.as_str(), new_writer = ?new_writer,
+            "LEASE LOST: single-writer entity switched to observer"
+        );
+        let lost = LeaseLost {
+            fencing_token,
+            reason: reason.as_str().to_owned(),
+        };
+        let ctx = self.context(self.shared.clock.now(), false, Role::Observer);
+        let notice = match self.plugin().and_then(|plugin| {
+            run_guest(|| plugin.on_lease_lost(&ctx, &committed.state, &lost)).map_err(Into::into)
+        }) {
+            Ok(notice) => notice,
+            Err(error) => {
+                tracing::warn!(entity = %self.pid, "the plugin's on-lease-lost hook failed: {error}");
+                None
+            }
+        };
+        self.shared.notifications.publish(Notification::LeaseLost {
+            entity_type: self.entity_type.clone(),
+            entity_id: self.entity_id.clone(),
+            fencing_token,
+            reason: reason.as_str(),
+            new_writer,
+            notice,
+        });
+        Ok(())
+    }
+
+    /// Makes this host the writer for a batch of commands: refused when another owner holds the
+    /// lease; when it is free, waits (bounded) for this host's manager to acquire it.
+    async fn claim(
+        &self,
+        committed: &mut Committed,
+        tenure: &mut Tenure,
+    ) -> Result<(), EntityError> {
+        if let Some(holder) = tenure.writer().await
+            && holder.owner != tenure.owner()
+        {
+            return Err(EntityError::NotWriter {
+                persistence_id: self.pid.clone(),
+                writer: Some(holder.owner),
+                fencing_token: Some(holder.fencing_token),
+            });
+        }
+        match tenure.wait_for_grant(tenure.grant_wait()).await {
+            Some(fencing_token) => self.take_over(committed, tenure, fencing_token).await,
+            None => Err(EntityError::NotWriter {
+                persistence_id: self.pid.clone(),
+                writer: None,
+                fencing_token: None,
+            }),
+        }
+    }
+
+    /// Applies what other writers appended since `committed.seq_nr`.
+    async fn catch_up(&self, committed: &mut Committed) -> Result<(), EntityError> {
+        let plugin = self.plugin()?;
+        loop {
+            let page = self
+                .shared
+                .journal
+                .read(&self.pid, committed.seq_nr + 1, RECOVERY_PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            let (seq_nr, writer_plugin) = (last.seq_nr, last.plugin.clone());
+            let full_page = page.len() == RECOVERY_PAGE;
+            committed.state = self.fold(&plugin, std::mem::take(&mut committed.state), &page)?;
+            committed.seq_nr = seq_nr;
+            committed.plugin = writer_plugin;
+            if !full_page {
+                return Ok(());
             }
         }
     }
@@ -142,7 +322,7 @@ impl Actor {
             match journal.latest_snapshot(&self.pid).await? {
                 Some(snapshot) => (snapshot.payload, snapshot.seq_nr, snapshot.seq_nr),
                 None => {
-                    let ctx = self.context(self.shared.clock.now(), true);
+                    let ctx = self.context(self.shared.clock.now(), true, self.observed_role());
                     (run_guest(|| plugin.init(&ctx))?, 0, 0)
                 }
             };
@@ -183,7 +363,7 @@ impl Actor {
     ) -> Result<Vec<u8>, EntityError> {
         run_guest(|| {
             events.iter().try_fold(state, |state, event| {
-                let ctx = self.context(event.timestamp, true);
+                let ctx = self.context(event.timestamp, true, self.observed_role());
                 plugin.apply_event(&ctx, &state, &Envelope::from(event))
             })
         })
@@ -195,8 +375,30 @@ impl Actor {
     async fn turn(
         &self,
         committed: &mut Committed,
+        tenure: &mut Option<Tenure>,
         batch: Vec<Message>,
     ) -> Result<(), JournalError> {
+        let has_commands = batch
+            .iter()
+            .any(|message| matches!(message, Message::Command { .. }));
+        // A single-writer entity that is not the writer: claim the lease, or refuse the commands.
+        let refusal = match tenure.as_mut() {
+            Some(tenure) if tenure.fencing_token().is_none() => {
+                let claimed = if has_commands {
+                    self.claim(committed, tenure).await
+                } else {
+                    Ok(())
+                };
+                if tenure.fencing_token().is_none() {
+                    // Still observing: answer state queries with what the writer wrote.
+                    if let Err(error) = self.catch_up(committed).await {
+                        tracing::warn!(entity = %self.pid, "observer catch-up failed: {error}");
+                    }
+                }
+                claimed.err()
+            }
+            _ => None,
+        };
         let mut state = committed.state.clone();
         let mut events: Vec<EventEnvelope> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
@@ -204,7 +406,7 @@ impl Actor {
             match message {
                 Message::GetState { reply } => {
                     // Answer with what is durable: persist what came before it first.
-                    self.persist(committed, &mut state, &mut events, &mut pending)
+                    self.persist(committed, tenure, &mut state, &mut events, &mut pending)
                         .await?;
                     let _ = reply.send(Ok(EntityState {
                         state: committed.state.clone(),
@@ -212,9 +414,12 @@ impl Actor {
                         plugin: committed.plugin.clone(),
                     }));
                 }
+                Message::Command { reply, .. } if refusal.is_some() => {
+                    let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
+                }
                 Message::Command { command, reply } => {
                     let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
-                    match self.handle(&state, &command, next_seq_nr) {
+                    match self.handle(&state, &command, next_seq_nr, tenure) {
                         Ok((new_state, new_events, outcome)) => {
                             state = new_state;
                             events.extend(new_events);
@@ -227,7 +432,7 @@ impl Actor {
                 }
             }
         }
-        self.persist(committed, &mut state, &mut events, &mut pending)
+        self.persist(committed, tenure, &mut state, &mut events, &mut pending)
             .await
     }
 
@@ -237,16 +442,19 @@ impl Actor {
         state: &[u8],
         command: &[u8],
         first_seq_nr: u64,
+        tenure: &Option<Tenure>,
     ) -> Result<(Vec<u8>, Vec<EventEnvelope>, CommandReply), EntityError> {
         let plugin = self.plugin()?;
         let now = self.shared.clock.now();
-        let ctx = self.context(now, false);
+        let ctx = self.context(now, false, Role::Writer);
+        let fencing_token = fencing_token(tenure);
         run_guest(|| {
             let decision = plugin.handle_command(&ctx, state, command)?;
             let mut state = state.to_vec();
             let mut events = Vec::with_capacity(decision.events.len());
             for (offset, payload) in decision.events.into_iter().enumerate() {
-                let event = self.envelope(first_seq_nr + offset as u64, now, plugin.id(), payload);
+                let seq_nr = first_seq_nr + offset as u64;
+                let event = self.envelope(seq_nr, now, fencing_token, plugin.id(), payload);
                 state = plugin.apply_event(&ctx, &state, &Envelope::from(&event))?;
                 events.push(event);
             }
@@ -265,6 +473,7 @@ impl Actor {
     async fn persist(
         &self,
         committed: &mut Committed,
+        tenure: &mut Option<Tenure>,
         state: &mut Vec<u8>,
         events: &mut Vec<EventEnvelope>,
         pending: &mut Vec<Pending>,
@@ -273,12 +482,18 @@ impl Actor {
             return Ok(());
         }
         let count = events.len() as u64;
+        let fencing_token = fencing_token(tenure);
         let outcome = if events.is_empty() {
             Ok(())
         } else {
             self.shared
                 .journal
-                .append(&self.pid, committed.seq_nr, 0, std::mem::take(events))
+                .append(
+                    &self.pid,
+                    committed.seq_nr,
+                    fencing_token,
+                    std::mem::take(events),
+                )
                 .await
         };
         match outcome {
@@ -305,10 +520,17 @@ impl Actor {
                 for Pending { reply, .. } in pending.drain(..) {
                     let _ = reply.send(Err(EntityError::from(error.clone())));
                 }
-                match error {
-                    JournalError::SeqConflict { .. } | JournalError::StaleFencingToken { .. } => {
-                        Err(error)
+                match (error, tenure.as_mut()) {
+                    // A newer holder fenced this one: observe from now on.
+                    (JournalError::StaleFencingToken { .. }, Some(tenure)) => {
+                        if let Err(error) = self.lose(committed, tenure, fencing_token, true).await
+                        {
+                            tracing::error!(entity = %self.pid, "lease loss not handled: {error}");
+                        }
+                        Ok(())
                     }
+                    (error @ JournalError::SeqConflict { .. }, _)
+                    | (error @ JournalError::StaleFencingToken { .. }, None) => Err(error),
                     _ => Ok(()),
                 }
             }
@@ -340,7 +562,7 @@ impl Actor {
         Ok(self.shared.plugins.get(&self.config.plugin)?)
     }
 
-    fn context(&self, now: u64, recovery_running: bool) -> Context {
+    fn context(&self, now: u64, recovery_running: bool, role: Role) -> Context {
         let replica = self.shared.settings.replica.clone();
         Context {
             entity_type: self.entity_type.clone(),
@@ -349,7 +571,16 @@ impl Actor {
             replica,
             now,
             recovery_running,
-            role: Role::Writer,
+            role,
+        }
+    }
+
+    /// The role events are applied in outside a command: a single-writer entity may be observing.
+    fn observed_role(&self) -> Role {
+        if self.config.single_writer {
+            Role::Observer
+        } else {
+            Role::Writer
         }
     }
 
@@ -357,6 +588,7 @@ impl Actor {
         &self,
         seq_nr: u64,
         timestamp: u64,
+        fencing_token: u64,
         plugin: &str,
         payload: Vec<u8>,
     ) -> EventEnvelope {
@@ -364,7 +596,7 @@ impl Actor {
             persistence_id: self.pid.clone(),
             seq_nr,
             writer: self.shared.settings.writer_id,
-            fencing_token: 0,
+            fencing_token,
             timestamp,
             origin_replica: String::new(),
             origin_seq_nr: seq_nr,
@@ -373,6 +605,19 @@ impl Actor {
             plugin: plugin.to_owned(),
             payload,
         }
+    }
+}
+
+/// The token appends carry: the tenure's while writing; 0 for entities without a lease.
+fn fencing_token(tenure: &Option<Tenure>) -> u64 {
+    tenure.as_ref().and_then(Tenure::fencing_token).unwrap_or(0)
+}
+
+/// The next lease change of a single-writer entity; pending forever for the others.
+async fn next_change(tenure: &mut Option<Tenure>) -> TenureChange {
+    match tenure.as_mut() {
+        Some(tenure) => tenure.next_change().await,
+        None => std::future::pending().await,
     }
 }
 

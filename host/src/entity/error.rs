@@ -36,7 +36,28 @@ pub enum EntityError {
     #[error("journal: {0}")]
     Journal(String),
 
-    /// The entity stopped while the message was queued (another writer wrote its stream).
+    /// The entity is single-writer and another host holds its lease (or none could be acquired in
+    /// time); nothing was persisted. Send the command to the writer, or retry.
+    #[error("{}", not_writer_message(persistence_id, writer.as_deref(), *fencing_token))]
+    NotWriter {
+        persistence_id: String,
+        /// The owner holding the lease (its writer id), when known.
+        writer: Option<String>,
+        fencing_token: Option<u64>,
+    },
+
+    /// A newer holder of the entity's lease recorded a higher fencing token, and the journal
+    /// refused this host's write: nothing was persisted, and the entity observes from now on.
+    #[error("{0}; this node no longer writes the entity: send the command to the writer")]
+    Fenced(String),
+
+    /// The lease backend failed or refused the entity's lease request; nothing was persisted.
+    #[error("lease: {0}")]
+    Lease(String),
+
+    /// The entity stopped while the message was queued (another writer wrote its stream), again
+    /// and again: the message was never handled. `ask` resends such messages itself; this is
+    /// what is left when every attempt found the entity stopping.
     #[error("entity {0} stopped before answering; retry")]
     Stopped(String),
 }
@@ -52,6 +73,9 @@ impl EntityError {
             EntityError::Plugin { code, .. } => code,
             EntityError::Journal(_) => "journal_error",
             EntityError::Stopped(_) => "entity_stopped",
+            EntityError::NotWriter { .. } => "not_writer",
+            EntityError::Lease(_) => "lease_unavailable",
+            EntityError::Fenced(_) => "stale_fencing_token",
         }
     }
 }
@@ -70,6 +94,22 @@ impl From<PluginError> for EntityError {
 
 impl From<JournalError> for EntityError {
     fn from(error: JournalError) -> Self {
-        EntityError::Journal(error.to_string())
+        match error {
+            JournalError::StaleFencingToken { .. } => EntityError::Fenced(error.to_string()),
+            other => EntityError::Journal(other.to_string()),
+        }
+    }
+}
+
+fn not_writer_message(persistence_id: &str, writer: Option<&str>, token: Option<u64>) -> String {
+    match (writer, token) {
+        (Some(writer), Some(token)) => format!(
+            "entity {persistence_id} is single-writer and {writer} holds its lease (fencing token \
+             {token}); this node only observes it: send the command to the writer"
+        ),
+        _ => format!(
+            "entity {persistence_id} is single-writer and this node could not acquire its lease in \
+             time; retry"
+        ),
     }
 }

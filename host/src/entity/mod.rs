@@ -4,20 +4,28 @@
 //! An entity is recovered on its first message (latest snapshot, then events through the
 //! replay filter), handles commands in turns, batches the commands queued behind a journal write
 //! into the next write, snapshots every N events, and passivates after an idle timeout. A full
-//! mailbox is a clear `overloaded` error, never unbounded memory. [`EntitySystem::ask`] is the
+//! mailbox is a clear `overloaded` error, never unbounded memory. A single-writer entity writes
+//! only while this host holds its lease, and observes otherwise. [`EntitySystem::ask`] is the
 //! one entry point, used by the HTTP API, the CLI and (later) other nodes.
 //!
 //! # Layout
 //! - `types`: entity types and what they are bound to (`EntityTypeConfig`).
 //! - `error`: [`EntityError`], with stable codes for the API.
 //! - `actor`: the task of one entity: recovery, turns, batching, snapshots, passivation.
+//! - `tenure`: the lease side of a single-writer entity: contending, writing with a fencing
+//!   token, losing it exactly once.
+//! - `notifications`: [`Notification`]s of lease changes, for `GET /notifications`.
 //! - `system`: [`EntitySystem`]: routing commands to actors, spawning and retiring them.
 
 mod actor;
 mod error;
+mod notifications;
 mod system;
+mod tenure;
 mod types;
 
 pub use error::EntityError;
+pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{CommandReply, EntityState, EntitySystem, SystemSettings};
+pub use tenure::lease_name;
 pub use types::{EntityType, EntityTypeConfig, persistence_id};

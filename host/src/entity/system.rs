@@ -13,9 +13,11 @@ use ulid::Ulid;
 
 use super::actor::{Actor, Message};
 use super::error::EntityError;
+use super::notifications::Notifications;
 use super::types::{EntityType, EntityTypeConfig, persistence_id, validate_name};
 use crate::clock::NodeClock;
 use crate::journal::{EventEnvelope, Journal};
+use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
 
 /// A command's outcome.
@@ -65,6 +67,9 @@ struct ActorHandle {
 
 pub(super) struct Shared {
     pub journal: Arc<dyn Journal>,
+    /// Where single-writer entities take their leases.
+    pub lease: Arc<dyn Lease>,
+    pub notifications: Notifications,
     pub plugins: Arc<PluginRegistry>,
     pub settings: SystemSettings,
     pub clock: NodeClock,
@@ -80,12 +85,18 @@ pub struct EntitySystem {
     shared: Arc<Shared>,
 }
 
+/// Lease times to live a single-writer type may ask for: below 100 ms the renewals of many
+/// entities would crowd the backend; above a day a crashed writer would block its entities for
+/// longer than anyone waits.
+const LEASE_TTL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+
 /// How often a message retries when it keeps finding its actor stopping.
 const SEND_ATTEMPTS_MAX: usize = 8;
 
 impl EntitySystem {
     pub fn new(
         journal: Arc<dyn Journal>,
+        lease: Arc<dyn Lease>,
         plugins: Arc<PluginRegistry>,
         settings: SystemSettings,
         clock: NodeClock,
@@ -93,6 +104,8 @@ impl EntitySystem {
         EntitySystem {
             shared: Arc::new(Shared {
                 journal,
+                lease,
+                notifications: Notifications::default(),
                 plugins,
                 settings,
                 clock,
@@ -116,6 +129,15 @@ impl EntitySystem {
         &self.shared.journal
     }
 
+    pub fn lease(&self) -> &Arc<dyn Lease> {
+        &self.shared.lease
+    }
+
+    /// Lease changes of single-writer entities on this host, as they happen.
+    pub fn notifications(&self) -> &Notifications {
+        &self.shared.notifications
+    }
+
     /// Binds (or rebinds) an entity type. Active entities pick the new binding up on their
     /// next activation.
     pub fn bind_type(&self, name: &str, config: EntityTypeConfig) -> Result<(), EntityError> {
@@ -123,6 +145,14 @@ impl EntitySystem {
         if config.mailbox_capacity == 0 || config.max_batch == 0 {
             return Err(EntityError::InvalidName(format!(
                 "entity type `{name}`: mailbox_capacity and max_batch must be at least 1"
+            )));
+        }
+        if config.single_writer && !LEASE_TTL_MS_RANGE.contains(&config.lease_ttl_ms) {
+            return Err(EntityError::InvalidName(format!(
+                "entity type `{name}`: lease_ttl_ms {} is outside {} ..= {} ms",
+                config.lease_ttl_ms,
+                LEASE_TTL_MS_RANGE.start(),
+                LEASE_TTL_MS_RANGE.end()
             )));
         }
         self.shared
@@ -170,12 +200,12 @@ impl EntitySystem {
         entity_id: &str,
         command: Vec<u8>,
     ) -> Result<CommandReply, EntityError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(entity_type, entity_id, Message::Command { command, reply })
-            .await?;
-        let outcome = answer
-            .await
-            .unwrap_or_else(|_| Err(EntityError::Stopped(persistence_id(entity_type, entity_id))));
+        let outcome = self
+            .request(entity_type, entity_id, |reply| Message::Command {
+                command: command.clone(),
+                reply,
+            })
+            .await;
         let counter = match outcome {
             Ok(_) => &self.shared.metrics.commands_ok,
             Err(_) => &self.shared.metrics.commands_failed,
@@ -190,12 +220,29 @@ impl EntitySystem {
         entity_type: &str,
         entity_id: &str,
     ) -> Result<EntityState, EntityError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(entity_type, entity_id, Message::GetState { reply })
-            .await?;
-        answer
+        self.request(entity_type, entity_id, |reply| Message::GetState { reply })
             .await
-            .unwrap_or_else(|_| Err(EntityError::Stopped(persistence_id(entity_type, entity_id))))
+    }
+
+    /// Sends the message `make` builds and waits for its answer. A message the actor never
+    /// handled — it was queued behind a write that found the stream moved, and the actor stopped
+    /// to recover afresh — is sent again, to the next actor.
+    async fn request<R>(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        make: impl Fn(oneshot::Sender<Result<R, EntityError>>) -> Message,
+    ) -> Result<R, EntityError> {
+        for _ in 0..SEND_ATTEMPTS_MAX {
+            let (reply, answer) = oneshot::channel();
+            self.send(entity_type, entity_id, make(reply)).await?;
+            match answer.await {
+                // Dropped unanswered, or drained as the actor stopped: not handled.
+                Err(_) | Ok(Err(EntityError::Stopped(_))) => continue,
+                Ok(outcome) => return outcome,
+            }
+        }
+        Err(EntityError::Stopped(persistence_id(entity_type, entity_id)))
     }
 
     /// Events of an entity from `from_seq_nr`, read from the journal.

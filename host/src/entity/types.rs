@@ -21,6 +21,12 @@ pub struct EntityTypeConfig {
     /// Commands handled in one turn and persisted in one journal write, at most.
     pub max_batch: usize,
     pub replay_filter: ReplayFilterMode,
+    /// One writer per entity across every node sharing the journal: the node that holds the
+    /// entity's lease writes (its fencing token recorded in the journal), the others observe.
+    pub single_writer: bool,
+    /// Time to live of a single-writer entity's lease, in milliseconds; renewed every third of
+    /// it. A crashed writer's entities can be written elsewhere after at most this long.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for EntityTypeConfig {
@@ -32,6 +38,8 @@ impl Default for EntityTypeConfig {
             mailbox_capacity: 1024,
             max_batch: 64,
             replay_filter: ReplayFilterMode::default(),
+            single_writer: false,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -47,6 +55,10 @@ impl EntityTypeConfig {
 
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_after_secs)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 }
 

@@ -384,6 +384,13 @@ impl LeaseWatch {
         *self.status.borrow()
     }
 
+    /// Waits for the next change of status and returns it; `None` once the manager has ended and
+    /// no change will come.
+    pub async fn changed(&mut self) -> Option<LeaseStatus> {
+        self.status.changed().await.ok()?;
+        Some(*self.status.borrow_and_update())
+    }
+
     /// Waits until the status satisfies `condition` and returns it; returns the last status if the
     /// manager ended without it ever doing so.
     pub async fn wait_for(&mut self, condition: impl FnMut(&LeaseStatus) -> bool) -> LeaseStatus {
