@@ -1,10 +1,11 @@
 //! Helpers shared by the host's integration tests: plugins and their calls (`plugins`), nodes
 //! in this process or as `weft serve` processes (`node`), throwaway database servers
-//! (`services`), a seeded generator (`rng`).
+//! (`services`), a seeded generator (`rng`), a host paused mid-call (`pause`).
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 pub mod node;
+pub mod pause;
 mod plugins;
 pub mod rng;
 pub mod services;
