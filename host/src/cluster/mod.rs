@@ -11,10 +11,14 @@
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection (the `foca` crate)
 //!   behind a sans-IO interface: packets, timers and the time in, [`MembershipAction`]s out.
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
+//! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
+//!   invariant checkers and the scenarios run in it.
 
 pub mod identity;
 pub mod membership;
 pub mod placement;
+#[cfg(test)]
+mod simulation;
 
 pub use identity::{IdentityError, Member, NodeId, NodeName, NodeRole};
 pub use membership::{
