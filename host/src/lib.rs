@@ -11,6 +11,7 @@
 //! - [`postgres`]: the connection pool and schema versions the PostgreSQL backends share.
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
 //! - [`replication`]: replicated event sourcing's sans-IO core: causal delivery, deterministic merge.
+//! - [`cluster`]: the cluster's sans-IO core: node identity, SWIM membership (foca), placement.
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod entity;
 pub mod journal;
