@@ -1,9 +1,9 @@
-//! The cluster's sans-IO core: who the nodes are, which of them are alive, and which node owns
-//! each entity.
+//! The cluster: who the nodes are, which of them are alive, which node owns each entity, and the
+//! transport between them.
 //!
-//! Nothing here does I/O or reads a clock: membership is fed packets, timer expiries and the time,
-//! and returns the packets to send and the timers to set; placement is a pure function of the
-//! member list. The transport and the task that drive them live elsewhere.
+//! The core does no I/O and reads no clock: membership is fed packets, timer expiries and the
+//! time, and returns the packets to send and the timers to set; placement is a pure function of
+//! the member list. Only [`transport`] touches the network.
 //!
 //! # Layout
 //! - [`identity`]: [`NodeName`], [`NodeId`] (name + per-boot ULID incarnation), [`NodeRole`],
@@ -11,6 +11,8 @@
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection (the `foca` crate)
 //!   behind a sans-IO interface: packets, timers and the time in, [`MembershipAction`]s out.
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
+//! - [`transport`]: length-prefixed MessagePack frames over TCP between nodes: one-way messages and
+//!   requests with deadlines, a circuit breaker per peer, and a fault-injection seam.
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
 //!   invariant checkers and the scenarios run in it.
 
@@ -19,6 +21,7 @@ pub mod membership;
 pub mod placement;
 #[cfg(test)]
 mod simulation;
+pub mod transport;
 
 pub use identity::{IdentityError, Member, NodeId, NodeName, NodeRole};
 pub use membership::{
@@ -26,3 +29,4 @@ pub use membership::{
     Seed,
 };
 pub use placement::owner;
+pub use transport::{CircuitBreaker, Faults, Inbound, Transport, TransportError};

@@ -1,0 +1,782 @@
+//! The internal transport between nodes: length-prefixed MessagePack frames over TCP.
+//!
+//! One connection per peer carries two kinds of traffic: one-way messages (membership packets)
+//! and requests with an id and a deadline, each answered by exactly one response (commands
+//! forwarded to an entity's owner). The node that dials sends; the node that accepts answers on
+//! the same connection. Every frame is a 4-byte big-endian length, then a MessagePack [`Frame`];
+//! a frame longer than [`FRAME_BYTES_MAX`] closes the connection.
+//!
+//! Two seams make failures cheap to handle and to test:
+//! - a [`CircuitBreaker`] per peer: after [`BREAKER_FAILURES_MAX`] failures in a row, calls to that
+//!   peer fail at once with [`TransportError::CircuitOpen`] for [`BREAKER_OPEN_MS`], then one call
+//!   probes it;
+//! - [`Faults`]: drop or delay frames, or partition named nodes from each other, on the sending
+//!   side. A dropped request is never answered: the caller sees its deadline pass, as it would on a
+//!   real network.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+/// Largest frame accepted: a forwarded command is at most the API's command limit (1 MiB) plus
+/// its envelope; anything bigger is a bug or an attack.
+pub const FRAME_BYTES_MAX: usize = 4 << 20;
+
+/// Failures in a row that open a peer's circuit: one lost packet is noise, three are a dead peer.
+pub const BREAKER_FAILURES_MAX: u32 = 3;
+
+/// How long an open circuit fails calls at once before it lets one probe through: short enough
+/// that a restarted peer is used again within a membership round or two.
+pub const BREAKER_OPEN_MS: u64 = 1_000;
+
+/// Longest time spent dialing a peer.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// Requests waiting for their responses, per peer, at most: a peer that stopped answering cannot
+/// grow this node's memory without bound.
+const PENDING_REQUESTS_MAX: usize = 4_096;
+
+/// What travels on a connection.
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    /// The dialer's node name: the first frame of every connection.
+    Hello { from: String },
+    Message {
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    Request {
+        id: u64,
+        /// Milliseconds the caller still waits; the handler gives up after that.
+        deadline_ms: u64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        outcome: Result<serde_bytes::ByteBuf, String>,
+    },
+}
+
+/// Why a transport call failed. The call may or may not have been handled by the peer unless the
+/// variant says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer could not be reached, or the connection broke.
+    #[error("node {peer} is unreachable: {reason}")]
+    Unreachable { peer: SocketAddr, reason: String },
+    /// The peer failed too often lately; nothing was sent.
+    #[error("node {peer} failed {BREAKER_FAILURES_MAX} times in a row; retry in {retry_in_ms} ms")]
+    CircuitOpen { peer: SocketAddr, retry_in_ms: u64 },
+    /// No response before the deadline.
+    #[error("node {peer} did not answer within {after_ms} ms")]
+    Timeout { peer: SocketAddr, after_ms: u64 },
+    /// The peer's handler answered with an error.
+    #[error("node {peer} refused the request: {reason}")]
+    Refused { peer: SocketAddr, reason: String },
+    /// Too many requests to this peer are waiting; nothing was sent.
+    #[error("{PENDING_REQUESTS_MAX} requests to node {peer} are already waiting; retry later")]
+    Overloaded { peer: SocketAddr },
+}
+
+/// What a node does with what its peers send it.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
+    /// Answers a request from the node named `from`.
+    async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Takes a one-way message from the node named `from`.
+    async fn message(&self, from: &str, payload: Vec<u8>);
+}
+
+/// Closed → (failures) → open → (time) → half-open → (success) closed / (failure) open. Sans-IO:
+/// the caller passes the time.
+#[derive(Debug, Clone, Default)]
+pub struct CircuitBreaker {
+    failures_in_a_row: u32,
+    open_until: Option<Instant>,
+}
+
+impl CircuitBreaker {
+    /// `Err(time left)` while open; `Ok` lets a call through (the one probe, once the open time
+    /// passed).
+    pub fn allow(&mut self, now: Instant) -> Result<(), Duration> {
+        match self.open_until {
+            Some(until) if now < until => Err(until - now),
+            Some(_) => {
+                // Half-open: this call is the probe; the next failure opens it again at once.
+                self.open_until = None;
+                self.failures_in_a_row = BREAKER_FAILURES_MAX - 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn succeeded(&mut self) {
+        self.failures_in_a_row = 0;
+        self.open_until = None;
+    }
+
+    pub fn failed(&mut self, now: Instant) {
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row >= BREAKER_FAILURES_MAX {
+            self.open_until = Some(now + Duration::from_millis(BREAKER_OPEN_MS));
+        }
+    }
+}
+
+/// Faults to inject on the sending side, for tests. Cheap to clone; shared by every connection of
+/// a transport.
+#[derive(Clone, Default)]
+pub struct Faults {
+    rules: Arc<Mutex<FaultRules>>,
+}
+
+#[derive(Default)]
+struct FaultRules {
+    /// Node names this node cannot reach (nor be answered by).
+    partitioned: BTreeSet<String>,
+    /// Every frame waits this long before it is written.
+    delay: Duration,
+    /// Drop every n-th frame (0: none), counted in `sent`: deterministic, unlike a coin.
+    drop_every: u64,
+    sent: u64,
+}
+
+impl Faults {
+    /// Cuts this node off from `peers` (both directions, as this node sends and answers).
+    pub fn partition(&self, peers: &[&str]) {
+        let mut rules = self.rules();
+        rules
+            .partitioned
+            .extend(peers.iter().map(|peer| peer.to_string()));
+    }
+
+    pub fn heal(&self) {
+        let mut rules = self.rules();
+        rules.partitioned.clear();
+        rules.drop_every = 0;
+        rules.delay = Duration::ZERO;
+    }
+
+    pub fn delay(&self, delay: Duration) {
+        self.rules().delay = delay;
+    }
+
+    pub fn drop_every(&self, n: u64) {
+        self.rules().drop_every = n;
+    }
+
+    /// Whether a frame to `peer` goes out, and after how long.
+    fn admit(&self, peer: &str) -> Option<Duration> {
+        let mut rules = self.rules();
+        if rules.partitioned.contains(peer) {
+            return None;
+        }
+        rules.sent += 1;
+        if rules.drop_every > 0 && rules.sent % rules.drop_every == 0 {
+            return None;
+        }
+        Some(rules.delay)
+    }
+
+    fn rules(&self) -> std::sync::MutexGuard<'_, FaultRules> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// This node's end of the transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    local_addr: SocketAddr,
+    faults: Faults,
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    next_request_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
+
+/// The outbound connection to one peer and its breaker.
+struct Peer {
+    addr: SocketAddr,
+    /// The peer's node name, learned from the caller; faults are keyed by it.
+    name: String,
+    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    pending: Arc<Pending>,
+    breaker: Mutex<CircuitBreaker>,
+}
+
+impl Transport {
+    /// Listens on `listen` as node `name`, handing what peers send to `inbound`.
+    pub async fn bind(
+        name: &str,
+        listen: SocketAddr,
+        inbound: Arc<dyn Inbound>,
+        faults: Faults,
+    ) -> std::io::Result<Transport> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        let (shutdown, stop) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            local_addr,
+            faults,
+            peers: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            shutdown,
+        });
+        tokio::spawn(accept(listener, inbound, inner.faults.clone(), stop));
+        Ok(Transport { inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+
+    /// Sends `payload` to node `peer_name` at `peer` and waits up to `timeout` for its answer.
+    pub async fn request(
+        &self,
+        peer_name: &str,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let peer = self.peer(peer_name, peer);
+        peer.allow()?;
+        let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (respond, response) = oneshot::channel();
+        {
+            let mut pending = peer.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= PENDING_REQUESTS_MAX {
+                return Err(TransportError::Overloaded { peer: peer.addr });
+            }
+            pending.insert(id, respond);
+        }
+        let frame = Frame::Request {
+            id,
+            deadline_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            payload,
+        };
+        let outcome = match tokio::time::timeout(timeout, async {
+            self.send_frame(&peer, &frame).await?;
+            response.await.map_err(|_| TransportError::Unreachable {
+                peer: peer.addr,
+                reason: "the connection closed before the answer".into(),
+            })
+        })
+        .await
+        {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(reason))) => Err(TransportError::Refused {
+                peer: peer.addr,
+                reason,
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(TransportError::Timeout {
+                peer: peer.addr,
+                after_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            }),
+        };
+        peer.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        peer.record(&outcome);
+        outcome
+    }
+
+    /// Sends a one-way message; `Ok` means it was written, not that it arrived.
+    pub async fn send(
+        &self,
+        peer_name: &str,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        let peer = self.peer(peer_name, peer);
+        peer.allow()?;
+        let outcome = self.send_frame(&peer, &Frame::Message { payload }).await;
+        peer.record(&outcome);
+        outcome
+    }
+
+    /// Stops accepting connections and closes the outbound ones.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn peer(&self, name: &str, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    addr,
+                    name: name.to_owned(),
+                    writer: tokio::sync::Mutex::new(None),
+                    pending: Arc::new(Mutex::new(HashMap::new())),
+                    breaker: Mutex::new(CircuitBreaker::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Writes `frame` on the peer's connection, dialing it first if needed.
+    async fn send_frame(&self, peer: &Peer, frame: &Frame) -> Result<(), TransportError> {
+        let Some(delay) = self.inner.faults.admit(&peer.name) else {
+            return Ok(()); // dropped on the "network": the caller finds out as it would there
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let unreachable = |reason: String| TransportError::Unreachable {
+            peer: peer.addr,
+            reason,
+        };
+        let bytes = encode(frame).map_err(unreachable)?;
+        let mut writer = peer.writer.lock().await;
+        if writer.is_none() {
+            *writer = Some(self.dial(peer).await.map_err(unreachable)?);
+        }
+        let written = match writer.as_mut() {
+            Some(connection) => connection.write_all(&bytes).await,
+            None => return Err(unreachable("not connected".into())),
+        };
+        if let Err(error) = written {
+            // The next frame dials afresh.
+            *writer = None;
+            return Err(unreachable(error.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn dial(&self, peer: &Peer) -> Result<OwnedWriteHalf, String> {
+        let stream = tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            TcpStream::connect(peer.addr),
+        )
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT_MS} ms"))?
+        .map_err(|error| error.to_string())?;
+        stream
+            .set_nodelay(true)
+            .map_err(|error| error.to_string())?;
+        let (reader, mut writer) = stream.into_split();
+        let hello = encode(&Frame::Hello {
+            from: self.inner.name.clone(),
+        })?;
+        writer
+            .write_all(&hello)
+            .await
+            .map_err(|error| error.to_string())?;
+        tokio::spawn(read_responses(reader, peer.pending.clone()));
+        Ok(writer)
+    }
+}
+
+impl Peer {
+    fn allow(&self) -> Result<(), TransportError> {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        breaker
+            .allow(Instant::now())
+            .map_err(|left| TransportError::CircuitOpen {
+                peer: self.addr,
+                retry_in_ms: left.as_millis().try_into().unwrap_or(u64::MAX),
+            })
+    }
+
+    /// Counts a call's outcome on the breaker. A refusal is an answer: the peer is alive.
+    fn record<T>(&self, outcome: &Result<T, TransportError>) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(_) | Err(TransportError::Refused { .. }) => breaker.succeeded(),
+            Err(TransportError::Unreachable { .. } | TransportError::Timeout { .. }) => {
+                breaker.failed(Instant::now())
+            }
+            Err(TransportError::CircuitOpen { .. } | TransportError::Overloaded { .. }) => {}
+        }
+    }
+}
+
+fn encode(frame: &Frame) -> Result<Vec<u8>, String> {
+    let body = rmp_serde::to_vec_named(frame).map_err(|error| error.to_string())?;
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(format!(
+            "a frame of {} bytes is over the limit of {FRAME_BYTES_MAX}",
+            body.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// The next frame, `Ok(None)` at a clean end of the stream.
+async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Option<Frame>, String> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(format!(
+            "a frame of {length} bytes is over the limit of {FRAME_BYTES_MAX}"
+        ));
+    }
+    let mut body = vec![0u8; length];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| error.to_string())?;
+    rmp_serde::from_slice(&body)
+        .map(Some)
+        .map_err(|error| format!("not a frame: {error}"))
+}
+
+/// Routes the responses of an outbound connection to their waiting requests, until it closes.
+async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>) {
+    while let Ok(Some(frame)) = read_frame(&mut reader).await {
+        if let Frame::Response { id, outcome } = frame {
+            let waiting = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(respond) = waiting {
+                // The caller may have given up at its deadline.
+                let _ = respond.send(outcome.map(serde_bytes::ByteBuf::into_vec));
+            }
+        }
+    }
+    // Waiting requests fail now rather than at their deadlines.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+async fn accept(
+    listener: TcpListener,
+    inbound: Arc<dyn Inbound>,
+    faults: Faults,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(
+                    stream,
+                    inbound.clone(),
+                    faults.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(error) => tracing::warn!("cluster transport: accept failed: {error}"),
+        }
+    }
+}
+
+/// Serves one inbound connection: a hello, then messages and requests until it closes.
+async fn serve_connection(
+    stream: TcpStream,
+    inbound: Arc<dyn Inbound>,
+    faults: Faults,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let from = match read_frame(&mut reader).await {
+        Ok(Some(Frame::Hello { from })) => from,
+        other => {
+            tracing::debug!("cluster transport: a connection without a hello: {other:?}");
+            return;
+        }
+    };
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader) => frame,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(peer = %from, "cluster transport: closing the connection: {error}");
+                return;
+            }
+        };
+        // Partitioned peers are not heard either.
+        if faults.rules().partitioned.contains(&from) {
+            continue;
+        }
+        match frame {
+            Frame::Message { payload } => inbound.message(&from, payload).await,
+            Frame::Request {
+                id,
+                deadline_ms,
+                payload,
+            } => {
+                let (inbound, writer, faults, from) = (
+                    inbound.clone(),
+                    writer.clone(),
+                    faults.clone(),
+                    from.clone(),
+                );
+                tokio::spawn(async move {
+                    let deadline = Duration::from_millis(deadline_ms);
+                    let Ok(outcome) =
+                        tokio::time::timeout(deadline, inbound.request(&from, payload)).await
+                    else {
+                        return; // the caller has given up already
+                    };
+                    let Some(delay) = faults.admit(&from) else {
+                        return;
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let response = Frame::Response {
+                        id,
+                        outcome: outcome.map(serde_bytes::ByteBuf::from),
+                    };
+                    match encode(&response) {
+                        Ok(bytes) => {
+                            if let Err(error) = writer.lock().await.write_all(&bytes).await {
+                                tracing::debug!(peer = %from, "cluster transport: answer lost: {error}");
+                            }
+                        }
+                        Err(error) => tracing::warn!(peer = %from, "cluster transport: {error}"),
+                    }
+                });
+            }
+            Frame::Hello { .. } | Frame::Response { .. } => {
+                tracing::warn!(peer = %from, "cluster transport: unexpected frame; closing");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Echoes requests (or refuses `"no"`, or never answers `"hang"`) and counts messages.
+    #[derive(Default)]
+    struct Echo {
+        messages: Mutex<Vec<(String, Vec<u8>)>>,
+        received: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl Inbound for Echo {
+        async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+            match payload.as_slice() {
+                b"no" => Err(format!("{from} asked for a refusal")),
+                b"hang" => std::future::pending().await,
+                _ => Ok([b"echo:".as_slice(), &payload].concat()),
+            }
+        }
+
+        async fn message(&self, from: &str, payload: Vec<u8>) {
+            self.messages
+                .lock()
+                .unwrap()
+                .push((from.to_owned(), payload));
+            self.received.notify_one();
+        }
+    }
+
+    async fn node(name: &str) -> (Transport, Arc<Echo>) {
+        let echo = Arc::new(Echo::default());
+        let transport = Transport::bind(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            echo.clone(),
+            Faults::default(),
+        )
+        .await
+        .unwrap();
+        (transport, echo)
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn requests_are_answered_and_messages_delivered() {
+        let (a, _) = node("a").await;
+        let (b, b_inbound) = node("b").await;
+        let answer = a
+            .request("b", b.local_addr(), b"hi".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(answer, Ok(b"echo:hi".to_vec()));
+        let refused = a
+            .request("b", b.local_addr(), b"no".to_vec(), PATIENCE)
+            .await;
+        assert!(
+            matches!(&refused, Err(TransportError::Refused { reason, .. }) if reason == "a asked for a refusal"),
+            "{refused:?}"
+        );
+        a.send("b", b.local_addr(), b"ping".to_vec()).await.unwrap();
+        tokio::time::timeout(PATIENCE, b_inbound.received.notified())
+            .await
+            .unwrap();
+        assert_eq!(
+            b_inbound.messages.lock().unwrap().as_slice(),
+            &[("a".to_owned(), b"ping".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_times_out() {
+        let (a, _) = node("a").await;
+        let (b, _) = node("b").await;
+        let outcome = a
+            .request(
+                "b",
+                b.local_addr(),
+                b"hang".to_vec(),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(TransportError::Timeout { after_ms: 50, .. })),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partition_drops_requests_until_healed() {
+        let (a, _) = node("a").await;
+        let (b, _) = node("b").await;
+        a.faults().partition(&["b"]);
+        let cut = a
+            .request(
+                "b",
+                b.local_addr(),
+                b"x".to_vec(),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(
+            matches!(cut, Err(TransportError::Timeout { .. })),
+            "{cut:?}"
+        );
+        a.faults().heal();
+        let healed = a
+            .request("b", b.local_addr(), b"x".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(healed, Ok(b"echo:x".to_vec()));
+        // The other side's partition holds back its answers.
+        b.faults().partition(&["a"]);
+        let unanswered = a
+            .request(
+                "b",
+                b.local_addr(),
+                b"x".to_vec(),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(
+            matches!(unanswered, Err(TransportError::Timeout { .. })),
+            "{unanswered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_peer_opens_its_circuit() {
+        let (a, _) = node("a").await;
+        // A port nobody listens on: bind one, then free it.
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        for _ in 0..BREAKER_FAILURES_MAX {
+            let outcome = a.request("dead", dead, b"x".to_vec(), PATIENCE).await;
+            assert!(
+                matches!(outcome, Err(TransportError::Unreachable { .. })),
+                "{outcome:?}"
+            );
+        }
+        let fast = a.request("dead", dead, b"x".to_vec(), PATIENCE).await;
+        assert!(
+            matches!(fast, Err(TransportError::CircuitOpen { .. })),
+            "{fast:?}"
+        );
+    }
+
+    #[test]
+    fn the_breaker_opens_probes_and_closes() {
+        let start = Instant::now();
+        let mut breaker = CircuitBreaker::default();
+        for _ in 0..BREAKER_FAILURES_MAX {
+            assert!(breaker.allow(start).is_ok());
+            breaker.failed(start);
+        }
+        assert!(breaker.allow(start).is_err());
+        let later = start + Duration::from_millis(BREAKER_OPEN_MS);
+        assert!(
+            breaker.allow(later).is_ok(),
+            "one probe after the open time"
+        );
+        breaker.failed(later);
+        assert!(
+            breaker.allow(later).is_err(),
+            "a failed probe opens it again"
+        );
+        let much_later = later + Duration::from_millis(BREAKER_OPEN_MS);
+        assert!(breaker.allow(much_later).is_ok());
+        breaker.succeeded();
+        breaker.failed(much_later);
+        assert!(
+            breaker.allow(much_later).is_ok(),
+            "closed again after a success"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_closes_the_connection() {
+        let (b, _) = node("b").await;
+        let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
+        stream
+            .write_all(&(FRAME_BYTES_MAX as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .unwrap();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the node hangs up: {read:?}"
+        );
+    }
+}
