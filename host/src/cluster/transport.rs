@@ -183,7 +183,7 @@ impl Faults {
             return None;
         }
         rules.sent += 1;
-        if rules.drop_every > 0 && rules.sent % rules.drop_every == 0 {
+        if rules.drop_every > 0 && rules.sent.is_multiple_of(rules.drop_every) {
             return None;
         }
         Some(rules.delay)
@@ -708,6 +708,28 @@ mod tests {
             matches!(unanswered, Err(TransportError::Timeout { .. })),
             "{unanswered:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn dropped_frames_go_unanswered_and_delayed_ones_arrive() {
+        let (a, _) = node("a").await;
+        let (b, _) = node("b").await;
+        a.faults().drop_every(2);
+        let short = Duration::from_millis(50);
+        let outcomes: Vec<bool> = futures::future::join_all(
+            (0..4).map(|_| a.request("b", b.local_addr(), b"x".to_vec(), short)),
+        )
+        .await
+        .iter()
+        .map(Result::is_ok)
+        .collect();
+        assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 2, "{outcomes:?}");
+        a.faults().heal();
+        a.faults().delay(Duration::from_millis(20));
+        let delayed = a
+            .request("b", b.local_addr(), b"late".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(delayed, Ok(b"echo:late".to_vec()));
     }
 
     #[tokio::test]
