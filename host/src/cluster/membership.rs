@@ -373,8 +373,12 @@ impl Membership {
         self.announce_all(&seeds, now)
     }
 
-    /// Feeds a packet received from the membership endpoint of a peer.
+    /// Feeds a packet received from the membership endpoint of a peer. Ignored after
+    /// [`Membership::leave`].
     pub fn handle_data(&mut self, bytes: &[u8], now: Instant) -> Result<(), MembershipError> {
+        if self.left {
+            return Ok(());
+        }
         let (swim, outbox) = self.swim_and_outbox();
         let result = swim
             .handle_data(bytes, outbox)
@@ -387,11 +391,15 @@ impl Membership {
     }
 
     /// Feeds a timer queued by an earlier [`MembershipAction::ScheduleTimer`] that has expired.
+    /// Ignored after [`Membership::leave`].
     pub fn handle_timer(
         &mut self,
         timer: MembershipTimer,
         now: Instant,
     ) -> Result<(), MembershipError> {
+        if self.left {
+            return Ok(());
+        }
         let result = match timer.0 {
             TimerKind::Foca(Timer::ChangeSuspectToDown {
                 ref member_id,
@@ -410,7 +418,8 @@ impl Membership {
     }
 
     /// Leaves the cluster: tells a few members this node is down, so they do not wait for the
-    /// failure detector. This node then drops out of its own view and stops rejoining; it cannot
+    /// failure detector. This node then drops out of its own view and ignores further packets and
+    /// timers (foca would otherwise renew its identity when told it is down, and rejoin); it cannot
     /// come back with this identity (a restart has a new one).
     pub fn leave(&mut self, now: Instant) -> Result<(), MembershipError> {
         self.left = true;
@@ -887,6 +896,43 @@ mod tests {
             matches!(&actions[..], [MembershipAction::Send { to, .. }] if *to == seed.addr),
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn a_node_that_left_drops_out_of_its_view_and_ignores_packets() {
+        let local = member("a", 1);
+        let mut node = membership(local.clone());
+        let announce = Header {
+            src: member("b", 2),
+            src_incarnation: 0,
+            dst: local.clone(),
+            message: Message::Announce,
+        };
+        let mut packet = Vec::new();
+        MemberCodec
+            .encode_header(&announce, &mut packet)
+            .expect("encode");
+        node.handle_data(&packet, Instant::now()).expect("accepted");
+        let _ = node.drain_actions().count();
+
+        node.leave(Instant::now()).expect("leave");
+        let actions: Vec<_> = node.drain_actions().collect();
+        assert!(
+            actions.contains(&MembershipAction::MemberDown(local.id.clone())),
+            "{actions:?}"
+        );
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, MembershipAction::Send { to, .. } if *to == member("b", 2).addr)
+            ),
+            "the goodbye goes to the member we knew: {actions:?}"
+        );
+        assert!(node.live_members().iter().all(|m| m.id != local.id));
+
+        node.handle_data(&packet, Instant::now()).expect("ignored");
+        node.handle_timer(MembershipTimer(TimerKind::Rejoin), Instant::now())
+            .expect("ignored");
+        assert_eq!(node.drain_actions().count(), 0);
     }
 
     #[test]

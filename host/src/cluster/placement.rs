@@ -21,10 +21,9 @@
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 
 /// The owner of `(entity_type, entity_id)` among `members`: the actor member with the highest
-/// weight. `None` if no member has the actor role. The order of `members` does not matter; names in
-/// it are expected to be unique (a membership view holds one run per name), and if two members share
-/// a name the first in `(weight, name, incarnation)` order wins, so the answer is still the same on
-/// every node.
+/// weight. `None` if no member has the actor role. The order of `members` does not matter. Equal
+/// weights (a 64-bit collision, or two runs of one name, which a membership view never holds) go to
+/// the greater [`NodeId`], so the answer is still the same on every node.
 pub fn owner<'m>(entity_type: &str, entity_id: &str, members: &'m [Member]) -> Option<&'m NodeId> {
     members
         .iter()
