@@ -246,6 +246,11 @@ async fn a_zombie_writer_is_fenced_and_becomes_an_observer() {
         Err(EntityError::NotWriter { writer: Some(writer), .. }) if writer == a_id.to_string()
     ));
     assert_eq!(value(&b, "z1").await, (14, 5));
+
+    // The stream reads A, B, A with rising fencing tokens: each a new tenure, so a fresh host
+    // recovers it in `fail` mode.
+    let c = host(journal, lease, Ulid::new(), single_writer(1_000, 120));
+    assert_eq!(value(&c, "z1").await, (14, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,11 @@
 //! - **An old writer reappearing is the conflict**: an event from an old writer after a newer writer has
 //!   written (`A A B B A`) means the old host kept writing after it was replaced. The conflict names the
 //!   current writer (expected), the old writer (actual) and the event's seq nr.
+//! - **A higher fencing token is a new tenure.** With leases, an old writer reappearing with a token
+//!   above the current writer's took the lease back legitimately — the journal refused every append
+//!   carrying a lower token — so it is a takeover, not a conflict (`A@1 B@2 A@3`). One reappearing
+//!   with a token no higher than the current writer's is still the conflict. Streams written without
+//!   a lease carry token 0 throughout and are judged by writer ids alone.
 //! - **Look-ahead window.** The filter holds back the last [`ReplayFilterSettings::window_size`] events
 //!   before releasing them to be applied. When a new writer's event arrives, every held-back event of
 //!   another writer with a seq nr at or above it is also a conflict: the older writer wrote at or after
@@ -166,6 +171,8 @@ pub struct ReplayFilter {
     /// Events not yet released, oldest first; at most `window_size` between calls.
     held_back: VecDeque<EventEnvelope>,
     current_writer: Option<Ulid>,
+    /// The highest fencing token seen so far: the current writer's tenure.
+    current_fencing_token: u64,
     /// Writers replaced by a newer one, least recently replaced first; at most `old_writers_max`.
     old_writers: VecDeque<Ulid>,
 }
@@ -193,6 +200,7 @@ impl ReplayFilter {
             old_writers_max: settings.old_writers_max,
             held_back: VecDeque::new(),
             current_writer: None,
+            current_fencing_token: 0,
             old_writers: VecDeque::new(),
         }
     }
@@ -203,9 +211,11 @@ impl ReplayFilter {
         let Some(on_conflict) = self.on_conflict else {
             return Ok(Some(event));
         };
+        let new_tenure = event.fencing_token > self.current_fencing_token;
+        self.current_fencing_token = self.current_fencing_token.max(event.fencing_token);
         match self.current_writer {
             Some(current) if current == event.writer => self.held_back.push_back(event),
-            Some(current) if self.old_writers.contains(&event.writer) => {
+            Some(current) if self.old_writers.contains(&event.writer) && !new_tenure => {
                 let conflict = self.conflict(current, &event);
                 match on_conflict {
                     OnConflict::Fail => return Err(conflict),
@@ -218,6 +228,8 @@ impl ReplayFilter {
             }
             previous => {
                 self.resolve_overlap_with(&event, on_conflict)?;
+                // A writer back with a newer tenure is current again, no longer old.
+                self.old_writers.retain(|old| *old != event.writer);
                 if let Some(previous) = previous {
                     self.old_writers.push_back(previous);
                     if self.old_writers.len() > self.old_writers_max {
@@ -330,14 +342,21 @@ mod tests {
         Ulid::from_parts(1_700_000_000_000 + u64::from(name), u128::from(name))
     }
 
-    /// A stream written as `"A1 A2 B3"`: writer name, then seq nr.
+    /// A stream written as `"A1 A2 B3"`: writer name, then seq nr, then optionally `@` and the
+    /// fencing token the event was written with (`"A1@1 B2@2"`; 0 without).
     fn stream(spec: &str) -> Vec<EventEnvelope> {
         spec.split_whitespace()
             .map(|token| {
                 let mut chars = token.chars();
                 let name = chars.next().expect("a writer name");
-                let seq_nr = chars.as_str().parse().expect("a seq nr");
-                sample_event(PID, seq_nr, writer(name))
+                let (seq_nr, fencing_token) = match chars.as_str().split_once('@') {
+                    Some((seq_nr, fencing_token)) => (seq_nr, fencing_token),
+                    None => (chars.as_str(), "0"),
+                };
+                EventEnvelope {
+                    fencing_token: fencing_token.parse().expect("a fencing token"),
+                    ..sample_event(PID, seq_nr.parse().expect("a seq nr"), writer(name))
+                }
             })
             .collect()
     }
@@ -350,7 +369,10 @@ mod tests {
                     .into_iter()
                     .find(|name| writer(*name) == event.writer)
                     .expect("a known writer");
-                format!("{name}{}", event.seq_nr)
+                match event.fencing_token {
+                    0 => format!("{name}{}", event.seq_nr),
+                    token => format!("{name}{}@{token}", event.seq_nr),
+                }
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -468,8 +490,17 @@ mod tests {
         let reappearing = "A1 A2 B3 B4 A5 B6";
         let interleaved = "A1 B2 A3 B4 A5";
         let overlap = "A1 A2 A3 B2";
+        let lease_taken_back = "A1@1 A2@1 B3@2 A4@3 A5@3";
+        let fenced_writer_reappears = "A1@1 B2@2 A3@1";
         let mut cases = Vec::new();
         for mode in ReplayFilterMode::ALL {
+            cases.push(case(
+                "an old writer takes the lease back with a higher token",
+                mode,
+                lease_taken_back,
+                Ok(lease_taken_back),
+                &[],
+            ));
             cases.push(case("one writer", mode, one_writer, Ok(one_writer), &[]));
             cases.push(case(
                 "new writers taking over",
@@ -480,6 +511,13 @@ mod tests {
             ));
         }
         cases.extend([
+            case(
+                "an old writer reappears with its old token",
+                Fail,
+                fenced_writer_reappears,
+                Err(('B', 'A', 3)),
+                &[],
+            ),
             case(
                 "old writer reappears",
                 Fail,
