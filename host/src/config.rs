@@ -21,6 +21,12 @@
 //! cpu_per_call_ms = 1000
 //! memory_per_instance_bytes = 268435456
 //!
+//! [cluster]                      # optional: several nodes as one system (docs/cluster.md)
+//! # name = "node-1"              # stable: what placement hashes
+//! # listen = "127.0.0.1:7170"    # the internal transport
+//! # role = "actor"               # or "gateway" (HTTP only, hosts no entities)
+//! # seeds = [{ name = "node-1", addr = "127.0.0.1:7170" }]
+//!
 //! [entities.counter]             # entity type `counter`, served by plugin `counter`
 //! plugin = "counter"
 //! snapshot_every = 100
@@ -37,6 +43,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::cluster::ClusterConfig;
 use crate::entity::EntityTypeConfig;
 use crate::plugin::RuntimeLimits;
 
@@ -47,6 +54,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub lease: LeaseConfig,
     pub limits: RuntimeLimits,
+    /// Several nodes as one system; absent, the node runs alone.
+    pub cluster: Option<ClusterConfig>,
     /// Entity types by name. A loaded entity plugin with no entry here serves the entity type
     /// of its own name with the defaults.
     pub entities: BTreeMap<String, EntityTypeConfig>,

@@ -15,6 +15,10 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
+use crate::cluster::{
+    Cluster, ClusterConfig, Faults, NodeInbound, Router, Transport, hand_off_moved_entities,
+    packet_channel,
+};
 use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::entity::{EntitySystem, SystemSettings};
 use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
@@ -75,13 +79,18 @@ impl Node {
         let lease = open_lease(&config).await?;
         let runtime = PluginRuntime::new(config.limits.clone(), Some(config.compile_cache_dir()))?;
         let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+        let replica = match &config.cluster {
+            Some(cluster) => cluster.name.to_string(),
+            None => config.node.listen.to_string(),
+        };
         let entities = EntitySystem::new(
             journal,
             lease.clone(),
             plugins.clone(),
             SystemSettings {
                 writer_id,
-                replica: config.node.listen.to_string(),
+                replica,
+                clustered: config.cluster.is_some(),
             },
             NodeClock::default(),
         );
@@ -94,12 +103,21 @@ impl Node {
             watcher.scan().await;
             tokio::spawn(watcher.run(shutdown_rx.clone()));
         }
+        let router = match &config.cluster {
+            Some(cluster) => {
+                let cluster = join_cluster(cluster.clone(), &entities, shutdown_rx.clone()).await?;
+                tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
+                Router::new(entities.clone(), Some(cluster))
+            }
+            None => Router::new(entities.clone(), None),
+        };
         let listener = tokio::net::TcpListener::bind(config.node.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.node.listen))?;
         let addr = listener.local_addr()?;
         let state = AppState {
             entities: entities.clone(),
+            router,
             plugins: plugins.clone(),
             lease,
             limits: BodyLimits {
@@ -145,6 +163,43 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Starts the internal transport and the membership service, and announces to the seeds.
+async fn join_cluster(
+    config: ClusterConfig,
+    entities: &EntitySystem,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Cluster> {
+    let (packets, packets_in) = packet_channel();
+    let started = Arc::new(std::sync::OnceLock::new());
+    let inbound = Arc::new(NodeInbound {
+        entities: entities.clone(),
+        packets,
+        cluster: started.clone(),
+    });
+    let transport = Transport::bind(
+        config.name.as_str(),
+        config.listen,
+        inbound,
+        Faults::default(),
+    )
+    .await
+    .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
+    tracing::info!(
+        node = %config.name, role = %config.role, addr = %transport.local_addr(),
+        "cluster transport listening; joining {} seed(s)", config.seeds.len()
+    );
+    let stop_transport = transport.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+        stop_transport.shutdown();
+    });
+    let cluster = Cluster::start(config, transport, packets_in, shutdown)?;
+    // Set once, here, before anything reads it.
+    let _ = started.set(cluster.clone());
+    Ok(cluster)
 }
 
 /// The lease backend the config asks for (see [`Config::lease_backend`]).

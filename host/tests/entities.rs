@@ -29,6 +29,7 @@ fn system(
     let settings = SystemSettings {
         writer_id: Ulid::new(),
         replica: "test".into(),
+        clustered: false,
     };
     let system = EntitySystem::new(
         journal,

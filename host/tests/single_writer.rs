@@ -45,6 +45,7 @@ fn host(
     let settings = SystemSettings {
         writer_id,
         replica: writer_id.to_string(),
+        clustered: false,
     };
     let system = EntitySystem::new(journal, lease, plugins, settings, NodeClock::default());
     system.bind_type("counter", config).expect("bind counter");

@@ -53,6 +53,7 @@ async fn system(path: &std::path::Path, mode: ReplayFilterMode) -> EntitySystem 
     let settings = SystemSettings {
         writer_id: Ulid::new(),
         replica: "test".into(),
+        clustered: false,
     };
     let system = EntitySystem::new(
         journal,

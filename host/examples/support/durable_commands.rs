@@ -26,6 +26,7 @@ pub async fn run(journal: Arc<dyn Journal>, commands: u64) -> anyhow::Result<(u6
     let settings = SystemSettings {
         writer_id: ulid::Ulid::new(),
         replica: "bench".into(),
+        clustered: false,
     };
     let system = EntitySystem::new(
         journal,

@@ -24,7 +24,7 @@ pub async fn send_command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let command = command_from_body(&headers, &body?)?;
-    let outcome = app.entities.ask(&entity_type, &entity_id, command).await?;
+    let outcome = app.router.ask(&entity_type, &entity_id, command).await?;
     Ok(respond(
         &headers,
         StatusCode::OK,
@@ -41,7 +41,7 @@ pub async fn get_state(
     Path((entity_type, entity_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let state = app.entities.state(&entity_type, &entity_id).await?;
+    let state = app.router.state(&entity_type, &entity_id).await?;
     Ok(respond(
         &headers,
         StatusCode::OK,

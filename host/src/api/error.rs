@@ -5,22 +5,43 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use std::borrow::Cow;
+
+use crate::cluster::RouteError;
 use crate::entity::EntityError;
 use crate::plugin::PluginError;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
+    /// Seconds a client should wait before retrying (`Retry-After`), for errors that pass.
+    pub retry_after_secs: Option<u64>,
 }
 
+/// What `Retry-After` says for routing errors: about one membership round.
+const ROUTING_RETRY_AFTER_SECS: u64 = 1;
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 503 the client can act on: retry after about a membership round.
+    fn retry_later(code: &'static str, error: impl std::fmt::Display) -> Self {
+        ApiError {
+            retry_after_secs: Some(ROUTING_RETRY_AFTER_SECS),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string())
         }
     }
 
@@ -32,29 +53,55 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+/// The status an [`EntityError`] is answered with; nodes forwarding a call answer with the
+/// owner's.
+pub fn entity_error_status(error: &EntityError) -> StatusCode {
+    match error {
+        EntityError::UnknownEntityType(_) => StatusCode::NOT_FOUND,
+        EntityError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        EntityError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        EntityError::Overloaded { .. } | EntityError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+        EntityError::WriterConflict(_) => StatusCode::CONFLICT,
+        EntityError::Plugin { code, .. } if *code == "unknown_plugin" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        EntityError::NotWriter { .. } | EntityError::Fenced(_) => StatusCode::CONFLICT,
+        EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
 impl From<EntityError> for ApiError {
     fn from(error: EntityError) -> Self {
-        let status = match &error {
-            EntityError::UnknownEntityType(_) => StatusCode::NOT_FOUND,
-            EntityError::InvalidName(_) => StatusCode::BAD_REQUEST,
-            EntityError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            EntityError::Overloaded { .. } | EntityError::Stopped(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+        ApiError::new(entity_error_status(&error), error.code(), error.to_string())
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> Self {
+        match error {
+            RouteError::Local(error) => error.into(),
+            RouteError::Remote(remote) => ApiError::new(
+                StatusCode::from_u16(remote.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                remote.code,
+                remote.message,
+            ),
+            error @ RouteError::NoOwner { .. } => ApiError::retry_later("no_owner", error),
+            error @ RouteError::OwnerUnreachable { .. } => {
+                ApiError::retry_later("owner_unreachable", error)
             }
-            EntityError::WriterConflict(_) => StatusCode::CONFLICT,
-            EntityError::Plugin { code, .. } if *code == "unknown_plugin" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            EntityError::NotWriter { .. } | EntityError::Fenced(_) => StatusCode::CONFLICT,
-            EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError::new(status, error.code(), error.to_string())
+        }
     }
 }
 

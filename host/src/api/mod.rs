@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - `error`: [`ApiError`] and its mapping to status codes.
+//! - `cluster`: `/cluster`, this node's view of the cluster, and `/cluster/faults` for tests.
 //! - `payload`: JSON and MessagePack bodies, and the conversion between them.
 //! - `entities`: `/entities/...` and `/entity-types/...`.
 //! - `plugins`: `/plugins/...`, upload and hot-load.
@@ -14,6 +15,7 @@
 //!   events.
 //! - `ops`: `/health`, `/metrics`, `/openapi.json`.
 
+mod cluster;
 mod entities;
 mod error;
 mod leases;
@@ -27,8 +29,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
 
-pub use error::ApiError;
+pub use error::{ApiError, entity_error_status};
 
+use crate::cluster::Router as EntityRouter;
 use crate::entity::EntitySystem;
 use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
@@ -37,6 +40,8 @@ use crate::plugin::PluginRegistry;
 #[derive(Clone)]
 pub struct AppState {
     pub entities: EntitySystem,
+    /// Where entity calls go: here, or to their owner in the cluster.
+    pub router: EntityRouter,
     pub plugins: Arc<PluginRegistry>,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
@@ -80,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads)
         .route("/plugins", get(plugins::list))
         .route("/notifications", get(notifications::stream))
+        .route("/cluster", get(cluster::show))
+        .route("/cluster/faults", post(cluster::inject_fault))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

@@ -3,7 +3,7 @@
 //!
 //! The core does no I/O and reads no clock: membership is fed packets, timer expiries and the
 //! time, and returns the packets to send and the timers to set; placement is a pure function of
-//! the member list. Only [`transport`] touches the network.
+//! the member list. [`transport`], [`service`] and [`routing`] are the async shell around it.
 //!
 //! # Layout
 //! - [`identity`]: [`NodeName`], [`NodeId`] (name + per-boot ULID incarnation), [`NodeRole`],
@@ -13,12 +13,18 @@
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
 //! - [`transport`]: length-prefixed MessagePack frames over TCP between nodes: one-way messages and
 //!   requests with deadlines, a circuit breaker per peer, and a fault-injection seam.
+//! - [`service`]: [`Cluster`], the task driving membership over the transport, and the view it
+//!   publishes; [`ClusterConfig`], the `[cluster]` section of `weft.toml`.
+//! - [`routing`]: [`Router`], which runs an entity call here or forwards it to the owner, the
+//!   inbound side of forwarded calls, and the hand-off of entities that moved.
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
 //!   invariant checkers and the scenarios run in it.
 
 pub mod identity;
 pub mod membership;
 pub mod placement;
+pub mod routing;
+pub mod service;
 #[cfg(test)]
 mod simulation;
 pub mod transport;
@@ -29,4 +35,6 @@ pub use membership::{
     Seed,
 };
 pub use placement::owner;
+pub use routing::{NodeInbound, RemoteError, RouteError, Router, hand_off_moved_entities};
+pub use service::{Cluster, ClusterConfig, ClusterView, SeedConfig, packet_channel};
 pub use transport::{CircuitBreaker, Faults, Inbound, Transport, TransportError};

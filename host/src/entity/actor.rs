@@ -36,6 +36,8 @@ pub(super) enum Message {
     GetState {
         reply: oneshot::Sender<Result<EntityState, EntityError>>,
     },
+    /// Stop after what is queued (another node owns the entity now).
+    Passivate,
 }
 
 impl Message {
@@ -44,6 +46,7 @@ impl Message {
         match self {
             Message::Command { reply, .. } => drop(reply.send(Err(error))),
             Message::GetState { reply } => drop(reply.send(Err(error))),
+            Message::Passivate => {}
         }
     }
 }
@@ -158,6 +161,16 @@ impl Actor {
                     Err(_) => break,
                 }
             }
+            if batch
+                .iter()
+                .any(|message| matches!(message, Message::Passivate))
+                && !passivating
+            {
+                tracing::debug!(entity = %self.pid, "passivating on request");
+                // What was queued before the close is still handled.
+                inbox.close();
+                passivating = true;
+            }
             if let Err(stale) = self.turn(committed, tenure, batch).await {
                 tracing::warn!(entity = %self.pid, "stopping: {stale}");
                 inbox.close();
@@ -267,16 +280,20 @@ impl Actor {
         committed: &mut Committed,
         tenure: &mut Tenure,
     ) -> Result<(), EntityError> {
+        let mut wait = tenure.grant_wait();
         if let Some(holder) = tenure.writer().await
             && holder.owner != tenure.owner()
         {
-            return Err(EntityError::NotWriter {
-                persistence_id: self.pid.clone(),
-                writer: Some(holder.owner),
-                fencing_token: Some(holder.fencing_token),
-            });
+            if !self.shared.settings.clustered {
+                return Err(EntityError::NotWriter {
+                    persistence_id: self.pid.clone(),
+                    writer: Some(holder.owner),
+                    fencing_token: Some(holder.fencing_token),
+                });
+            }
+            wait += holder.expires_in;
         }
-        match tenure.wait_for_grant(tenure.grant_wait()).await {
+        match tenure.wait_for_grant(wait).await {
             Some(fencing_token) => self.take_over(committed, tenure, fencing_token).await,
             None => Err(EntityError::NotWriter {
                 persistence_id: self.pid.clone(),
@@ -417,6 +434,7 @@ impl Actor {
                 Message::Command { reply, .. } if refusal.is_some() => {
                     let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
                 }
+                Message::Passivate => {}
                 Message::Command { command, reply } => {
                     let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
                     match self.handle(&state, &command, next_seq_nr, tenure) {

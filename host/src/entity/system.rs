@@ -46,6 +46,11 @@ pub struct SystemSettings {
     pub writer_id: Ulid,
     /// This node's replica name, passed to plugins in their context.
     pub replica: String,
+    /// Part of a cluster, which sends an entity's commands to its owner: a single-writer entity
+    /// whose lease another node holds waits for it (up to the lease's time to live) instead of
+    /// refusing at once — the other node is handing the entity off, or crashed and its lease has
+    /// yet to expire.
+    pub clustered: bool,
 }
 
 /// Counters exported as metrics.
@@ -191,6 +196,29 @@ impl EntitySystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// The active entities of this host, as `(entity type, entity id)`.
+    pub fn active(&self) -> Vec<(String, String)> {
+        let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+        active
+            .keys()
+            .filter_map(|pid| pid.split_once('|'))
+            .map(|(entity_type, entity_id)| (entity_type.to_owned(), entity_id.to_owned()))
+            .collect()
+    }
+
+    /// Asks an active entity to passivate: it handles what is queued, releases its lease (if
+    /// single-writer) and stops. Messages sent after it start a new activation. Does nothing if
+    /// the entity is not active here.
+    pub fn passivate(&self, entity_type: &str, entity_id: &str) {
+        let pid = persistence_id(entity_type, entity_id);
+        let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handle) = active.get(&pid) {
+            // A full mailbox passivates after its backlog anyway once idle; a closed one is
+            // stopping already.
+            let _ = handle.mailbox.try_send(Message::Passivate);
+        }
     }
 
     /// Sends a command (MessagePack) to an entity and waits for its outcome.

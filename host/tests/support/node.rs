@@ -118,11 +118,25 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `weft serve` on a free port and waits (bounded) until it listens.
     pub fn start(data_dir: &Path, plugins_dir: &Path) -> ServeProcess {
+        let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend(["--data-dir".into(), data_dir.as_os_str().to_owned()]);
+        args.extend(["--plugins".into(), plugins_dir.as_os_str().to_owned()]);
+        ServeProcess::spawn(&args)
+    }
+
+    /// Starts `weft serve --config config` (which sets the HTTP address) and waits until it
+    /// listens.
+    pub fn start_with_config(config: &Path) -> ServeProcess {
+        ServeProcess::spawn(&[
+            "serve".into(),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+        ])
+    }
+
+    fn spawn(args: &[std::ffi::OsString]) -> ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--plugins")
-            .arg(plugins_dir)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,109 @@
+//! `GET /cluster`: this node's view of the cluster — members with role, status and incarnation,
+//! which active entities this node hosts, the plugins it has loaded. `POST /cluster/faults`
+//! injects transport faults, only on nodes configured with `fault_injection = true` (tests).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::cluster::placement::owner;
+
+pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cluster = app.router.cluster().ok_or_else(not_clustered)?;
+    let view = cluster.view();
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|member| {
+            json!({
+                "name": member.name().as_str(),
+                "incarnation": member.id.incarnation.to_string(),
+                "role": member.role.as_str(),
+                "addr": member.addr.to_string(),
+                "status": "up",
+                "local": member.id == view.local.id,
+            })
+        })
+        .collect();
+    let entities: Vec<Value> = app
+        .entities
+        .active()
+        .into_iter()
+        .map(|(entity_type, entity_id)| {
+            let owner = owner(&entity_type, &entity_id, &view.members)
+                .map(|owner| owner.name.as_str().to_owned());
+            json!({"entity_type": entity_type, "entity_id": entity_id, "owner": owner})
+        })
+        .collect();
+    let plugins: Vec<Value> = app
+        .plugins
+        .list()
+        .into_iter()
+        .map(|plugin| json!({"name": plugin.name, "version": plugin.version}))
+        .collect();
+    Ok(Json(json!({
+        "local": {
+            "name": view.local.name().as_str(),
+            "incarnation": view.local.id.incarnation.to_string(),
+            "role": view.local.role.as_str(),
+            "addr": view.local.addr.to_string(),
+        },
+        "members": members,
+        "active_entities": entities,
+        "plugins": plugins,
+    })))
+}
+
+/// A fault to inject into this node's transport.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FaultRequest {
+    /// Cut this node off from the named nodes.
+    Partition { from: Vec<String> },
+    /// Drop every n-th frame this node sends.
+    DropEvery { n: u64 },
+    /// Delay every frame this node sends.
+    Delay { ms: u64 },
+    /// Undo every fault.
+    Heal,
+}
+
+pub async fn inject_fault(
+    State(app): State<AppState>,
+    body: Result<Json<FaultRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = app.router.cluster().ok_or_else(not_clustered)?;
+    if !cluster.config().fault_injection {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "fault_injection_disabled",
+            "fault injection is off on this node: set [cluster] fault_injection = true (tests only)",
+        ));
+    }
+    let Json(fault) =
+        body.map_err(|error| ApiError::bad_request("invalid_fault", error.body_text()))?;
+    let faults = cluster.transport().faults();
+    match &fault {
+        FaultRequest::Partition { from } => {
+            let names: Vec<&str> = from.iter().map(String::as_str).collect();
+            faults.partition(&names);
+        }
+        FaultRequest::DropEvery { n } => faults.drop_every(*n),
+        FaultRequest::Delay { ms } => faults.delay(Duration::from_millis(*ms)),
+        FaultRequest::Heal => faults.heal(),
+    }
+    Ok(Json(json!({"applied": format!("{fault:?}")})))
+}
+
+fn not_clustered() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_clustered",
+        "this node runs alone: configure [cluster] in weft.toml",
+    )
+}

@@ -1,0 +1,324 @@
+//! Routing an entity call to the node that owns the entity: [`Router`] runs it here when this
+//! node is the owner (or there is no cluster), and forwards it over the transport otherwise; the
+//! owner's answer, or its error with its status and code, comes back the same way.
+//!
+//! A node that receives a forwarded call runs it locally even if its own view names another
+//! owner: views converge within a few membership rounds, forwarding again could loop, and the
+//! entity's lease (single-writer types) keeps two nodes from writing one entity meanwhile.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::identity::Member;
+use super::placement::owner;
+use super::service::Cluster;
+use super::transport::{Inbound, TransportError};
+use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem};
+
+/// An entity call as it travels to the owner.
+#[derive(Debug, Serialize, Deserialize)]
+enum Call {
+    Command {
+        entity_type: String,
+        entity_id: String,
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
+    State {
+        entity_type: String,
+        entity_id: String,
+    },
+}
+
+/// The owner's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Command {
+        #[serde(with = "serde_bytes")]
+        reply: Vec<u8>,
+        seq_nr: u64,
+        plugin: String,
+    },
+    State {
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+        seq_nr: u64,
+        plugin: String,
+    },
+    Failed(RemoteError),
+}
+
+/// An error the owner answered with, as its API would have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// Why a routed call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// This node ran the call and it failed.
+    #[error(transparent)]
+    Local(#[from] EntityError),
+    /// The owner ran the call and it failed.
+    #[error("{}", .0.message)]
+    Remote(RemoteError),
+    /// No actor node is live: nobody can run the call. Nothing was done; retry when one is.
+    #[error("no actor node is live to host {entity_type}/{entity_id}; retry shortly")]
+    NoOwner {
+        entity_type: String,
+        entity_id: String,
+    },
+    /// The owner could not be reached or did not answer in time: the call may or may not have
+    /// run there. Retry; membership moves the entity if the owner is gone.
+    #[error(
+        "the owner of {entity_type}/{entity_id}, node {owner}, did not answer: {reason}; retry shortly"
+    )]
+    OwnerUnreachable {
+        entity_type: String,
+        entity_id: String,
+        owner: String,
+        reason: String,
+    },
+}
+
+/// Where this node's entity calls go. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    entities: EntitySystem,
+    cluster: Option<Cluster>,
+}
+
+impl Router {
+    pub fn new(entities: EntitySystem, cluster: Option<Cluster>) -> Self {
+        Router { entities, cluster }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    pub async fn ask(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+    ) -> Result<CommandReply, RouteError> {
+        match self.owner(entity_type, entity_id)? {
+            None => Ok(self.entities.ask(entity_type, entity_id, command).await?),
+            Some((cluster, owner)) => {
+                let call = Call::Command {
+                    entity_type: entity_type.to_owned(),
+                    entity_id: entity_id.to_owned(),
+                    command,
+                };
+                match forward(cluster, &owner, entity_type, entity_id, &call).await? {
+                    Answer::Command {
+                        reply,
+                        seq_nr,
+                        plugin,
+                    } => Ok(CommandReply {
+                        reply,
+                        seq_nr,
+                        plugin,
+                    }),
+                    other => Err(mismatch(&owner, entity_type, entity_id, &other)),
+                }
+            }
+        }
+    }
+
+    pub async fn state(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<EntityState, RouteError> {
+        match self.owner(entity_type, entity_id)? {
+            None => Ok(self.entities.state(entity_type, entity_id).await?),
+            Some((cluster, owner)) => {
+                let call = Call::State {
+                    entity_type: entity_type.to_owned(),
+                    entity_id: entity_id.to_owned(),
+                };
+                match forward(cluster, &owner, entity_type, entity_id, &call).await? {
+                    Answer::State {
+                        state,
+                        seq_nr,
+                        plugin,
+                    } => Ok(EntityState {
+                        state,
+                        seq_nr,
+                        plugin,
+                    }),
+                    other => Err(mismatch(&owner, entity_type, entity_id, &other)),
+                }
+            }
+        }
+    }
+
+    /// The member to forward to, `None` to run here.
+    fn owner(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<Option<(&Cluster, Member)>, RouteError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let view = cluster.view();
+        let no_owner = || RouteError::NoOwner {
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+        };
+        let owner = owner(entity_type, entity_id, &view.members).ok_or_else(no_owner)?;
+        if *owner == view.local.id {
+            return Ok(None);
+        }
+        let member = view.member(owner).cloned().ok_or_else(no_owner)?;
+        Ok(Some((cluster, member)))
+    }
+}
+
+/// Sends `call` to `owner` and decodes its answer.
+async fn forward(
+    cluster: &Cluster,
+    owner: &Member,
+    entity_type: &str,
+    entity_id: &str,
+    call: &Call,
+) -> Result<Answer, RouteError> {
+    let unreachable = |reason: String| RouteError::OwnerUnreachable {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        owner: owner.name().to_string(),
+        reason,
+    };
+    let payload = rmp_serde::to_vec_named(call).map_err(|e| unreachable(e.to_string()))?;
+    let answer = cluster
+        .transport()
+        .request(
+            owner.name().as_str(),
+            owner.addr,
+            payload,
+            cluster.config().forward_timeout(),
+        )
+        .await
+        .map_err(|error: TransportError| unreachable(error.to_string()))?;
+    match rmp_serde::from_slice(&answer) {
+        Ok(Answer::Failed(error)) => Err(RouteError::Remote(error)),
+        Ok(answer) => Ok(answer),
+        Err(error) => Err(unreachable(format!(
+            "an answer that does not decode: {error}"
+        ))),
+    }
+}
+
+fn mismatch(owner: &Member, entity_type: &str, entity_id: &str, answer: &Answer) -> RouteError {
+    RouteError::OwnerUnreachable {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        owner: owner.name().to_string(),
+        reason: format!("it answered with the wrong kind of answer: {answer:?}"),
+    }
+}
+
+/// What arrives at this node over the transport: membership packets go to the cluster service,
+/// forwarded calls run on this node's entities.
+pub struct NodeInbound {
+    pub entities: EntitySystem,
+    pub packets: mpsc::Sender<Vec<u8>>,
+    /// Set once the cluster service runs (it needs the transport this serves first).
+    pub cluster: Arc<OnceLock<Cluster>>,
+}
+
+impl NodeInbound {
+    /// After running a call for an entity this node's view gives to another node (the caller's
+    /// view was behind, or ours is), passivates it so the owner can take it over.
+    fn passivate_if_moved(&self, entity_type: &str, entity_id: &str) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let view = cluster.view();
+        if owner(entity_type, entity_id, &view.members).is_some_and(|owner| *owner != view.local.id)
+        {
+            self.entities.passivate(entity_type, entity_id);
+        }
+    }
+}
+
+#[async_trait]
+impl Inbound for NodeInbound {
+    async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+        let call: Call = rmp_serde::from_slice(&payload)
+            .map_err(|error| format!("a call from {from} that does not decode: {error}"))?;
+        let answer = match call {
+            Call::Command {
+                entity_type,
+                entity_id,
+                command,
+            } => match self.entities.ask(&entity_type, &entity_id, command).await {
+                Ok(reply) => {
+                    self.passivate_if_moved(&entity_type, &entity_id);
+                    Answer::Command {
+                        reply: reply.reply,
+                        seq_nr: reply.seq_nr,
+                        plugin: reply.plugin,
+                    }
+                }
+                Err(error) => Answer::Failed(remote_error(&error)),
+            },
+            Call::State {
+                entity_type,
+                entity_id,
+            } => match self.entities.state(&entity_type, &entity_id).await {
+                Ok(state) => Answer::State {
+                    state: state.state,
+                    seq_nr: state.seq_nr,
+                    plugin: state.plugin,
+                },
+                Err(error) => Answer::Failed(remote_error(&error)),
+            },
+        };
+        rmp_serde::to_vec_named(&answer).map_err(|error| error.to_string())
+    }
+
+    async fn message(&self, _from: &str, payload: Vec<u8>) {
+        if self.packets.try_send(payload).is_err() {
+            tracing::debug!("cluster: membership packet dropped, the membership task is behind");
+        }
+    }
+}
+
+fn remote_error(error: &EntityError) -> RemoteError {
+    RemoteError {
+        status: crate::api::entity_error_status(error).as_u16(),
+        code: error.code().to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// Keeps this node's active entities where placement puts them: after every change of the view,
+/// entities this node no longer owns are passivated (their queued commands finish here, their
+/// leases are released) so their new owner can take them over.
+pub async fn hand_off_moved_entities(mut cluster: Cluster, entities: EntitySystem) {
+    while let Some(view) = cluster.changed().await {
+        let view = Arc::clone(&view);
+        for (entity_type, entity_id) in entities.active() {
+            let moved = owner(&entity_type, &entity_id, &view.members)
+                .is_some_and(|owner| *owner != view.local.id);
+            if moved {
+                tracing::info!(
+                    entity_type,
+                    entity_id,
+                    "handing off: another node owns it now"
+                );
+                entities.passivate(&entity_type, &entity_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The cluster service of a node: one task that drives [`Membership`] over the [`Transport`] —
+//! packets in, timers, packets out — and publishes the live view every router reads.
+//!
+//! The task owns the membership state machine; nothing else touches it. Inbound membership
+//! packets reach it through a bounded channel (SWIM tolerates loss, so a full channel drops the
+//! packet rather than growing), timers through a heap of deadlines, and it drains every action
+//! after each input before it waits again. Sends are spawned so a slow peer never stalls the
+//! protocol.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use ulid::Ulid;
+
+use super::identity::{Member, NodeId, NodeName, NodeRole};
+use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipTimer, Seed};
+use super::transport::Transport;
+
+/// Membership packets waiting for the task, at most: a few seconds of traffic for a cluster of
+/// dozens of nodes; beyond that packets are dropped, which SWIM survives.
+const INBOUND_PACKETS_MAX: usize = 1024;
+
+/// The `[cluster]` section of `weft.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's stable name: what placement hashes, so a restarted node gets its entities back.
+    pub name: NodeName,
+    /// Where the internal transport listens (membership and forwarded commands).
+    pub listen: SocketAddr,
+    /// `actor` hosts entities; `gateway` only takes HTTP requests and forwards them.
+    #[serde(default = "default_role")]
+    pub role: NodeRole,
+    /// Nodes to announce to when starting; listing this node itself is fine (it is skipped), so
+    /// every node can share one list.
+    #[serde(default)]
+    pub seeds: Vec<SeedConfig>,
+    /// SWIM's probe period, in milliseconds (default 1000).
+    #[serde(default = "default_probe_period_ms")]
+    pub probe_period_ms: u64,
+    /// How long a suspect has to refute before it is declared down, in milliseconds (default
+    /// 5000): with the probe period, how soon a crashed node's entities move.
+    #[serde(default = "default_suspect_to_down_after_ms")]
+    pub suspect_to_down_after_ms: u64,
+    /// Longest a forwarded command waits for the owner's answer, in milliseconds (default 10000).
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
+    /// Serves `POST /cluster/faults` so tests can partition this node or drop its frames. Never
+    /// in production.
+    #[serde(default)]
+    pub fault_injection: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    pub name: NodeName,
+    pub addr: SocketAddr,
+}
+
+fn default_role() -> NodeRole {
+    NodeRole::Actor
+}
+fn default_probe_period_ms() -> u64 {
+    1_000
+}
+fn default_suspect_to_down_after_ms() -> u64 {
+    5_000
+}
+fn default_forward_timeout_ms() -> u64 {
+    10_000
+}
+
+impl ClusterConfig {
+    fn membership(&self) -> MembershipConfig {
+        let probe_period = Duration::from_millis(self.probe_period_ms.max(2));
+        MembershipConfig {
+            probe_period,
+            probe_rtt: probe_period / 2,
+            suspect_to_down_after: Duration::from_millis(self.suspect_to_down_after_ms),
+            rejoin_interval: (probe_period * 5).min(Duration::from_secs(5)),
+            ..MembershipConfig::default()
+        }
+    }
+
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
+    }
+}
+
+/// What a node knows about its cluster right now.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub local: Member,
+    /// This node and every member believed alive, sorted by name.
+    pub members: Vec<Member>,
+}
+
+impl ClusterView {
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.iter().find(|member| &member.id == id)
+    }
+}
+
+/// A handle on the running cluster service. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    view: watch::Receiver<Arc<ClusterView>>,
+    transport: Transport,
+    config: Arc<ClusterConfig>,
+}
+
+impl Cluster {
+    /// Starts the membership task over `transport`, fed the packets peers sent through
+    /// `packets_in` (see [`packet_channel`]), and announces to the seeds.
+    pub fn start(
+        config: ClusterConfig,
+        transport: Transport,
+        packets_in: mpsc::Receiver<Vec<u8>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Cluster> {
+        let local = Member::new(
+            NodeId::new(config.name.clone(), Ulid::new()),
+            config.role,
+            transport.local_addr(),
+        );
+        let seeds: Vec<Seed> = config
+            .seeds
+            .iter()
+            .map(|seed| Seed::new(seed.name.clone(), seed.addr))
+            .collect();
+        let names: BTreeMap<SocketAddr, String> = seeds
+            .iter()
+            .map(|seed| (seed.addr, seed.name.to_string()))
+            .collect();
+        let rng = StdRng::seed_from_u64(Ulid::new().random() as u64);
+        let now = Instant::now();
+        let mut membership = Membership::new(local.clone(), seeds, config.membership(), rng, now)?;
+        if let Err(error) = membership.join(now) {
+            tracing::warn!("cluster: announcing to the seeds failed: {error}");
+        }
+        let (view_tx, view) = watch::channel(Arc::new(ClusterView {
+            members: membership.live_members().to_vec(),
+            local,
+        }));
+        let driver = Driver {
+            membership,
+            transport: transport.clone(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            names,
+            view: view_tx,
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = driver.run(packets_in) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        });
+        Ok(Cluster {
+            view,
+            transport,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Waits for the next change of the view; `None` once the service stopped.
+    pub async fn changed(&mut self) -> Option<Arc<ClusterView>> {
+        self.view.changed().await.ok()?;
+        Some(self.view.borrow_and_update().clone())
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+}
+
+/// The channel membership packets travel from the transport to the task.
+pub fn packet_channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    mpsc::channel(INBOUND_PACKETS_MAX)
+}
+
+struct Driver {
+    membership: Membership,
+    transport: Transport,
+    /// Pending timers by deadline; the sequence number keeps the heap's order total.
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerSlot)>>,
+    timer_seq: u64,
+    /// Node names by transport address, for the transport's per-name fault rules.
+    names: BTreeMap<SocketAddr, String>,
+    view: watch::Sender<Arc<ClusterView>>,
+}
+
+/// A timer in the heap; ordered by the heap's other fields only.
+struct TimerSlot(MembershipTimer);
+
+impl PartialEq for TimerSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TimerSlot {}
+impl PartialOrd for TimerSlot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerSlot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut packets: mpsc::Receiver<Vec<u8>>) {
+        self.drain();
+        loop {
+            let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            tokio::select! {
+                packet = packets.recv() => {
+                    let Some(packet) = packet else { return };
+                    if let Err(error) = self.membership.handle_data(&packet, Instant::now()) {
+                        tracing::debug!("cluster: {error}");
+                    }
+                }
+                () = sleep_until(next) => {
+                    let now = Instant::now();
+                    while let Some(Reverse((at, _, _))) = self.timers.peek() {
+                        if *at > now {
+                            break;
+                        }
+                        let Some(Reverse((_, _, TimerSlot(timer)))) = self.timers.pop() else {
+                            break;
+                        };
+                        if let Err(error) = self.membership.handle_timer(timer, now) {
+                            tracing::debug!("cluster: {error}");
+                        }
+                    }
+                }
+            }
+            self.drain();
+        }
+    }
+
+    /// Carries out every queued action, then publishes the view if it changed.
+    fn drain(&mut self) {
+        let mut changed = false;
+        let actions: Vec<MembershipAction> = self.membership.drain_actions().collect();
+        for action in actions {
+            match action {
+                MembershipAction::Send { to, bytes } => {
+                    let name = self
+                        .names
+                        .get(&to)
+                        .cloned()
+                        .unwrap_or_else(|| to.to_string());
+                    let transport = self.transport.clone();
+                    tokio::spawn(async move {
+                        // Best effort: SWIM tolerates lost packets.
+                        let _ = transport.send(&name, to, bytes).await;
+                    });
+                }
+                MembershipAction::ScheduleTimer { after, timer } => {
+                    self.timer_seq += 1;
+                    self.timers.push(Reverse((
+                        Instant::now() + after,
+                        self.timer_seq,
+                        TimerSlot(timer),
+                    )));
+                }
+                MembershipAction::MemberUp(member) => {
+                    tracing::info!("cluster: {member} is up");
+                    self.names.insert(member.addr, member.name().to_string());
+                    changed = true;
+                }
+                MembershipAction::MemberDown(id) => {
+                    tracing::warn!("cluster: {id} is down");
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            let view = ClusterView {
+                local: self.membership.local().clone(),
+                members: self.membership.live_members().to_vec(),
+            };
+            self.view.send_replace(Arc::new(view));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

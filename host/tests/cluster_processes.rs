@@ -1,0 +1,350 @@
+//! A cluster of real `weft serve` processes on loopback sharing a real PostgreSQL journal: 3 actor
+//! nodes and 2 gateways. Clients send commands through both gateways; one actor node is killed
+//! with SIGKILL under load, then a fourth joins. Every acknowledged command is in the journal
+//! exactly once, nothing is applied twice, and each entity's state is the sum of its events.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::node::{ServeProcess, plugins_dir};
+use support::services::Postgres;
+use support::shared_compile_cache;
+use weft::journal::{Journal, PostgresJournal};
+
+/// How long the cluster may take to do anything the test waits for.
+const DEADLINE: Duration = Duration::from_secs(60);
+const ENTITIES: usize = 12;
+const CLIENTS: usize = 4;
+
+/// A free loopback port (bound, then released) for the seed's transport.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+fn node_config(
+    root: &Path,
+    name: &str,
+    role: &str,
+    transport_port: u16,
+    seed_port: u16,
+    database: &str,
+) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugins = plugins_dir(&dir, &["counter"]);
+    let text = format!(
+        r#"
+[node]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+plugins_dir = "{plugins}"
+compile_cache_dir = "{cache}"
+
+[journal]
+backend = "postgres"
+url = "{database}"
+
+[cluster]
+name = "{name}"
+listen = "127.0.0.1:{transport_port}"
+role = "{role}"
+seeds = [{{ name = "a1", addr = "127.0.0.1:{seed_port}" }}]
+probe_period_ms = 200
+suspect_to_down_after_ms = 1000
+forward_timeout_ms = 3000
+
+[entities.counter]
+plugin = "counter"
+single_writer = true
+lease_ttl_ms = 2000
+"#,
+        data = dir.join("data").display(),
+        plugins = plugins.display(),
+        cache = shared_compile_cache().display(),
+    );
+    let path = dir.join("weft.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn cluster_view(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(format!("{url}/cluster")).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// Waits until the node at `url` sees exactly the members named `names`.
+async fn wait_for_members(http: &reqwest::Client, url: &str, names: &[&str]) {
+    let expected: BTreeSet<String> = names.iter().map(|name| name.to_string()).collect();
+    let started = Instant::now();
+    loop {
+        let seen: BTreeSet<String> = match cluster_view(http, url).await {
+            Some(view) => view["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|member| member["name"].as_str().map(str::to_owned))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        if seen == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{url} sees {seen:?}, not {expected:?}, after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the clients sent: per entity, the amounts acknowledged and those that failed (each
+/// amount is sent once and is unique, so a duplicate in the journal is visible).
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeMap<usize, Vec<i64>>,
+    failed: BTreeMap<usize, Vec<i64>>,
+    /// Failures by error code, for the report.
+    errors: BTreeMap<String, usize>,
+}
+
+/// Sends `count` increments, round robin over the entities, alternating gateways.
+async fn client(
+    number: usize,
+    count: usize,
+    first_amount: i64,
+    gateways: Vec<String>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let http = reqwest::Client::new();
+    for sent in 0..count {
+        let entity = (number + sent) % ENTITIES;
+        let amount = first_amount + (sent * CLIENTS + number) as i64;
+        let gateway = &gateways[sent % gateways.len()];
+        let response = http
+            .post(format!("{gateway}/entities/counter/e{entity}"))
+            .json(&json!({"op": "increment", "by": amount}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let outcome = match response {
+            Ok(response) if response.status() == 200 => Ok(()),
+            Ok(response) => {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                Err(body["error"]["code"].as_str().unwrap_or("?").to_owned())
+            }
+            Err(error) => Err(format!("transport: {error}")),
+        };
+        let mut ledger = ledger.lock().unwrap();
+        match outcome {
+            Ok(()) => ledger.acked.entry(entity).or_default().push(amount),
+            Err(code) => {
+                ledger.failed.entry(entity).or_default().push(amount);
+                *ledger.errors.entry(code).or_default() += 1;
+            }
+        }
+    }
+}
+
+async fn load(phase: i64, count: usize, gateways: &[String], ledger: &Arc<Mutex<Ledger>>) {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|number| {
+            tokio::spawn(client(
+                number,
+                count,
+                phase * 1_000_000,
+                gateways.to_vec(),
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+}
+
+fn acked_count(ledger: &Arc<Mutex<Ledger>>) -> usize {
+    ledger.lock().unwrap().acked.values().map(Vec::len).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
+    let postgres = Postgres::start();
+    let database = postgres.fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let seed_port = free_port();
+    let start = |name: &str, role: &str, port: u16| {
+        ServeProcess::start_with_config(&node_config(
+            root.path(),
+            name,
+            role,
+            port,
+            seed_port,
+            &database,
+        ))
+    };
+    let a1 = start("a1", "actor", seed_port);
+    let a2 = start("a2", "actor", 0);
+    let a3 = start("a3", "actor", 0);
+    let g1 = start("g1", "gateway", 0);
+    let g2 = start("g2", "gateway", 0);
+    let http = reqwest::Client::new();
+    for node in [&a1, &a2, &a3, &g1, &g2] {
+        wait_for_members(&http, &node.url, &["a1", "a2", "a3", "g1", "g2"]).await;
+    }
+    let gateways = vec![g1.url.clone(), g2.url.clone()];
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    // Phase 1: all three actor nodes up; every command goes through a gateway to its owner.
+    load(1, 30, &gateways, &ledger).await;
+    assert_eq!(
+        acked_count(&ledger),
+        CLIENTS * 30,
+        "{:?}",
+        ledger.lock().unwrap().errors
+    );
+    let a2_entities = cluster_view(&http, &a2.url).await.unwrap()["active_entities"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(a2_entities > 0, "a2 hosts some of the {ENTITIES} entities");
+    for gateway in [&g1, &g2] {
+        let view = cluster_view(&http, &gateway.url).await.unwrap();
+        assert_eq!(
+            view["active_entities"],
+            json!([]),
+            "a gateway hosts nothing"
+        );
+    }
+
+    // Phase 2: kill a2 under load. Requests for its entities fail (retryably) until the others
+    // declare it down and its leases expire, then its entities come back on a1 and a3.
+    let during = {
+        let (gateways, ledger) = (gateways.clone(), ledger.clone());
+        tokio::spawn(async move { load(2, 60, &gateways, &ledger).await })
+    };
+    a2.kill();
+    during.await.unwrap();
+    for node in [&a1, &a3, &g1, &g2] {
+        wait_for_members(&http, &node.url, &["a1", "a3", "g1", "g2"]).await;
+    }
+    let before = acked_count(&ledger);
+    load(3, 30, &gateways, &ledger).await;
+    assert_eq!(
+        acked_count(&ledger) - before,
+        CLIENTS * 30,
+        "after detection every command succeeds: {:?}",
+        ledger.lock().unwrap().errors
+    );
+
+    // Phase 4: a fourth actor node joins under load and takes its share.
+    let during = {
+        let (gateways, ledger) = (gateways.clone(), ledger.clone());
+        tokio::spawn(async move { load(4, 60, &gateways, &ledger).await })
+    };
+    let a4 = start("a4", "actor", 0);
+    for node in [&a1, &a3, &a4, &g1, &g2] {
+        wait_for_members(&http, &node.url, &["a1", "a3", "a4", "g1", "g2"]).await;
+    }
+    during.await.unwrap();
+    load(5, 30, &gateways, &ledger).await;
+    let a4_entities = cluster_view(&http, &a4.url).await.unwrap()["active_entities"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        a4_entities > 0,
+        "the new node hosts its share of the entities"
+    );
+
+    // The journal: every acknowledged amount exactly once, nothing twice, nothing unsent; the
+    // state each entity reports is the sum of its events.
+    let journal = PostgresJournal::open(&database).await.unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    let failures_not_retryable: Vec<&String> = ledger
+        .errors
+        .keys()
+        .filter(|code| {
+            !matches!(
+                code.as_str(),
+                "owner_unreachable"
+                    | "no_owner"
+                    | "not_writer"
+                    | "entity_stopped"
+                    | "stale_fencing_token"
+            ) && !code.starts_with("transport:")
+        })
+        .collect();
+    assert!(
+        failures_not_retryable.is_empty(),
+        "only retryable errors: {:?}",
+        ledger.errors
+    );
+    for entity in 0..ENTITIES {
+        let pid = format!("counter|e{entity}");
+        let events = journal.read(&pid, 1, 100_000).await.unwrap();
+        let amounts: Vec<i64> = events
+            .iter()
+            .map(|event| {
+                support::from_msgpack(&event.payload)["by"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        let unique: BTreeSet<i64> = amounts.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            amounts.len(),
+            "{pid}: an amount applied twice"
+        );
+        let acked = ledger.acked.get(&entity).cloned().unwrap_or_default();
+        let failed: BTreeSet<i64> = ledger
+            .failed
+            .get(&entity)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for amount in &acked {
+            assert!(
+                unique.contains(amount),
+                "{pid}: acknowledged {amount} is lost"
+            );
+        }
+        for amount in &unique {
+            assert!(
+                acked.contains(amount) || failed.contains(amount),
+                "{pid}: {amount} was never sent"
+            );
+        }
+        let state: Value = http
+            .get(format!(
+                "{}/entities/counter/e{entity}",
+                gateways[entity % 2]
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            state["state"]["value"].as_i64(),
+            Some(amounts.iter().sum::<i64>()),
+            "{pid}: {state}"
+        );
+        assert_eq!(state["seq_nr"].as_u64(), Some(events.len() as u64));
+    }
+    eprintln!(
+        "acknowledged {} commands; failed {:?}",
+        ledger.acked.values().map(Vec::len).sum::<usize>(),
+        ledger.errors
+    );
+    drop((a1, a3, a4, g1, g2));
+}
