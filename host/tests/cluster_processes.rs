@@ -36,6 +36,7 @@ fn node_config(
     seed_port: u16,
     database: &str,
 ) -> std::path::PathBuf {
+    let fault_injection = name.starts_with('p');
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let plugins = plugins_dir(&dir, &["counter"]);
@@ -55,16 +56,18 @@ url = "{database}"
 name = "{name}"
 listen = "127.0.0.1:{transport_port}"
 role = "{role}"
-seeds = [{{ name = "a1", addr = "127.0.0.1:{seed_port}" }}]
+seeds = [{{ name = "{seed}", addr = "127.0.0.1:{seed_port}" }}]
 probe_period_ms = 200
 suspect_to_down_after_ms = 1000
 forward_timeout_ms = 3000
+fault_injection = {fault_injection}
 
 [entities.counter]
 plugin = "counter"
 single_writer = true
 lease_ttl_ms = 2000
 "#,
+        seed = if fault_injection { "p1" } else { "a1" },
         data = dir.join("data").display(),
         plugins = plugins.display(),
         cache = shared_compile_cache().display(),
@@ -347,4 +350,150 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
         ledger.errors
     );
     drop((a1, a3, a4, g1, g2));
+}
+
+async fn inject(http: &reqwest::Client, url: &str, fault: Value) {
+    let response = http
+        .post(format!("{url}/cluster/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{fault}");
+}
+
+/// Sends one increment of `amount` to `entity` through `url`; whether it was acknowledged.
+async fn increment(http: &reqwest::Client, url: &str, entity: usize, amount: i64) -> bool {
+    http.post(format!("{url}/entities/counter/e{entity}"))
+        .json(&json!({"op": "increment", "by": amount}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .is_ok_and(|response| response.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_heals() {
+    let postgres = Postgres::start();
+    let database = postgres.fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let seed_port = free_port();
+    let start = |name: &str, port: u16| {
+        ServeProcess::start_with_config(&node_config(
+            root.path(),
+            name,
+            "actor",
+            port,
+            seed_port,
+            &database,
+        ))
+    };
+    let (p1, p2, p3) = (start("p1", seed_port), start("p2", 0), start("p3", 0));
+    let http = reqwest::Client::new();
+    for node in [&p1, &p2, &p3] {
+        wait_for_members(&http, &node.url, &["p1", "p2", "p3"]).await;
+    }
+    for entity in 0..ENTITIES {
+        assert!(
+            increment(&http, &p1.url, entity, 1).await,
+            "e{entity} before the cut"
+        );
+    }
+
+    // Cut p3 off from p1 and p2 (the database stays reachable from both sides).
+    inject(
+        &http,
+        &p3.url,
+        json!({"fault": "partition", "from": ["p1", "p2"]}),
+    )
+    .await;
+    for node in [&p1, &p2] {
+        inject(
+            &http,
+            &node.url,
+            json!({"fault": "partition", "from": ["p3"]}),
+        )
+        .await;
+    }
+    wait_for_members(&http, &p1.url, &["p1", "p2"]).await;
+    wait_for_members(&http, &p2.url, &["p1", "p2"]).await;
+    wait_for_members(&http, &p3.url, &["p3"]).await;
+
+    // Both sides take commands for every entity. Each side believes it owns some entities the
+    // other holds the lease of: those wait for the lease and fail; none is written by both.
+    let mut sides = Vec::new();
+    for (side, url) in [(1, p1.url.clone()), (3, p3.url.clone())] {
+        for entity in 0..ENTITIES {
+            let (http, url) = (http.clone(), url.clone());
+            sides.push(tokio::spawn(async move {
+                let mut acked = 0;
+                for round in 0..2 {
+                    if increment(&http, &url, entity, side * 1_000 + round).await {
+                        acked += 1;
+                    }
+                }
+                (side, acked)
+            }));
+        }
+    }
+    let mut acked_by_side: BTreeMap<i64, usize> = BTreeMap::new();
+    for side in sides {
+        let (side, acked) = side.await.unwrap();
+        *acked_by_side.entry(side).or_default() += acked;
+    }
+    // Both sides kept writing the entities whose leases they held.
+    assert!(
+        acked_by_side.get(&1).is_some_and(|acked| *acked > 0)
+            && acked_by_side.get(&3).is_some_and(|acked| *acked > 0),
+        "{acked_by_side:?}"
+    );
+    eprintln!("acknowledged during the partition, by side: {acked_by_side:?}");
+
+    // Heal: one view again, and every entity takes commands through any node.
+    for node in [&p1, &p2, &p3] {
+        inject(&http, &node.url, json!({"fault": "heal"})).await;
+    }
+    for node in [&p1, &p2, &p3] {
+        wait_for_members(&http, &node.url, &["p1", "p2", "p3"]).await;
+    }
+    for entity in 0..ENTITIES {
+        let started = Instant::now();
+        let url = [&p1.url, &p2.url, &p3.url][entity % 3];
+        while !increment(&http, url, entity, 1_000_000).await {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "e{entity} takes no command after healing"
+            );
+        }
+    }
+
+    // No stream has two writers for one fencing token, and tokens only rise along a stream.
+    let journal = PostgresJournal::open(&database).await.unwrap();
+    for entity in 0..ENTITIES {
+        let pid = format!("counter|e{entity}");
+        let events = journal.read(&pid, 1, 100_000).await.unwrap();
+        let mut writers_by_token: BTreeMap<u64, BTreeSet<ulid::Ulid>> = BTreeMap::new();
+        for event in &events {
+            writers_by_token
+                .entry(event.fencing_token)
+                .or_default()
+                .insert(event.writer);
+        }
+        for (token, writers) in &writers_by_token {
+            assert_eq!(
+                writers.len(),
+                1,
+                "{pid}: token {token} written by {writers:?}"
+            );
+        }
+        let tokens: Vec<u64> = events.iter().map(|event| event.fencing_token).collect();
+        assert!(
+            tokens.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{pid}: {tokens:?}"
+        );
+        assert!(
+            tokens.iter().all(|token| *token > 0),
+            "{pid}: every write fenced"
+        );
+    }
 }

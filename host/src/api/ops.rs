@@ -77,6 +77,23 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             plugin.world.name()
         );
     }
+    if let Some(cluster) = app.router.cluster() {
+        let view = cluster.view();
+        let _ = writeln!(
+            text,
+            "# HELP weft_cluster_member Live cluster members in this node's view.\n# TYPE weft_cluster_member gauge"
+        );
+        for member in &view.members {
+            let _ = writeln!(
+                text,
+                "weft_cluster_member{{name=\"{}\",role=\"{}\",incarnation=\"{}\",local=\"{}\"}} 1",
+                member.name(),
+                member.role,
+                member.id.incarnation,
+                member.id == view.local.id
+            );
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
