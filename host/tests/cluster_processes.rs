@@ -7,105 +7,16 @@ mod support;
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::node::{ServeProcess, plugins_dir};
+use support::cluster::{NodeSpec, cluster_view, free_port, node_config, wait_for_members};
+use support::node::ServeProcess;
 use support::services::Postgres;
-use support::shared_compile_cache;
 use weft::journal::{Journal, PostgresJournal};
 
-/// How long the cluster may take to do anything the test waits for.
-const DEADLINE: Duration = Duration::from_secs(60);
+use support::cluster::DEADLINE;
 const ENTITIES: usize = 12;
 const CLIENTS: usize = 4;
-
-/// A free loopback port (bound, then released) for the seed's transport.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
-
-fn node_config(
-    root: &Path,
-    name: &str,
-    role: &str,
-    transport_port: u16,
-    seed_port: u16,
-    database: &str,
-) -> std::path::PathBuf {
-    let fault_injection = name.starts_with('p');
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let plugins = plugins_dir(&dir, &["counter"]);
-    let text = format!(
-        r#"
-[node]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-plugins_dir = "{plugins}"
-compile_cache_dir = "{cache}"
-
-[journal]
-backend = "postgres"
-url = "{database}"
-
-[cluster]
-name = "{name}"
-listen = "127.0.0.1:{transport_port}"
-role = "{role}"
-seeds = [{{ name = "{seed}", addr = "127.0.0.1:{seed_port}" }}]
-probe_period_ms = 200
-suspect_to_down_after_ms = 1000
-forward_timeout_ms = 3000
-fault_injection = {fault_injection}
-
-[entities.counter]
-plugin = "counter"
-single_writer = true
-lease_ttl_ms = 2000
-"#,
-        seed = if fault_injection { "p1" } else { "a1" },
-        data = dir.join("data").display(),
-        plugins = plugins.display(),
-        cache = shared_compile_cache().display(),
-    );
-    let path = dir.join("weft.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn cluster_view(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let response = http.get(format!("{url}/cluster")).send().await.ok()?;
-    response.json().await.ok()
-}
-
-/// Waits until the node at `url` sees exactly the members named `names`.
-async fn wait_for_members(http: &reqwest::Client, url: &str, names: &[&str]) {
-    let expected: BTreeSet<String> = names.iter().map(|name| name.to_string()).collect();
-    let started = Instant::now();
-    loop {
-        let seen: BTreeSet<String> = match cluster_view(http, url).await {
-            Some(view) => view["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|member| member["name"].as_str().map(str::to_owned))
-                .collect(),
-            None => BTreeSet::new(),
-        };
-        if seen == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{url} sees {seen:?}, not {expected:?}, after {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// What the clients sent: per entity, the amounts acknowledged and those that failed (each
 /// amount is sent once and is unique, so a duplicate in the journal is visible).
@@ -182,15 +93,17 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let seed_port = free_port();
-    let start = |name: &str, role: &str, port: u16| {
-        ServeProcess::start_with_config(&node_config(
-            root.path(),
+    let start = |name: &str, role: &str, transport_port: u16| {
+        let spec = NodeSpec {
             name,
             role,
-            port,
+            transport_port,
+            seed_name: "a1",
             seed_port,
-            &database,
-        ))
+            database: &database,
+            fault_injection: false,
+        };
+        ServeProcess::start_with_config(&node_config(root.path(), &spec))
     };
     let a1 = start("a1", "actor", seed_port);
     let a2 = start("a2", "actor", 0);
@@ -378,15 +291,17 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let seed_port = free_port();
-    let start = |name: &str, port: u16| {
-        ServeProcess::start_with_config(&node_config(
-            root.path(),
+    let start = |name: &str, transport_port: u16| {
+        let spec = NodeSpec {
             name,
-            "actor",
-            port,
+            role: "actor",
+            transport_port,
+            seed_name: "p1",
             seed_port,
-            &database,
-        ))
+            database: &database,
+            fault_injection: true,
+        };
+        ServeProcess::start_with_config(&node_config(root.path(), &spec))
     };
     let (p1, p2, p3) = (start("p1", seed_port), start("p2", 0), start("p3", 0));
     let http = reqwest::Client::new();

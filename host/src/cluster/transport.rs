@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -211,12 +211,20 @@ struct Inner {
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
 
+/// The sending half of an outbound connection.
+struct Connection {
+    writer: OwnedWriteHalf,
+    /// Set by the connection's reader when the peer closed it (or it broke): the next frame
+    /// dials afresh instead of writing into a dead socket and waiting for its deadline.
+    closed: Arc<AtomicBool>,
+}
+
 /// The outbound connection to one peer and its breaker.
 struct Peer {
     addr: SocketAddr,
     /// The peer's node name, learned from the caller; faults are keyed by it.
     name: String,
-    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    writer: tokio::sync::Mutex<Option<Connection>>,
     pending: Arc<Pending>,
     breaker: Mutex<CircuitBreaker>,
 }
@@ -358,11 +366,14 @@ impl Transport {
         };
         let bytes = encode(frame).map_err(unreachable)?;
         let mut writer = peer.writer.lock().await;
-        if writer.is_none() {
+        if writer
+            .as_ref()
+            .is_none_or(|connection| connection.closed.load(Ordering::Acquire))
+        {
             *writer = Some(self.dial(peer).await.map_err(unreachable)?);
         }
         let written = match writer.as_mut() {
-            Some(connection) => connection.write_all(&bytes).await,
+            Some(connection) => connection.writer.write_all(&bytes).await,
             None => return Err(unreachable("not connected".into())),
         };
         if let Err(error) = written {
@@ -373,7 +384,7 @@ impl Transport {
         Ok(())
     }
 
-    async fn dial(&self, peer: &Peer) -> Result<OwnedWriteHalf, String> {
+    async fn dial(&self, peer: &Peer) -> Result<Connection, String> {
         let stream = tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
             TcpStream::connect(peer.addr),
@@ -392,8 +403,9 @@ impl Transport {
             .write_all(&hello)
             .await
             .map_err(|error| error.to_string())?;
-        tokio::spawn(read_responses(reader, peer.pending.clone()));
-        Ok(writer)
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_responses(reader, peer.pending.clone(), closed.clone()));
+        Ok(Connection { writer, closed })
     }
 }
 
@@ -460,7 +472,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Option<Frame>, String>
 }
 
 /// Routes the responses of an outbound connection to their waiting requests, until it closes.
-async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>) {
+async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>, closed: Arc<AtomicBool>) {
     while let Ok(Some(frame)) = read_frame(&mut reader).await {
         if let Frame::Response { id, outcome } = frame {
             let waiting = pending
@@ -473,7 +485,9 @@ async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>) {
             }
         }
     }
-    // Waiting requests fail now rather than at their deadlines.
+    // The next frame dials again; requests waiting on this connection fail now rather than at
+    // their deadlines.
+    closed.store(true, Ordering::Release);
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
@@ -753,6 +767,34 @@ mod tests {
             matches!(fast, Err(TransportError::CircuitOpen { .. })),
             "{fast:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closed_the_connection_is_dialed_again() {
+        let (a, _) = node("a").await;
+        let (b, _) = node("b").await;
+        let addr = b.local_addr();
+        assert!(a.request("b", addr, b"1".to_vec(), PATIENCE).await.is_ok());
+        // b stops and a new b starts on the same address: its old connection is closed.
+        b.shutdown();
+        drop(b);
+        let echo = Arc::new(Echo::default());
+        let started = Instant::now();
+        let b = loop {
+            match Transport::bind("b", addr, echo.clone(), Faults::default()).await {
+                Ok(b) => break b,
+                Err(error) => {
+                    assert!(started.elapsed() < PATIENCE, "rebind {addr}: {error}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let mut answer = a.request("b", addr, b"2".to_vec(), PATIENCE).await;
+        while answer.is_err() && started.elapsed() < PATIENCE {
+            answer = a.request("b", addr, b"2".to_vec(), PATIENCE).await;
+        }
+        assert_eq!(answer, Ok(b"echo:2".to_vec()));
+        drop(b);
     }
 
     #[test]

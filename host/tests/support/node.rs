@@ -107,6 +107,20 @@ pub async fn upload_plugin(
     response.json().await.unwrap()
 }
 
+/// The `weft` binary: cargo names it to integration tests; a benchmark program finds it in the
+/// profile directory above its own (`target/release/examples/x` → `target/release/weft`).
+pub fn weft_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_weft") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the program's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a program under target/<profile>/examples");
+    profile_dir.join("weft")
+}
+
 /// A `weft serve` process; killed (SIGKILL) when dropped.
 pub struct ServeProcess {
     child: Child,
@@ -135,7 +149,7 @@ impl ServeProcess {
     }
 
     fn spawn(args: &[std::ffi::OsString]) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let mut child = Command::new(weft_binary())
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -1,0 +1,118 @@
+//! A cluster of `weft serve` processes on loopback for tests and benchmark programs: node configs
+//! sharing a PostgreSQL journal, and waiting on each node's view of the membership.
+//! Benchmark programs include this file (with `node`, `plugins` and `services`) through `#[path]`.
+
+#![allow(dead_code)] // each test binary and benchmark uses a different subset
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::node::plugins_dir;
+use super::plugins::shared_compile_cache;
+
+/// How long the cluster may take to do anything a caller waits for.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound, then released) for the seed's transport.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// One node of a test cluster: every node announces to `seed` (the node named `seed_name`,
+/// whose transport listens on `seed_port`).
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub role: &'a str,
+    /// 0 for any free port; the seed's own must be `seed_port`.
+    pub transport_port: u16,
+    pub seed_name: &'a str,
+    pub seed_port: u16,
+    pub database: &'a str,
+    pub fault_injection: bool,
+}
+
+/// Writes `root/<name>/weft.toml` for `spec`: a PostgreSQL journal, fast failure detection (probe
+/// period 200 ms, suspicion 1 s), the counter as a single-writer type with a 2 s lease.
+pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
+    let NodeSpec {
+        name,
+        role,
+        transport_port,
+        seed_name,
+        seed_port,
+        database,
+        fault_injection,
+    } = *spec;
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugins = plugins_dir(&dir, &["counter"]);
+    let text = format!(
+        r#"
+[node]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+plugins_dir = "{plugins}"
+compile_cache_dir = "{cache}"
+
+[journal]
+backend = "postgres"
+url = "{database}"
+
+[cluster]
+name = "{name}"
+listen = "127.0.0.1:{transport_port}"
+role = "{role}"
+seeds = [{{ name = "{seed_name}", addr = "127.0.0.1:{seed_port}" }}]
+probe_period_ms = 200
+suspect_to_down_after_ms = 1000
+forward_timeout_ms = 3000
+fault_injection = {fault_injection}
+
+[entities.counter]
+plugin = "counter"
+single_writer = true
+lease_ttl_ms = 2000
+"#,
+        data = dir.join("data").display(),
+        plugins = plugins.display(),
+        cache = shared_compile_cache().display(),
+    );
+    let path = dir.join("weft.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub async fn cluster_view(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(format!("{url}/cluster")).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// Waits until the node at `url` sees exactly the members named `names`.
+pub async fn wait_for_members(http: &reqwest::Client, url: &str, names: &[&str]) {
+    let expected: BTreeSet<String> = names.iter().map(|name| name.to_string()).collect();
+    let started = Instant::now();
+    loop {
+        let seen: BTreeSet<String> = match cluster_view(http, url).await {
+            Some(view) => view["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|member| member["name"].as_str().map(str::to_owned))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        if seen == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{url} sees {seen:?}, not {expected:?}, after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
