@@ -10,6 +10,7 @@
 //!   [`Member`].
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection (the `foca` crate)
 //!   behind a sans-IO interface: packets, timers and the time in, [`MembershipAction`]s out.
+//! - [`handoff`]: which active entities a node gives up when its view changes (pure).
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
 //! - [`transport`]: length-prefixed MessagePack frames over TCP between nodes: one-way messages and
 //!   requests with deadlines, a circuit breaker per peer, and a fault-injection seam.
@@ -20,6 +21,7 @@
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
 //!   invariant checkers and the scenarios run in it.
 
+pub mod handoff;
 pub mod identity;
 pub mod membership;
 pub mod placement;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::handoff::{moved_away, owned_elsewhere};
 use super::identity::Member;
 use super::placement::owner;
 use super::service::Cluster;
@@ -244,8 +245,7 @@ impl NodeInbound {
             return;
         };
         let view = cluster.view();
-        if owner(entity_type, entity_id, &view.members).is_some_and(|owner| *owner != view.local.id)
-        {
+        if owned_elsewhere(entity_type, entity_id, &view.members, &view.local.id) {
             self.entities.passivate(entity_type, entity_id);
         }
     }
@@ -307,18 +307,15 @@ fn remote_error(error: &EntityError) -> RemoteError {
 /// leases are released) so their new owner can take them over.
 pub async fn hand_off_moved_entities(mut cluster: Cluster, entities: EntitySystem) {
     while let Some(view) = cluster.changed().await {
-        let view = Arc::clone(&view);
-        for (entity_type, entity_id) in entities.active() {
-            let moved = owner(&entity_type, &entity_id, &view.members)
-                .is_some_and(|owner| *owner != view.local.id);
-            if moved {
-                tracing::info!(
-                    entity_type,
-                    entity_id,
-                    "handing off: another node owns it now"
-                );
-                entities.passivate(&entity_type, &entity_id);
-            }
+        for (entity_type, entity_id) in
+            moved_away(&entities.active(), &view.members, &view.local.id)
+        {
+            tracing::info!(
+                entity_type,
+                entity_id,
+                "handing off: another node owns it now"
+            );
+            entities.passivate(&entity_type, &entity_id);
         }
     }
 }

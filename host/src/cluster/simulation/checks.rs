@@ -2,7 +2,7 @@
 //! it, and know nothing of how `Membership` works inside: they compare what the nodes believe with
 //! what the simulation knows to be true (which nodes run, with which incarnation).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Simulation;
 use crate::cluster::identity::{NodeId, NodeName, NodeRole};
@@ -157,6 +157,34 @@ pub fn owners_agree(sim: &Simulation, keys: &[(String, String)]) -> Result<(), S
             return Err(format!(
                 "{entity_type}/{entity_id}: {first_node} says {owner}, {node} says {other:?}"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Every active entity is hosted by its owner only: the hand-off rule left nothing behind on a
+/// node that no longer owns it, so no entity is active on two nodes.
+pub fn entities_on_their_owners(sim: &Simulation) -> Result<(), String> {
+    let mut hosts: BTreeMap<&(String, String), &NodeName> = BTreeMap::new();
+    for node in sim.running() {
+        let membership = node
+            .membership
+            .as_ref()
+            .ok_or("running without membership")?;
+        for key in &node.active {
+            let owner = placement::owner(&key.0, &key.1, membership.live_members());
+            if owner != Some(&membership.local().id) {
+                return Err(format!(
+                    "{}/{} is active on {}, which places it on {owner:?}",
+                    key.0, key.1, node.name
+                ));
+            }
+            if let Some(other) = hosts.insert(key, &node.name) {
+                return Err(format!(
+                    "{}/{} is active on {other} and {}",
+                    key.0, key.1, node.name
+                ));
+            }
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ use ulid::Ulid;
 
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipError, Seed};
+use super::{handoff, placement};
 
 /// What the network does to packets. Decided per packet from the simulation's generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,9 @@ pub struct SimNode {
     /// The live set as the node's `MemberUp`/`MemberDown` actions describe it, rebuilt from the
     /// actions alone; [`checks`] compares it with `Membership::live_members`.
     pub reported: BTreeSet<NodeId>,
+    /// The entities this node hosts: activated by calls routed to it, given up by the hand-off
+    /// rule when its view changes (as `routing` does in a real node).
+    pub active: BTreeSet<(String, String)>,
 }
 
 impl SimNode {
@@ -183,6 +187,7 @@ impl Simulation {
                     last_incarnation: None,
                     membership: None,
                     reported: BTreeSet::new(),
+                    active: BTreeSet::new(),
                 },
             );
         }
@@ -282,6 +287,32 @@ impl Simulation {
         assert!(node.is_running(), "{name} is not running");
         node.membership = None;
         node.reported.clear();
+        node.active.clear();
+    }
+
+    /// A call for `key` arrives at the running node `caller`: its view names the owner, which
+    /// activates the entity — and gives it up at once if its own view names another owner (the
+    /// caller's view was behind). Nothing happens if the named owner does not run.
+    pub fn route(&mut self, caller: &NodeName, key: &(String, String)) {
+        let Some(owner) = self
+            .nodes
+            .get(caller)
+            .and_then(|node| node.membership.as_ref())
+            .and_then(|membership| placement::owner(&key.0, &key.1, membership.live_members()))
+            .map(|owner| owner.name.clone())
+        else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&owner) else {
+            return;
+        };
+        let Some(membership) = node.membership.as_ref() else {
+            return;
+        };
+        let local = membership.local().id.clone();
+        if !handoff::owned_elsewhere(&key.0, &key.1, membership.live_members(), &local) {
+            node.active.insert(key.clone());
+        }
     }
 
     /// Runs one `step` at a time until `check` passes, at most `steps_max` steps; returns how many
@@ -438,13 +469,27 @@ impl Simulation {
                     self.log(format_args!("{name}: up {}", member.id));
                     let reported = &mut self.nodes.get_mut(name).expect("known").reported;
                     reported.insert(member.id);
+                    self.hand_off(name);
                 }
                 MembershipAction::MemberDown(id) => {
                     self.log(format_args!("{name}: down {id}"));
                     let reported = &mut self.nodes.get_mut(name).expect("known").reported;
                     reported.remove(&id);
+                    self.hand_off(name);
                 }
             }
+        }
+    }
+
+    /// Applies the hand-off rule after a change of `name`'s view.
+    fn hand_off(&mut self, name: &NodeName) {
+        let node = self.nodes.get_mut(name).expect("a known node");
+        let Some(membership) = node.membership.as_ref() else {
+            return;
+        };
+        let local = membership.local().id.clone();
+        for key in handoff::moved_away(&node.active, membership.live_members(), &local) {
+            node.active.remove(&key);
         }
     }
 

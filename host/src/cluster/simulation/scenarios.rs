@@ -55,10 +55,13 @@ fn boot(sim: &mut Simulation, names: &[NodeName]) -> Result<u32, String> {
 /// periods (nobody flaps on a healthy network).
 fn settled(sim: &mut Simulation) -> Result<(), String> {
     let keys = entity_keys();
+    // Every key gets a call through a random running node, so every key is hosted somewhere.
+    route_calls(sim, &keys);
     let check = |sim: &Simulation| {
         checks::converged(sim)?;
         checks::actions_describe_views(sim)?;
-        checks::owners_agree(sim, &keys)
+        checks::owners_agree(sim, &keys)?;
+        checks::entities_on_their_owners(sim)
     };
     check(sim)?;
     for _ in 0..10 {
@@ -86,6 +89,16 @@ fn stoppable_nodes(sim: &Simulation) -> Vec<NodeName> {
         .filter(|name| running.len() > 2 && (!sim.is_seed(name) || running_seeds > 1))
         .map(|name| (*name).clone())
         .collect()
+}
+
+/// Routes one call per key, each through a running node picked at random.
+fn route_calls(sim: &mut Simulation, keys: &[(String, String)]) {
+    let callers: Vec<NodeName> = sim.running().map(|node| node.name.clone()).collect();
+    for key in keys {
+        if let Some(caller) = callers.choose(sim.rng()).cloned() {
+            sim.route(&caller, key);
+        }
+    }
 }
 
 fn stopped_nodes(sim: &Simulation) -> Vec<NodeName> {
@@ -125,9 +138,13 @@ fn faults_then_converge(seed: u64, nodes: usize, drop_per_mille: u32) -> Result<
         delay_ms_max: sim.rng().random_range(20..=400),
     };
     let faults_end = sim.now() + Duration::from_secs(60);
+    let keys = entity_keys();
     while sim.now() < faults_end {
         let pause_ms = sim.rng().random_range(500..4_000);
         sim.run_for(Duration::from_millis(pause_ms))?;
+        // Calls keep arriving during the faults, through nodes whose views disagree.
+        let some: Vec<(String, String)> = keys.sample(sim.rng(), 50).cloned().collect();
+        route_calls(&mut sim, &some);
         let stoppable = stoppable_nodes(&sim);
         let stopped = stopped_nodes(&sim);
         let roll = sim.rng().random_range(0..10);
