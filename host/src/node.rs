@@ -105,7 +105,8 @@ impl Node {
         }
         let router = match &config.cluster {
             Some(cluster) => {
-                let cluster = join_cluster(cluster.clone(), &entities, shutdown_rx.clone()).await?;
+                let cluster =
+                    join_cluster(cluster.clone(), &entities, &plugins, shutdown_rx.clone()).await?;
                 tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
                 Router::new(entities.clone(), Some(cluster))
             }
@@ -169,12 +170,14 @@ impl Node {
 async fn join_cluster(
     config: ClusterConfig,
     entities: &EntitySystem,
+    plugins: &Arc<PluginRegistry>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Cluster> {
     let (packets, packets_in) = packet_channel();
     let started = Arc::new(std::sync::OnceLock::new());
     let inbound = Arc::new(NodeInbound {
         entities: entities.clone(),
+        plugins: plugins.clone(),
         packets,
         cluster: started.clone(),
     });

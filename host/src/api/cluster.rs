@@ -1,5 +1,6 @@
-//! `GET /cluster`: this node's view of the cluster — members with role, status and incarnation,
-//! which active entities this node hosts, the plugins it has loaded. `POST /cluster/faults`
+//! `GET /cluster`: this node's view of the cluster — members with role, status, incarnation, the
+//! plugins each has loaded and how many entities each hosts (asked of each member, bounded), and
+//! the entities this node hosts with their owners. `POST /cluster/faults`
 //! injects transport faults, only on nodes configured with `fault_injection = true` (tests).
 
 use axum::Json;
@@ -11,23 +12,50 @@ use std::time::Duration;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::cluster::NodeReport;
 use crate::cluster::placement::owner;
+
+/// How long `GET /cluster` waits for each member to say what it hosts.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let cluster = app.router.cluster().ok_or_else(not_clustered)?;
     let view = cluster.view();
+    let reports = futures::future::join_all(view.members.iter().map(|member| async {
+        if member.id == view.local.id {
+            Ok(NodeReport::of(&app.entities, &app.plugins))
+        } else {
+            app.router.describe(member, DESCRIBE_TIMEOUT).await
+        }
+    }))
+    .await;
     let members: Vec<Value> = view
         .members
         .iter()
-        .map(|member| {
-            json!({
+        .zip(reports)
+        .map(|(member, report)| {
+            let mut entry = json!({
                 "name": member.name().as_str(),
                 "incarnation": member.id.incarnation.to_string(),
                 "role": member.role.as_str(),
                 "addr": member.addr.to_string(),
                 "status": "up",
                 "local": member.id == view.local.id,
-            })
+            });
+            match report {
+                Ok(report) => {
+                    entry["plugins"] = json!(
+                        report
+                            .plugins
+                            .iter()
+                            .map(|(name, version)| json!({"name": name, "version": version}))
+                            .collect::<Vec<_>>()
+                    );
+                    entry["active_entities"] = json!(report.active.len());
+                }
+                Err(error) => entry["unreachable"] = json!(error),
+            }
+            entry
         })
         .collect();
     let entities: Vec<Value> = app
@@ -40,12 +68,6 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
             json!({"entity_type": entity_type, "entity_id": entity_id, "owner": owner})
         })
         .collect();
-    let plugins: Vec<Value> = app
-        .plugins
-        .list()
-        .into_iter()
-        .map(|plugin| json!({"name": plugin.name, "version": plugin.version}))
-        .collect();
     Ok(Json(json!({
         "local": {
             "name": view.local.name().as_str(),
@@ -55,7 +77,6 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
         },
         "members": members,
         "active_entities": entities,
-        "plugins": plugins,
     })))
 }
 

@@ -37,6 +37,8 @@ pub use membership::{
     Seed,
 };
 pub use placement::owner;
-pub use routing::{NodeInbound, RemoteError, RouteError, Router, hand_off_moved_entities};
+pub use routing::{
+    NodeInbound, NodeReport, RemoteError, RouteError, Router, hand_off_moved_entities,
+};
 pub use service::{Cluster, ClusterConfig, ClusterView, SeedConfig, packet_channel};
 pub use transport::{CircuitBreaker, Faults, Inbound, Transport, TransportError};

@@ -18,6 +18,7 @@ use super::placement::owner;
 use super::service::Cluster;
 use super::transport::{Inbound, TransportError};
 use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem};
+use crate::plugin::PluginRegistry;
 
 /// An entity call as it travels to the owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +33,29 @@ enum Call {
         entity_type: String,
         entity_id: String,
     },
+    /// What the node hosts, for `GET /cluster`.
+    Describe,
+}
+
+/// What a node hosts: the plugins it has loaded (name, version) and its active entities (type,
+/// id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub plugins: Vec<(String, String)>,
+    pub active: Vec<(String, String)>,
+}
+
+impl NodeReport {
+    pub fn of(entities: &EntitySystem, plugins: &PluginRegistry) -> NodeReport {
+        NodeReport {
+            plugins: plugins
+                .list()
+                .into_iter()
+                .map(|plugin| (plugin.name, plugin.version))
+                .collect(),
+            active: entities.active(),
+        }
+    }
 }
 
 /// The owner's answer.
@@ -49,6 +73,7 @@ enum Answer {
         seq_nr: u64,
         plugin: String,
     },
+    Described(NodeReport),
     Failed(RemoteError),
 }
 
@@ -162,6 +187,26 @@ impl Router {
         }
     }
 
+    /// Asks `member` what it hosts (bounded by `timeout`).
+    pub async fn describe(
+        &self,
+        member: &Member,
+        timeout: std::time::Duration,
+    ) -> Result<NodeReport, String> {
+        let cluster = self.cluster.as_ref().ok_or("not clustered")?;
+        let payload = rmp_serde::to_vec_named(&Call::Describe).map_err(|e| e.to_string())?;
+        let answer = cluster
+            .transport()
+            .request(member.name().as_str(), member.addr, payload, timeout)
+            .await
+            .map_err(|error| error.to_string())?;
+        match rmp_serde::from_slice(&answer) {
+            Ok(Answer::Described(report)) => Ok(report),
+            Ok(other) => Err(format!("answered {other:?}")),
+            Err(error) => Err(format!("an answer that does not decode: {error}")),
+        }
+    }
+
     /// The member to forward to, `None` to run here.
     fn owner(
         &self,
@@ -232,6 +277,7 @@ fn mismatch(owner: &Member, entity_type: &str, entity_id: &str, answer: &Answer)
 /// forwarded calls run on this node's entities.
 pub struct NodeInbound {
     pub entities: EntitySystem,
+    pub plugins: Arc<PluginRegistry>,
     pub packets: mpsc::Sender<Vec<u8>>,
     /// Set once the cluster service runs (it needs the transport this serves first).
     pub cluster: Arc<OnceLock<Cluster>>,
@@ -283,6 +329,7 @@ impl Inbound for NodeInbound {
                 },
                 Err(error) => Answer::Failed(remote_error(&error)),
             },
+            Call::Describe => Answer::Described(NodeReport::of(&self.entities, &self.plugins)),
         };
         rmp_serde::to_vec_named(&answer).map_err(|error| error.to_string())
     }
