@@ -7,11 +7,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{from_msgpack, msgpack, plugin_bytes};
-use ulid::Ulid;
-use weft::clock::NodeClock;
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
+use weft::entity::{EntityError, EntitySystem, EntityTypeConfig};
 use weft::journal::{InMemoryJournal, Journal, SqliteJournal};
-use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 fn plugins() -> Arc<PluginRegistry> {
@@ -26,18 +23,7 @@ fn system(
     plugins: Arc<PluginRegistry>,
     config: EntityTypeConfig,
 ) -> EntitySystem {
-    let settings = SystemSettings {
-        writer_id: Ulid::new(),
-        replica: "test".into(),
-        clustered: false,
-    };
-    let system = EntitySystem::new(
-        journal,
-        Arc::new(InMemoryLease::new()),
-        plugins,
-        settings,
-        NodeClock::default(),
-    );
+    let system = EntitySystem::single_host(journal, plugins);
     system.bind_type("counter", config).unwrap();
     system
 }

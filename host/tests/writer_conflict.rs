@@ -8,10 +8,8 @@ use serde_json::json;
 use std::sync::Arc;
 use support::{msgpack, plugin_bytes};
 use ulid::Ulid;
-use weft::clock::NodeClock;
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
+use weft::entity::{EntityError, EntitySystem, EntityTypeConfig};
 use weft::journal::{EventEnvelope, Journal, ReplayFilterMode, SqliteJournal};
-use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 fn increment(pid: &str, seq_nr: u64, writer: Ulid, by: i64) -> EventEnvelope {
@@ -50,18 +48,7 @@ async fn system(path: &std::path::Path, mode: ReplayFilterMode) -> EntitySystem 
     let runtime = PluginRuntime::new(RuntimeLimits::default(), None).unwrap();
     let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
     plugins.load("counter", &plugin_bytes("counter")).unwrap();
-    let settings = SystemSettings {
-        writer_id: Ulid::new(),
-        replica: "test".into(),
-        clustered: false,
-    };
-    let system = EntitySystem::new(
-        journal,
-        Arc::new(InMemoryLease::new()),
-        plugins,
-        settings,
-        NodeClock::default(),
-    );
+    let system = EntitySystem::single_host(journal, plugins);
     let config = EntityTypeConfig {
         replay_filter: mode,
         ..EntityTypeConfig::for_plugin("counter")

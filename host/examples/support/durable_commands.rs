@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 use std::time::Instant;
-use weft::clock::NodeClock;
-use weft::entity::{EntitySystem, EntityTypeConfig, SystemSettings};
+use weft::entity::{EntitySystem, EntityTypeConfig};
 use weft::journal::Journal;
-use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 /// Entities the commands are spread over.
@@ -23,18 +21,7 @@ pub async fn run(journal: Arc<dyn Journal>, commands: u64) -> anyhow::Result<(u6
     let wasm =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm");
     plugins.load_file(&wasm)?;
-    let settings = SystemSettings {
-        writer_id: ulid::Ulid::new(),
-        replica: "bench".into(),
-        clustered: false,
-    };
-    let system = EntitySystem::new(
-        journal,
-        Arc::new(InMemoryLease::new()),
-        plugins,
-        settings,
-        NodeClock::default(),
-    );
+    let system = EntitySystem::single_host(journal, plugins);
     system.bind_type("counter", EntityTypeConfig::for_plugin("counter"))?;
     let command = rmp_serde::to_vec_named(&serde_json::json!({"op": "increment", "by": 1}))?;
 

@@ -122,6 +122,17 @@ impl EntitySystem {
         }
     }
 
+    /// A system of one host on its own: a fresh writer id, leases in memory, no cluster.
+    pub fn single_host(journal: Arc<dyn Journal>, plugins: Arc<PluginRegistry>) -> Self {
+        let settings = SystemSettings {
+            writer_id: Ulid::new(),
+            replica: "local".to_owned(),
+            clustered: false,
+        };
+        let lease = Arc::new(crate::lease::InMemoryLease::new());
+        EntitySystem::new(journal, lease, plugins, settings, NodeClock::default())
+    }
+
     pub fn settings(&self) -> &SystemSettings {
         &self.shared.settings
     }
