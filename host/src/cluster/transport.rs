@@ -643,6 +643,17 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(10);
 
+    /// A request to `to` that gives up after 50 ms: for the cases where no answer must come.
+    async fn briefly(from: &Transport, to: &Transport) -> Result<Vec<u8>, TransportError> {
+        from.request(
+            "b",
+            to.local_addr(),
+            b"x".to_vec(),
+            Duration::from_millis(50),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn requests_are_answered_and_messages_delivered() {
         let (a, _) = node("a").await;
@@ -691,14 +702,7 @@ mod tests {
         let (a, _) = node("a").await;
         let (b, _) = node("b").await;
         a.faults().partition(&["b"]);
-        let cut = a
-            .request(
-                "b",
-                b.local_addr(),
-                b"x".to_vec(),
-                Duration::from_millis(50),
-            )
-            .await;
+        let cut = briefly(&a, &b).await;
         assert!(
             matches!(cut, Err(TransportError::Timeout { .. })),
             "{cut:?}"
@@ -710,14 +714,7 @@ mod tests {
         assert_eq!(healed, Ok(b"echo:x".to_vec()));
         // The other side's partition holds back its answers.
         b.faults().partition(&["a"]);
-        let unanswered = a
-            .request(
-                "b",
-                b.local_addr(),
-                b"x".to_vec(),
-                Duration::from_millis(50),
-            )
-            .await;
+        let unanswered = briefly(&a, &b).await;
         assert!(
             matches!(unanswered, Err(TransportError::Timeout { .. })),
             "{unanswered:?}"
