@@ -63,6 +63,11 @@ impl MergeLog {
         }
     }
 
+    /// The state before the events held: the initial state with everything compacted folded in.
+    pub fn base(&self) -> &[u8] {
+        &self.base
+    }
+
     /// The state after every delivered event.
     pub fn state(&self) -> &[u8] {
         &self.state

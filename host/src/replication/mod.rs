@@ -15,19 +15,24 @@
 //!    state before it and fold again. When the event being folded is concurrent with events
 //!    already applied, the entity type's [`Resolver`] decides: keep it, drop it, or replace it.
 //!
-//! Neither step does I/O or reads a clock; the replication driver (journal streams, push and
-//! pull between nodes) feeds them.
+//! [`Replica`] puts both behind one replica's interface: it stamps its own events, takes the
+//! others' (push) and answers what another replica misses (pull), and snapshots itself.
+//! Nothing here does I/O or reads a clock; the replication driver (journal streams, push and
+//! pull between nodes) feeds it.
 //!
 //! # Layout
 //! - `causal_buffer`: [`CausalBuffer`], dedup and causal delivery.
 //! - `merge_log`: [`MergeLog`], the total order, checkpoints, re-folding, compaction.
+//! - `replica`: [`Replica`], one replica's events, push, pull and snapshots.
 //! - `fold`: the [`Fold`] a merge log folds with — a plugin's `apply-event` plus a [`Resolver`]
 //!   (last-writer-wins, first-writer-wins, or a resolver plugin).
 
 mod causal_buffer;
 mod fold;
 mod merge_log;
+mod replica;
 
 pub use causal_buffer::{CausalBuffer, Offer};
 pub use fold::{Fold, PluginFold, Resolution, Resolver};
 pub use merge_log::MergeLog;
+pub use replica::{Replica, ReplicaSnapshot, WAITING_EVENTS_MAX};
