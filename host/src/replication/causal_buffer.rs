@@ -23,7 +23,7 @@ pub enum Offer {
     Overflow,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CausalBuffer {
     /// Highest origin sequence number delivered, per origin replica.
     delivered: BTreeMap<String, u64>,

@@ -118,20 +118,7 @@ impl Replica {
             .into_iter()
             .map(|payload| staged.stamp(self, now, plugin, payload))
             .collect();
-        // Own events sort after everything seen, so each insert appends; one event is folded
-        // atomically, several on a copy so that a failure leaves the log as it was.
-        match events.as_slice() {
-            [event] => {
-                self.log.insert(fold, event.clone())?;
-            }
-            _ => {
-                let mut log = self.log.clone();
-                for event in &events {
-                    log.insert(fold, event.clone())?;
-                }
-                self.log = log;
-            }
-        }
+        self.fold_all(fold, &events)?;
         self.clock = staged.clock;
         for event in &events {
             // Our own events are next in causal order: delivered at once.
@@ -141,23 +128,30 @@ impl Replica {
     }
 
     /// Takes an event from another replica (or a duplicate of any); returns how many events were
-    /// folded — 0 for a duplicate or one still waiting for its causal past.
+    /// folded — 0 for a duplicate or one still waiting for its causal past. A fold that fails (the
+    /// plugin or the resolver trapped or ran past its bound) returns the error and leaves the
+    /// replica as it was: the event still counts as not seen, so a later push or pull offers it
+    /// again.
     pub fn receive(
         &mut self,
         fold: &impl Fold,
         event: EventEnvelope,
     ) -> Result<usize, PluginError> {
-        self.clock = self.clock.max(event.timestamp);
+        let before = self.buffer.clone();
+        let timestamp = event.timestamp;
         match self.buffer.offer(event) {
             Offer::Delivered(events) => {
-                let mut folded = 0;
-                for event in events {
-                    self.log.insert(fold, event)?;
-                    folded += 1;
+                if let Err(error) = self.fold_all(fold, &events) {
+                    self.buffer = before;
+                    return Err(error);
                 }
-                Ok(folded)
+                self.clock = self.clock.max(timestamp);
+                Ok(events.len())
             }
-            Offer::Duplicate | Offer::Buffered | Offer::Overflow => Ok(0),
+            Offer::Duplicate | Offer::Buffered | Offer::Overflow => {
+                self.clock = self.clock.max(timestamp);
+                Ok(0)
+            }
         }
     }
 
@@ -180,6 +174,22 @@ impl Replica {
             ))
         });
         missing
+    }
+
+    /// Folds `events` into the log, all or none: one event is folded atomically by the log
+    /// itself; several are folded on a copy, so a failure leaves the log as it was.
+    fn fold_all(&mut self, fold: &impl Fold, events: &[EventEnvelope]) -> Result<(), PluginError> {
+        match events {
+            [event] => self.log.insert(fold, event.clone()).map(drop),
+            _ => {
+                let mut log = self.log.clone();
+                for event in events {
+                    log.insert(fold, event.clone())?;
+                }
+                self.log = log;
+                Ok(())
+            }
+        }
     }
 
     pub fn snapshot(&self) -> ReplicaSnapshot {
