@@ -57,6 +57,11 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
         url: String,
     },
+    /// Print the node's view of its cluster: members, what each hosts, the plugins each has.
+    Cluster {
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+    },
     /// Print an entity's events with their metadata.
     Events {
         entity_type: String,
@@ -216,6 +221,7 @@ impl Cli {
                 entity_id,
                 url,
             } => client::get(&url, &format!("/entities/{entity_type}/{entity_id}")).await,
+            Command::Cluster { url } => client::get(&url, "/cluster").await,
             Command::Events {
                 entity_type,
                 entity_id,
