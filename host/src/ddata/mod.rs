@@ -49,6 +49,9 @@ pub enum DdataError {
     /// An empty key, or one longer than the limit. Nothing changed.
     #[error("a key must be 1 to {max} bytes long, not {bytes}")]
     InvalidKey { bytes: usize, max: usize },
+    /// The node holds as many keys as it may; only existing keys can be written. Nothing changed.
+    #[error("{max} keys are already held")]
+    TooManyKeys { max: usize },
     /// Every slot for `Majority`/`All` requests is taken. Nothing changed.
     #[error("{max} requests are already waiting for acks")]
     TooManyRequests { max: usize },

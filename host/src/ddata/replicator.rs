@@ -62,6 +62,12 @@ pub const PENDING_DELTA_KEYS_MAX: usize = 4096;
 /// node names; a client that starts more gets [`DdataError::TooManyRequests`].
 pub const REQUESTS_MAX: usize = 1024;
 
+/// Keys one node holds at most, tombstones included. Every key costs memory for as long as the node
+/// runs and a digest in every anti-entropy cycle; 100,000 keys of small values is a few hundred MB
+/// at most and one full digest cycle of about 40 rounds. A peer cannot grow the store past it
+/// either: entries for new keys beyond the limit are ignored (and counted).
+pub const KEYS_MAX: usize = 100_000;
+
 /// How far ahead of our clock a peer's register timestamp may be and still advance our hybrid
 /// logical clock (a minute: well above NTP-synced skew, small enough that one broken clock cannot
 /// push every node's timestamps far into the future).
@@ -87,6 +93,7 @@ pub struct ReplicatorConfig {
     pub delta_tick_bytes_max: usize,
     pub pending_delta_keys_max: usize,
     pub requests_max: usize,
+    pub keys_max: usize,
 }
 
 impl Default for ReplicatorConfig {
@@ -100,6 +107,7 @@ impl Default for ReplicatorConfig {
             delta_tick_bytes_max: DELTA_TICK_BYTES_MAX,
             pending_delta_keys_max: PENDING_DELTA_KEYS_MAX,
             requests_max: REQUESTS_MAX,
+            keys_max: KEYS_MAX,
         }
     }
 }
@@ -168,6 +176,8 @@ pub struct ReplicatorStats {
     pub entries_oversized: u64,
     /// Deltas not queued because `pending_delta_keys_max` keys were waiting.
     pub deltas_dropped: u64,
+    /// Entries from peers for new keys, ignored because `keys_max` keys are held.
+    pub keys_refused: u64,
 }
 
 /// The wire protocol between replicators, encoded with rmp-serde.
@@ -335,6 +345,7 @@ impl Replicator {
         deadline_ms: u64,
         now_ms: u64,
     ) -> Result<RequestId, DdataError> {
+        self.check_capacity(consistency)?;
         self.write_local(key, kind, now_ms, |value, writer| value.apply(op, writer))?;
         Ok(self.start_request(RequestKind::Write, key, consistency, deadline_ms, now_ms))
     }
@@ -349,6 +360,7 @@ impl Replicator {
         now_ms: u64,
         mutate: impl FnOnce(&mut T, &Writer<'_>) -> T,
     ) -> Result<RequestId, DdataError> {
+        self.check_capacity(consistency)?;
         self.write_local(key.name(), T::KIND, now_ms, |value, writer| {
             let stored = value.kind();
             let crdt = T::from_value_mut(value).ok_or(DdataError::WrongKind {
@@ -378,6 +390,11 @@ impl Replicator {
     ) -> Result<RequestId, DdataError> {
         check_key(key)?;
         self.check_capacity(consistency)?;
+        if self.get(key).is_none() && self.entries.len() >= self.config.keys_max {
+            return Err(DdataError::TooManyKeys {
+                max: self.config.keys_max,
+            });
+        }
         self.hlc.clock_mut().set_ms(now_ms);
         self.set_entry(key, Entry::Deleted)?;
         self.queue_delta(key, Entry::Deleted);
@@ -505,6 +522,11 @@ impl Replicator {
     ) -> Result<(), DdataError> {
         check_key(key)?;
         let mut value = match self.get(key) {
+            None if self.entries.len() >= self.config.keys_max => {
+                return Err(DdataError::TooManyKeys {
+                    max: self.config.keys_max,
+                });
+            }
             None => DataValue::empty(kind),
             Some(Entry::Deleted) => {
                 return Err(DdataError::Deleted {
@@ -572,17 +594,8 @@ impl Replicator {
     ) -> RequestId {
         self.next_request += 1;
         let request = RequestId(self.next_request);
+        // Every caller checked `check_capacity` before changing anything.
         let needed = consistency.needed(self.peers.len() + 1);
-        // A full table means `update` already changed the value; the write still spreads by gossip,
-        // but its consistency cannot be tracked, so report it as timed out with only this node.
-        if needed > 1 && self.requests.len() >= self.config.requests_max {
-            self.actions.push(ReplicatorAction::TimedOut {
-                request,
-                acks: 1,
-                needed,
-            });
-            return request;
-        }
         let pending = Pending {
             kind,
             key: key.to_owned(),
@@ -868,6 +881,10 @@ impl Replicator {
         }
         let mut merged = match self.get(key) {
             Some(ours) => ours.clone(),
+            None if self.entries.len() >= self.config.keys_max => {
+                self.stats.keys_refused += 1;
+                return Ok(());
+            }
             None => {
                 return self.set_entry(key, entry.clone());
             }
@@ -1117,6 +1134,77 @@ mod tests {
             matches!(&held, Some(DataValue::GSet(set)) if set.len() == index),
             "the refused element is not in {held:?}"
         );
+    }
+
+    #[test]
+    fn the_number_of_keys_is_bounded_for_clients_and_peers() {
+        let config = ReplicatorConfig {
+            keys_max: 2,
+            ..ReplicatorConfig::default()
+        };
+        let mut node = replicator(0, config);
+        let one = Op::Increment { by: 1 };
+        for key in ["a", "b"] {
+            node.update(key, Kind::GCounter, &one, Consistency::Local, 0, 1_000)
+                .expect("within the limit");
+        }
+        assert!(matches!(
+            node.update("c", Kind::GCounter, &one, Consistency::Local, 0, 1_000),
+            Err(DdataError::TooManyKeys { max: 2 })
+        ));
+        node.update("a", Kind::GCounter, &one, Consistency::Local, 0, 1_000)
+            .expect("an existing key can still be written");
+        let message = Message::Entries {
+            entries: vec![("d".into(), Entry::Deleted)],
+        };
+        let bytes = rmp_serde::to_vec(&message).expect("encodes");
+        node.handle_message(&name(1), &bytes, 1_000)
+            .expect("a valid message");
+        assert_eq!(node.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(node.stats().keys_refused, 1);
+    }
+
+    #[test]
+    fn requests_waiting_for_acks_are_bounded_and_a_refused_one_changes_nothing() {
+        let config = ReplicatorConfig {
+            requests_max: 1,
+            ..ReplicatorConfig::default()
+        };
+        let mut node = replicator(0, config);
+        node.members_changed([name(1), name(2)]);
+        let one = Op::Increment { by: 1 };
+        let first = node
+            .update(
+                "a",
+                Kind::GCounter,
+                &one,
+                Consistency::Majority,
+                5_000,
+                1_000,
+            )
+            .expect("a free slot");
+        assert!(matches!(
+            node.update("b", Kind::GCounter, &one, Consistency::All, 5_000, 1_000),
+            Err(DdataError::TooManyRequests { max: 1 })
+        ));
+        assert!(node.get("b").is_none());
+        node.update("b", Kind::GCounter, &one, Consistency::Local, 0, 1_000)
+            .expect("a local write needs no slot");
+        node.tick(5_000);
+        let timed_out: Vec<_> = node
+            .drain_actions()
+            .filter(|action| matches!(action, ReplicatorAction::TimedOut { .. }))
+            .collect();
+        assert_eq!(
+            timed_out,
+            [ReplicatorAction::TimedOut {
+                request: first,
+                acks: 1,
+                needed: 2
+            }]
+        );
+        node.read("a", Consistency::Majority, 6_000, 5_000)
+            .expect("the slot is free again");
     }
 
     #[test]
