@@ -171,8 +171,8 @@ pub struct ReplicatorStats {
     pub bytes_sent: u64,
     /// Anti-entropy rounds run.
     pub gossip_rounds: u64,
-    /// Entries left out of a message because they alone exceed `message_bytes_max` (only a merge of
-    /// two near-limit values can produce one).
+    /// Entries left out of a message, or messages not sent, because they alone exceed
+    /// `message_bytes_max` (only a merge of two near-limit values can produce one).
     pub entries_oversized: u64,
     /// Deltas not queued because `pending_delta_keys_max` keys were waiting.
     pub deltas_dropped: u64,
@@ -775,11 +775,12 @@ impl Replicator {
         let after = self.digest_cursor.take();
         let lower = after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let mut digests = Vec::new();
-        let mut bytes = ENVELOPE_BYTES + after.as_ref().map_or(0, String::len);
+        // The envelope, the `after` bound, and room for the `through` bound (one more key).
+        let mut bytes = ENVELOPE_BYTES + after.as_ref().map_or(0, String::len) + KEY_BYTES_MAX + 8;
         let mut through = None;
         for (key, stored) in self.entries.range::<String, _>((lower, Bound::Unbounded)) {
-            // Key, digest, and the `through` bound that repeats the last key.
-            let cost = 2 * key.len() + 16;
+            // The key, its digest (a u64 takes 9 bytes at most) and their headers.
+            let cost = key.len() + 16;
             if bytes + cost > budget {
                 through = digests.last().map(|(key, _): &(String, u64)| key.clone());
                 break;
