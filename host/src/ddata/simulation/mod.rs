@@ -430,7 +430,8 @@ pub fn node_name(index: usize) -> NodeName {
 
 /// Runs `run` once per seed and panics with the seed (and how to replay it) on the first failure.
 ///
-/// The seeds are fixed per test (derived from `test` and an index), so every run does the same;
+/// `test` is the test function's name (the replay command filters on it). The seeds are fixed per
+/// test (derived from `test` and an index), so every run does the same;
 /// `WEFT_SIM_SEED=<n>` runs only seed `n`, `WEFT_SIM_RUNS=<n>` runs `n` seeds instead of `runs`.
 pub fn for_each_seed<R>(
     test: &str,
