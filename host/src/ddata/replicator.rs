@@ -286,7 +286,10 @@ impl Replicator {
             entries: BTreeMap::new(),
             pending_deltas: BTreeMap::new(),
             requests: BTreeMap::new(),
-            next_request: 0,
+            // Ids start from the boot time, shifted: a restarted node's ids are above every id its
+            // previous run used (that would take 2^20 requests per millisecond of uptime), so a
+            // late ack for a request of the previous run cannot count for one of this run.
+            next_request: now_ms << 20,
             gossip_at_ms: None,
             gossip_peer: None,
             digest_cursor: None,
@@ -592,7 +595,7 @@ impl Replicator {
         deadline_ms: u64,
         now_ms: u64,
     ) -> RequestId {
-        self.next_request += 1;
+        self.next_request = self.next_request.wrapping_add(1);
         let request = RequestId(self.next_request);
         // Every caller checked `check_capacity` before changing anything.
         let needed = consistency.needed(self.peers.len() + 1);
