@@ -12,6 +12,8 @@
 //! - [`entity`]: event-sourced entities: recovery, turns, batching, snapshots, passivation.
 //! - [`replication`]: replicated event sourcing's sans-IO core: causal delivery, deterministic merge.
 //! - [`cluster`]: the cluster's sans-IO core: node identity, SWIM membership (foca), placement.
+//! - [`ddata`]: DistributedData's sans-IO core: replicated CRDT keys, delta push, anti-entropy,
+//!   tombstones, consistency levels.
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod ddata;
 pub mod entity;
 pub mod journal;
 pub mod lease;

@@ -1,0 +1,461 @@
+//! A deterministic simulator for [`Replicator`]s: virtual time in milliseconds, one seeded
+//! generator, and an in-memory network between named nodes that drops, duplicates, delays (and so
+//! reorders) messages, and partitions that heal. Nodes can be taken down (they neither tick nor
+//! receive) and brought back with their state. Each node is driven as a real driver would: feed
+//! the input, drain every action.
+//!
+//! Everything follows from the seed: a failing run prints it and replays with
+//! `WEFT_SIM_SEED=<seed>` (see [`for_each_seed`]). Whether a run is correct is decided by
+//! [`checks`], which only reads the simulation.
+
+pub mod checks;
+mod scenarios;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use weft_crdt::ReplicaId;
+
+use super::{
+    Consistency, DdataError, Entry, Kind, Op, Replicator, ReplicatorAction, ReplicatorConfig,
+    RequestId,
+};
+use crate::cluster::identity::NodeName;
+
+/// What the network does to messages. Decided per message from the simulation's generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Chance, in thousandths, that a message is lost.
+    pub drop_per_mille: u32,
+    /// Chance, in thousandths, that a message is delivered twice (each copy with its own delay).
+    pub duplicate_per_mille: u32,
+    /// Each copy is delayed by a uniform draw from this range; different delays reorder messages.
+    pub delay_ms_min: u64,
+    pub delay_ms_max: u64,
+}
+
+impl Faults {
+    /// A healthy LAN: nothing lost or duplicated, 1–5 ms of delay (messages still reorder).
+    pub fn none() -> Self {
+        Self {
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            delay_ms_min: 1,
+            delay_ms_max: 5,
+        }
+    }
+}
+
+/// Counters of what happened, for reports and checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub messages_delivered: u64,
+    /// Messages a replicator refused with an error (none should be, between correct nodes).
+    pub messages_refused: u64,
+    /// The largest message any node sent, in bytes.
+    pub message_bytes_largest: usize,
+}
+
+/// How a read or write ended, as the node's actions reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    WriteDone,
+    ReadDone(Option<Entry>),
+    TimedOut { acks: usize, needed: usize },
+}
+
+pub struct SimNode {
+    pub replicator: Replicator,
+    /// A node that is down neither ticks nor receives; it keeps its state for when it comes back.
+    pub up: bool,
+}
+
+#[derive(Debug)]
+enum EventKind {
+    Deliver {
+        to: NodeName,
+        from: NodeName,
+        bytes: Vec<u8>,
+    },
+    Tick {
+        node: NodeName,
+    },
+}
+
+#[derive(Debug)]
+struct Event {
+    at_ms: u64,
+    /// Breaks ties in `at_ms` by insertion order, so the run does not depend on heap internals.
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.seq) == (other.at_ms, other.seq)
+    }
+}
+
+impl Eq for Event {}
+
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.seq).cmp(&(other.at_ms, other.seq))
+    }
+}
+
+/// Wall-clock milliseconds at virtual time zero: a fixed date, so runs replay bit for bit.
+const EPOCH_MS: u64 = 1_750_000_000_000;
+
+pub struct Simulation {
+    rng: StdRng,
+    now_ms: u64,
+    pub config: ReplicatorConfig,
+    /// How often every node ticks.
+    pub tick_ms: u64,
+    pub nodes: BTreeMap<NodeName, SimNode>,
+    events: BinaryHeap<Reverse<Event>>,
+    seq: u64,
+    in_flight: usize,
+    pub faults: Faults,
+    /// Nodes in the same group talk; `None` means no partition.
+    groups: Option<BTreeMap<NodeName, usize>>,
+    pub stats: Stats,
+    pub outcomes: BTreeMap<(NodeName, RequestId), Outcome>,
+}
+
+impl Simulation {
+    /// Messages in flight at most; more are dropped (and counted), so a runaway protocol cannot
+    /// exhaust memory in a test.
+    const IN_FLIGHT_MAX: usize = 200_000;
+
+    /// `count` nodes named `node-00`, `node-01`, …, all up, each knowing all others.
+    pub fn new(seed: u64, count: usize, config: ReplicatorConfig, faults: Faults) -> Self {
+        let mut sim = Self {
+            rng: StdRng::seed_from_u64(seed),
+            now_ms: 0,
+            config: config.clone(),
+            tick_ms: 100,
+            nodes: BTreeMap::new(),
+            events: BinaryHeap::new(),
+            seq: 0,
+            in_flight: 0,
+            faults,
+            groups: None,
+            stats: Stats::default(),
+            outcomes: BTreeMap::new(),
+        };
+        let names: Vec<NodeName> = (0..count).map(node_name).collect();
+        for name in &names {
+            let replica = ReplicaId::incarnation(name.as_str(), "01J9ZK8Q7R6W5V4T3S2R1Q0P9N");
+            let mut replicator = Replicator::new(name.clone(), replica, config.clone(), EPOCH_MS);
+            replicator.members_changed(names.iter().cloned());
+            sim.nodes.insert(
+                name.clone(),
+                SimNode {
+                    replicator,
+                    up: true,
+                },
+            );
+            // Ticks start at a random offset, so nodes do not run their rounds in lockstep.
+            let offset = sim.rng.random_range(0..sim.tick_ms);
+            sim.push(offset, EventKind::Tick { node: name.clone() });
+        }
+        sim
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn names(&self) -> Vec<NodeName> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    pub fn random_range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        self.rng.random_range(range)
+    }
+
+    pub fn random_per_mille(&mut self, per_mille: u32) -> bool {
+        self.rng.random_range(0..1000) < per_mille
+    }
+
+    /// Runs every event up to and including `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        while let Some(Reverse(event)) = self.events.peek() {
+            if event.at_ms > until_ms {
+                break;
+            }
+            let Some(Reverse(event)) = self.events.pop() else {
+                break;
+            };
+            self.now_ms = event.at_ms;
+            match event.kind {
+                EventKind::Deliver { to, from, bytes } => {
+                    self.in_flight -= 1;
+                    self.deliver(&to, &from, &bytes);
+                }
+                EventKind::Tick { node } => {
+                    let now = self.wall_ms();
+                    if let Some(sim_node) = self.nodes.get_mut(&node)
+                        && sim_node.up
+                    {
+                        sim_node.replicator.tick(now);
+                        self.drain(&node);
+                    }
+                    let next = self.now_ms + self.tick_ms;
+                    self.push(next, EventKind::Tick { node });
+                }
+            }
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs until `done` holds, checking every tick interval, or until `limit_ms` more have passed.
+    /// Returns the virtual time it took, if `done` came to hold.
+    pub fn run_until_true(
+        &mut self,
+        limit_ms: u64,
+        mut done: impl FnMut(&Simulation) -> bool,
+    ) -> Option<u64> {
+        let start = self.now_ms;
+        while self.now_ms - start <= limit_ms {
+            if done(self) {
+                return Some(self.now_ms - start);
+            }
+            let next = self.now_ms + self.tick_ms;
+            self.run_until(next);
+        }
+        None
+    }
+
+    /// A client call on `node`: an update at `consistency`, with a deadline `timeout_ms` from now.
+    pub fn update(
+        &mut self,
+        node: &NodeName,
+        key: &str,
+        kind: Kind,
+        op: &Op,
+        consistency: Consistency,
+        timeout_ms: u64,
+    ) -> Result<RequestId, DdataError> {
+        let now = self.wall_ms();
+        let result =
+            self.replicator_mut(node)
+                .update(key, kind, op, consistency, now + timeout_ms, now);
+        self.drain(node);
+        result
+    }
+
+    pub fn delete(
+        &mut self,
+        node: &NodeName,
+        key: &str,
+        consistency: Consistency,
+        timeout_ms: u64,
+    ) -> Result<RequestId, DdataError> {
+        let now = self.wall_ms();
+        let result = self
+            .replicator_mut(node)
+            .delete(key, consistency, now + timeout_ms, now);
+        self.drain(node);
+        result
+    }
+
+    pub fn read(
+        &mut self,
+        node: &NodeName,
+        key: &str,
+        consistency: Consistency,
+        timeout_ms: u64,
+    ) -> Result<RequestId, DdataError> {
+        let now = self.wall_ms();
+        let result = self
+            .replicator_mut(node)
+            .read(key, consistency, now + timeout_ms, now);
+        self.drain(node);
+        result
+    }
+
+    pub fn get(&self, node: &NodeName, key: &str) -> Option<&Entry> {
+        self.nodes
+            .get(node)
+            .and_then(|sim_node| sim_node.replicator.get(key))
+    }
+
+    pub fn set_up(&mut self, node: &NodeName, up: bool) {
+        if let Some(sim_node) = self.nodes.get_mut(node) {
+            sim_node.up = up;
+        }
+    }
+
+    /// Splits the nodes into `groups`; nodes in different groups cannot talk until [`Self::heal`].
+    /// A node in no group is alone.
+    pub fn partition(&mut self, groups: &[Vec<NodeName>]) {
+        let mut by_node = BTreeMap::new();
+        for (index, group) in groups.iter().enumerate() {
+            for name in group {
+                by_node.insert(name.clone(), index);
+            }
+        }
+        for (index, name) in self.nodes.keys().enumerate() {
+            by_node.entry(name.clone()).or_insert(groups.len() + index);
+        }
+        self.groups = Some(by_node);
+    }
+
+    pub fn heal(&mut self) {
+        self.groups = None;
+    }
+
+    fn replicator_mut(&mut self, node: &NodeName) -> &mut Replicator {
+        &mut self
+            .nodes
+            .get_mut(node)
+            .expect("the scenario names a node of the simulation")
+            .replicator
+    }
+
+    fn wall_ms(&self) -> u64 {
+        EPOCH_MS + self.now_ms
+    }
+
+    fn deliver(&mut self, to: &NodeName, from: &NodeName, bytes: &[u8]) {
+        let now = self.wall_ms();
+        let Some(node) = self.nodes.get_mut(to) else {
+            return;
+        };
+        if !node.up {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        self.stats.messages_delivered += 1;
+        if node.replicator.handle_message(from, bytes, now).is_err() {
+            self.stats.messages_refused += 1;
+        }
+        self.drain(to);
+    }
+
+    fn drain(&mut self, node: &NodeName) {
+        let actions: Vec<ReplicatorAction> = match self.nodes.get_mut(node) {
+            Some(sim_node) => sim_node.replicator.drain_actions().collect(),
+            None => return,
+        };
+        for action in actions {
+            match action {
+                ReplicatorAction::Send { to, bytes } => self.send(node, to, bytes),
+                ReplicatorAction::Changed { .. } => {}
+                ReplicatorAction::WriteDone { request } => {
+                    self.outcomes
+                        .insert((node.clone(), request), Outcome::WriteDone);
+                }
+                ReplicatorAction::ReadDone { request, entry, .. } => {
+                    self.outcomes
+                        .insert((node.clone(), request), Outcome::ReadDone(entry));
+                }
+                ReplicatorAction::TimedOut {
+                    request,
+                    acks,
+                    needed,
+                } => {
+                    self.outcomes
+                        .insert((node.clone(), request), Outcome::TimedOut { acks, needed });
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: &NodeName, to: NodeName, bytes: Vec<u8>) {
+        self.stats.messages_sent += 1;
+        self.stats.message_bytes_largest = self.stats.message_bytes_largest.max(bytes.len());
+        let cut = self
+            .groups
+            .as_ref()
+            .is_some_and(|groups| groups.get(from) != groups.get(&to));
+        if cut || self.random_per_mille(self.faults.drop_per_mille) {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let copies = if self.random_per_mille(self.faults.duplicate_per_mille) {
+            self.stats.messages_duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            if self.in_flight >= Self::IN_FLIGHT_MAX {
+                self.stats.messages_dropped += 1;
+                continue;
+            }
+            let delay_ms = self
+                .rng
+                .random_range(self.faults.delay_ms_min..=self.faults.delay_ms_max);
+            self.in_flight += 1;
+            let at = self.now_ms + delay_ms;
+            self.push(
+                at,
+                EventKind::Deliver {
+                    to: to.clone(),
+                    from: from.clone(),
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn push(&mut self, at_ms: u64, kind: EventKind) {
+        self.seq += 1;
+        self.events.push(Reverse(Event {
+            at_ms,
+            seq: self.seq,
+            kind,
+        }));
+    }
+}
+
+pub fn node_name(index: usize) -> NodeName {
+    NodeName::new(format!("node-{index:02}")).expect("a valid node name")
+}
+
+/// Runs `run` once per seed and panics with the seed (and how to replay it) on the first failure.
+///
+/// `test` is the test function's name (the replay command filters on it). The seeds are fixed per
+/// test (derived from `test` and an index), so every run does the same;
+/// `WEFT_SIM_SEED=<n>` runs only seed `n`, `WEFT_SIM_RUNS=<n>` runs `n` seeds instead of `runs`.
+pub fn for_each_seed<R>(
+    test: &str,
+    runs: u64,
+    mut run: impl FnMut(u64) -> Result<R, String>,
+) -> Vec<(u64, R)> {
+    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("WEFT_SIM_SEED is a u64")],
+        Err(_) => {
+            let runs = std::env::var("WEFT_SIM_RUNS")
+                .ok()
+                .map_or(runs, |n| n.parse().expect("WEFT_SIM_RUNS is a u64"));
+            let base = super::digest(test.as_bytes());
+            (0..runs).map(|index| base.wrapping_add(index)).collect()
+        }
+    };
+    seeds
+        .into_iter()
+        .map(|seed| match run(seed) {
+            Ok(report) => (seed, report),
+            Err(failure) => panic!(
+                "{test} failed with seed {seed}: {failure}\n\
+                 replay: WEFT_SIM_SEED={seed} cargo test -p weft --lib {test}"
+            ),
+        })
+        .collect()
+}
