@@ -236,14 +236,8 @@ impl Run {
 
 fn check(resolver: impl Fn(&PluginRegistry) -> Resolver, seeds: u64, exact_sum: bool) {
     let registry = cached_registry(RuntimeLimits::default());
-    for name in ["counter", "highest-bid"] {
-        registry.load(name, &support::plugin_bytes(name)).unwrap();
-    }
-    let fold = PluginFold::new(
-        registry.get("counter").unwrap(),
-        resolver(&registry),
-        context("auction", "1", 0),
-    );
+    load(&registry, &["counter", "highest-bid"]);
+    let fold = counter_with(resolver(&registry), &registry);
     let mut rounds_by_size: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for seed in 0..seeds {
         let mut run = Run::new(0xE5 + seed, &registry);
@@ -291,4 +285,45 @@ fn a_resolver_plugin_converges_after_partitions_and_a_restore() {
         6,
         false,
     );
+}
+
+fn load(registry: &PluginRegistry, names: &[&str]) {
+    for name in names {
+        registry.load(name, &support::plugin_bytes(name)).unwrap();
+    }
+}
+
+/// The Rust counter folded with `resolver`.
+fn counter_with(resolver: Resolver, registry: &PluginRegistry) -> PluginFold {
+    PluginFold::new(
+        registry.get("counter").unwrap(),
+        resolver,
+        context("auction", "1", 0),
+    )
+}
+
+/// The Rust entity with the Python build of the resolver, on the same schedules (same seeds: the
+/// schedule does not depend on the fold), ends in exactly the state it reaches with the Rust build.
+#[test]
+fn the_python_resolver_converges_exactly_as_the_rust_one() {
+    let registry = cached_registry(RuntimeLimits::default());
+    load(&registry, &["counter", "highest-bid", "highest-bid-py"]);
+    let rust = counter_with(
+        Resolver::Plugin(registry.get("highest-bid").unwrap()),
+        &registry,
+    );
+    let python = counter_with(
+        Resolver::Plugin(registry.get("highest-bid-py").unwrap()),
+        &registry,
+    );
+    for seed in 0..3 {
+        let converged = |fold: &PluginFold| {
+            let mut run = Run::new(0xA11CE + seed, &registry);
+            run.random_schedule(fold);
+            run.heal_and_pull(fold);
+            run.assert_converged(&format!("seed {seed}"));
+            run.replicas[0].state().to_vec()
+        };
+        assert_eq!(converged(&python), converged(&rust), "seed {seed}");
+    }
 }
