@@ -20,6 +20,7 @@ use crate::cluster::{
     packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
+use crate::ddata::{DistributedData, message_channel};
 use crate::entity::{EntitySystem, SystemSettings};
 use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
 use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
@@ -103,14 +104,14 @@ impl Node {
             watcher.scan().await;
             tokio::spawn(watcher.run(shutdown_rx.clone()));
         }
-        let router = match &config.cluster {
+        let (router, ddata) = match &config.cluster {
             Some(cluster) => {
-                let cluster =
+                let (cluster, ddata) =
                     join_cluster(cluster.clone(), &entities, &plugins, shutdown_rx.clone()).await?;
                 tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
-                Router::new(entities.clone(), Some(cluster))
+                (Router::new(entities.clone(), Some(cluster)), Some(ddata))
             }
-            None => Router::new(entities.clone(), None),
+            None => (Router::new(entities.clone(), None), None),
         };
         let listener = tokio::net::TcpListener::bind(config.node.listen)
             .await
@@ -119,6 +120,7 @@ impl Node {
         let state = AppState {
             entities: entities.clone(),
             router,
+            ddata,
             plugins: plugins.clone(),
             lease,
             limits: BodyLimits {
@@ -166,19 +168,22 @@ impl Node {
     }
 }
 
-/// Starts the internal transport and the membership service, and announces to the seeds.
+/// Starts the internal transport, the membership service (announcing to the seeds) and
+/// DistributedData.
 async fn join_cluster(
     config: ClusterConfig,
     entities: &EntitySystem,
     plugins: &Arc<PluginRegistry>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Cluster> {
+) -> anyhow::Result<(Cluster, DistributedData)> {
     let (packets, packets_in) = packet_channel();
+    let (ddata_messages, ddata_in) = message_channel();
     let started = Arc::new(std::sync::OnceLock::new());
     let inbound = Arc::new(NodeInbound {
         entities: entities.clone(),
         plugins: plugins.clone(),
         packets,
+        ddata: ddata_messages,
         cluster: started.clone(),
     });
     let transport = Transport::bind(
@@ -199,10 +204,11 @@ async fn join_cluster(
         let _ = stop.wait_for(|stop| *stop).await;
         stop_transport.shutdown();
     });
-    let cluster = Cluster::start(config, transport, packets_in, shutdown)?;
+    let cluster = Cluster::start(config, transport, packets_in, shutdown.clone())?;
     // Set once, here, before anything reads it.
     let _ = started.set(cluster.clone());
-    Ok(cluster)
+    let ddata = DistributedData::start(cluster.clone(), ddata_in, shutdown);
+    Ok((cluster, ddata))
 }
 
 /// The lease backend the config asks for (see [`Config::lease_backend`]).

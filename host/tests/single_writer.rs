@@ -5,12 +5,13 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::node::{TestNode, config, send_command};
 use support::pause::{Gate, PausableJournal, PausableLease};
 use support::services::Postgres;
+use support::sse::EventStream;
 use support::{from_msgpack, msgpack, plugin_bytes};
 use tokio::sync::broadcast;
 use ulid::Ulid;
@@ -316,55 +317,6 @@ async fn without_the_lease_two_writers_are_caught_by_recovery_in_fail_mode() {
     assert_eq!(writers, vec![a_id]);
 }
 
-/// Reads server-sent events from `GET /notifications`.
-struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl EventStream {
-    async fn open(http: &reqwest::Client, url: &str) -> EventStream {
-        let response = http
-            .get(format!("{url}/notifications"))
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-        EventStream {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event's name and JSON data (keep-alive comments are skipped).
-    async fn next(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut name = None;
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
-                        name = Some(value.trim().to_owned());
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push_str(value.trim_start());
-                    }
-                }
-                if let Some(name) = name {
-                    return (name, serde_json::from_str(&data).expect("JSON data"));
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(DEADLINE, self.response.chunk())
-                .await
-                .expect("an event within the deadline")
-                .expect("the stream reads")
-                .expect("the stream stays open");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 /// Changes the lease row `name` behind its holder's back with `sql` (`$1` is the name), as an
 /// owner that does not run weft would.
 async fn change_lease_row(database: &str, name: &str, sql: &str) {
@@ -397,7 +349,7 @@ async fn each_lease_loss_fires_the_hook_and_the_event_stream_once() {
         .entities
         .insert("counter".into(), single_writer(1_000, 120));
     let node = TestNode::start(node_config).await;
-    let mut events = EventStream::open(&node.http, &node.url).await;
+    let mut events = EventStream::open(&node.http, &format!("{}/notifications", node.url)).await;
     let name = lease_name("counter|h1");
 
     let (status, reply) = send_command(

@@ -7,6 +7,7 @@
 //! # Layout
 //! - `error`: [`ApiError`] and its mapping to status codes.
 //! - `cluster`: `/cluster`, this node's view of the cluster, and `/cluster/faults` for tests.
+//! - `ddata`: `/ddata/{key}`, DistributedData reads, updates, deletes and subscriptions.
 //! - `payload`: JSON and MessagePack bodies, and the conversion between them.
 //! - `entities`: `/entities/...` and `/entity-types/...`.
 //! - `plugins`: `/plugins/...`, upload and hot-load.
@@ -16,6 +17,7 @@
 //! - `ops`: `/health`, `/metrics`, `/openapi.json`.
 
 mod cluster;
+mod ddata;
 mod entities;
 mod error;
 mod leases;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 pub use error::{ApiError, entity_error_status};
 
 use crate::cluster::Router as EntityRouter;
+use crate::ddata::DistributedData;
 use crate::entity::EntitySystem;
 use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
@@ -42,6 +45,8 @@ pub struct AppState {
     pub entities: EntitySystem,
     /// Where entity calls go: here, or to their owner in the cluster.
     pub router: EntityRouter,
+    /// The node's DistributedData, when it is part of a cluster.
+    pub ddata: Option<DistributedData>,
     pub plugins: Arc<PluginRegistry>,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
@@ -86,6 +91,11 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins", get(plugins::list))
         .route("/notifications", get(notifications::stream))
         .route("/cluster", get(cluster::show))
+        .route(
+            "/ddata/{key}",
+            get(ddata::get).post(ddata::update).delete(ddata::delete),
+        )
+        .route("/ddata/{key}/subscribe", get(ddata::subscribe))
         .route("/cluster/faults", post(cluster::inject_fault))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))

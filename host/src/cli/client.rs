@@ -67,15 +67,9 @@ pub async fn lease(
     action: Option<&str>,
     body: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let mut endpoint =
-        reqwest::Url::parse(url).with_context(|| format!("invalid node URL {url:?}"))?;
-    endpoint
-        .path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("the node URL {url:?} cannot take a path"))?
-        .pop_if_empty()
-        .push("leases")
-        .push(name)
-        .extend(action);
+    let mut segments = vec!["leases", name];
+    segments.extend(action);
+    let endpoint = segments_url(url, &segments)?;
     match action {
         None => {
             let response = reqwest::get(endpoint).await.map_err(unreachable(url))?;
@@ -83,6 +77,81 @@ pub async fn lease(
         }
         Some(_) => post(url, endpoint, &without_nulls(body)).await,
     }
+}
+
+/// `url` with each of `segments` appended as one percent-encoded path segment (names may contain
+/// `/` and spaces).
+fn segments_url(url: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+    let mut endpoint =
+        reqwest::Url::parse(url).with_context(|| format!("invalid node URL {url:?}"))?;
+    endpoint
+        .path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("the node URL {url:?} cannot take a path"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(endpoint)
+}
+
+/// `GET /ddata/{key}?consistency=…`.
+pub async fn ddata_get(url: &str, key: &str, consistency: &str) -> anyhow::Result<()> {
+    let mut endpoint = segments_url(url, &["ddata", key])?;
+    endpoint
+        .query_pairs_mut()
+        .append_pair("consistency", consistency);
+    let response = reqwest::get(endpoint).await.map_err(unreachable(url))?;
+    print_response(response).await
+}
+
+/// `POST /ddata/{key}` with the op (JSON) and, when given, the consistency level.
+pub async fn ddata_update(
+    url: &str,
+    key: &str,
+    op: &str,
+    consistency: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut body: serde_json::Value =
+        serde_json::from_str(op).context("the op is not valid JSON")?;
+    if let (Some(fields), Some(consistency)) = (body.as_object_mut(), consistency) {
+        fields.insert("consistency".into(), consistency.into());
+    }
+    post(url, segments_url(url, &["ddata", key])?, &body).await
+}
+
+/// `DELETE /ddata/{key}?consistency=…`.
+pub async fn ddata_delete(url: &str, key: &str, consistency: &str) -> anyhow::Result<()> {
+    let mut endpoint = segments_url(url, &["ddata", key])?;
+    endpoint
+        .query_pairs_mut()
+        .append_pair("consistency", consistency);
+    let response = reqwest::Client::new()
+        .delete(endpoint)
+        .send()
+        .await
+        .map_err(unreachable(url))?;
+    print_response(response).await
+}
+
+/// Follows `GET /ddata/{key}/subscribe`, printing each value as one JSON line, until the node
+/// ends the stream (or Ctrl-C).
+pub async fn ddata_subscribe(url: &str, key: &str) -> anyhow::Result<()> {
+    let response = reqwest::get(segments_url(url, &["ddata", key, "subscribe"])?)
+        .await
+        .map_err(unreachable(url))?;
+    if !response.status().is_success() {
+        return print_response(response).await;
+    }
+    let mut response = response;
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable(url))? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                println!("{}", data.trim_start());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn without_nulls(body: &serde_json::Value) -> serde_json::Value {

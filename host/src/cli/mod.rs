@@ -57,6 +57,13 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
         url: String,
     },
+    /// Read, update, delete or follow a DistributedData key on a clustered node.
+    Ddata {
+        #[command(subcommand)]
+        command: DdataCommand,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
+        url: String,
+    },
     /// Print the node's view of its cluster: members, what each hosts, the plugins each has.
     Cluster {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
@@ -112,6 +119,33 @@ enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DdataCommand {
+    /// Print KEY's value.
+    Get {
+        key: String,
+        /// local, majority or all.
+        #[arg(long, default_value = "local")]
+        consistency: String,
+    },
+    /// Apply an op to KEY, e.g. '{"op":"increment","by":3}' or '{"op":"add","element":"x"}'.
+    Update {
+        key: String,
+        op: String,
+        /// local (default), majority or all.
+        #[arg(long)]
+        consistency: Option<String>,
+    },
+    /// Delete KEY for good.
+    Delete {
+        key: String,
+        #[arg(long, default_value = "local")]
+        consistency: String,
+    },
+    /// Print KEY's value each time it changes.
+    Subscribe { key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +256,20 @@ impl Cli {
                 url,
             } => client::get(&url, &format!("/entities/{entity_type}/{entity_id}")).await,
             Command::Cluster { url } => client::get(&url, "/cluster").await,
+            Command::Ddata { command, url } => match command {
+                DdataCommand::Get { key, consistency } => {
+                    client::ddata_get(&url, &key, &consistency).await
+                }
+                DdataCommand::Update {
+                    key,
+                    op,
+                    consistency,
+                } => client::ddata_update(&url, &key, &op, consistency.as_deref()).await,
+                DdataCommand::Delete { key, consistency } => {
+                    client::ddata_delete(&url, &key, &consistency).await
+                }
+                DdataCommand::Subscribe { key } => client::ddata_subscribe(&url, &key).await,
+            },
             Command::Events {
                 entity_type,
                 entity_id,

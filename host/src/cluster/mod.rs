@@ -41,4 +41,4 @@ pub use routing::{
     NodeInbound, NodeReport, RemoteError, RouteError, Router, hand_off_moved_entities,
 };
 pub use service::{Cluster, ClusterConfig, ClusterView, SeedConfig, packet_channel};
-pub use transport::{CircuitBreaker, Faults, Inbound, Transport, TransportError};
+pub use transport::{CircuitBreaker, Faults, Inbound, Topic, Transport, TransportError};

@@ -16,7 +16,7 @@ use super::handoff::{moved_away, owned_elsewhere};
 use super::identity::Member;
 use super::placement::owner;
 use super::service::Cluster;
-use super::transport::{Inbound, TransportError};
+use super::transport::{Inbound, Topic, TransportError};
 use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem};
 use crate::plugin::PluginRegistry;
 
@@ -274,11 +274,13 @@ fn mismatch(owner: &Member, entity_type: &str, entity_id: &str, answer: &Answer)
 }
 
 /// What arrives at this node over the transport: membership packets go to the cluster service,
-/// forwarded calls run on this node's entities.
+/// DistributedData messages to its service, forwarded calls run on this node's entities.
 pub struct NodeInbound {
     pub entities: EntitySystem,
     pub plugins: Arc<PluginRegistry>,
     pub packets: mpsc::Sender<Vec<u8>>,
+    /// DistributedData messages, with the sending node's name.
+    pub ddata: mpsc::Sender<crate::ddata::PeerMessage>,
     /// Set once the cluster service runs (it needs the transport this serves first).
     pub cluster: Arc<OnceLock<Cluster>>,
 }
@@ -334,9 +336,14 @@ impl Inbound for NodeInbound {
         rmp_serde::to_vec_named(&answer).map_err(|error| error.to_string())
     }
 
-    async fn message(&self, _from: &str, payload: Vec<u8>) {
-        if self.packets.try_send(payload).is_err() {
-            tracing::debug!("cluster: membership packet dropped, the membership task is behind");
+    async fn message(&self, from: &str, topic: Topic, payload: Vec<u8>) {
+        // Full queues drop: SWIM tolerates lost packets, and anti-entropy repairs lost deltas.
+        let queued = match topic {
+            Topic::Membership => self.packets.try_send(payload).is_ok(),
+            Topic::Ddata => self.ddata.try_send((from.to_owned(), payload)).is_ok(),
+        };
+        if !queued {
+            tracing::debug!(?topic, "cluster: message dropped, its service is behind");
         }
     }
 }

@@ -21,7 +21,7 @@ use ulid::Ulid;
 
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipTimer, Seed};
-use super::transport::Transport;
+use super::transport::{Topic, Transport};
 
 /// Membership packets waiting for the task, at most: a few seconds of traffic for a cluster of
 /// dozens of nodes; beyond that packets are dropped, which SWIM survives.
@@ -272,7 +272,7 @@ impl Driver {
                     let transport = self.transport.clone();
                     tokio::spawn(async move {
                         // Best effort: SWIM tolerates lost packets.
-                        let _ = transport.send(&name, to, bytes).await;
+                        let _ = transport.send(&name, to, Topic::Membership, bytes).await;
                     });
                 }
                 MembershipAction::ScheduleTimer { after, timer } => {

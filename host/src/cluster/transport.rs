@@ -51,6 +51,7 @@ enum Frame {
     /// The dialer's node name: the first frame of every connection.
     Hello { from: String },
     Message {
+        topic: Topic,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
@@ -88,13 +89,23 @@ pub enum TransportError {
     Overloaded { peer: SocketAddr },
 }
 
+/// Which service a one-way message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    /// Membership packets (SWIM).
+    Membership,
+    /// DistributedData replication.
+    Ddata,
+}
+
 /// What a node does with what its peers send it.
 #[async_trait]
 pub trait Inbound: Send + Sync + 'static {
     /// Answers a request from the node named `from`.
     async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String>;
-    /// Takes a one-way message from the node named `from`.
-    async fn message(&self, from: &str, payload: Vec<u8>);
+    /// Takes a one-way message on `topic` from the node named `from`.
+    async fn message(&self, from: &str, topic: Topic, payload: Vec<u8>);
 }
 
 /// Closed → (failures) → open → (time) → half-open → (success) closed / (failure) open. Sans-IO:
@@ -312,16 +323,19 @@ impl Transport {
         outcome
     }
 
-    /// Sends a one-way message; `Ok` means it was written, not that it arrived.
+    /// Sends a one-way message on `topic`; `Ok` means it was written, not that it arrived.
     pub async fn send(
         &self,
         peer_name: &str,
         peer: SocketAddr,
+        topic: Topic,
         payload: Vec<u8>,
     ) -> Result<(), TransportError> {
         let peer = self.peer(peer_name, peer);
         peer.allow()?;
-        let outcome = self.send_frame(&peer, &Frame::Message { payload }).await;
+        let outcome = self
+            .send_frame(&peer, &Frame::Message { topic, payload })
+            .await;
         peer.record(&outcome);
         outcome
     }
@@ -551,7 +565,7 @@ async fn serve_connection(
             continue;
         }
         match frame {
-            Frame::Message { payload } => inbound.message(&from, payload).await,
+            Frame::Message { topic, payload } => inbound.message(&from, topic, payload).await,
             Frame::Request {
                 id,
                 deadline_ms,
@@ -619,7 +633,7 @@ mod tests {
             }
         }
 
-        async fn message(&self, from: &str, payload: Vec<u8>) {
+        async fn message(&self, from: &str, _topic: Topic, payload: Vec<u8>) {
             self.messages
                 .lock()
                 .unwrap()
@@ -669,7 +683,9 @@ mod tests {
             matches!(&refused, Err(TransportError::Refused { reason, .. }) if reason == "a asked for a refusal"),
             "{refused:?}"
         );
-        a.send("b", b.local_addr(), b"ping".to_vec()).await.unwrap();
+        a.send("b", b.local_addr(), Topic::Membership, b"ping".to_vec())
+            .await
+            .unwrap();
         tokio::time::timeout(PATIENCE, b_inbound.received.notified())
             .await
             .unwrap();

@@ -7,10 +7,13 @@
 //! - `simulation` (tests only): a deterministic simulator of many replicators on a faulty network,
 //!   with its invariant checks and scenarios.
 //!
-//! The driver (a tokio task per node, the transport, subscriptions, the HTTP API) is not here.
+//! - `service`: [`DistributedData`], the task that drives a node's replicator over the cluster
+//!   transport, and its subscribers.
+//!
 //! `docs/ddata.md` describes the design and the decisions.
 
 mod replicator;
+mod service;
 #[cfg(test)]
 mod simulation;
 mod value;
@@ -19,6 +22,10 @@ pub use replicator::{
     Consistency, DELTA_TICK_BYTES_MAX, GOSSIP_ROUND_BYTES_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX,
     PENDING_DELTA_KEYS_MAX, REQUESTS_MAX, Replicator, ReplicatorAction, ReplicatorConfig,
     ReplicatorStats, RequestId, VALUE_BYTES_MAX,
+};
+pub use service::{
+    DdataCallError, DistributedData, PEER_MESSAGES_QUEUED_MAX, PeerMessage, default_kind,
+    entry_to_json, message_channel,
 };
 pub use value::{DataType, DataValue, Entry, Key, Kind, Op, Writer, digest};
 

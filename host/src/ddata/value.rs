@@ -26,7 +26,7 @@ use super::DdataError;
 /// The CRDT type of a key, fixed by its first write. The order (declaration order) decides which
 /// kind survives concurrent first writes of different kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     GCounter,
     PNCounter,

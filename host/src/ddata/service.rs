@@ -1,0 +1,468 @@
+//! The DistributedData service of a clustered node: one task that drives the [`Replicator`] —
+//! client calls, peer messages over the cluster transport, a tick, membership changes — and keeps
+//! the latest value of every subscribed key for its subscribers.
+//!
+//! The task owns the replicator; [`DistributedData`] is the handle callers use. Subscribers hold a
+//! watch of the key's latest entry: a watch keeps only the newest value, which is the coalescing a
+//! subscriber wants (the latest value, never an older one after a newer: entries only grow by
+//! merge, and a deletion is final).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use ulid::Ulid;
+use weft_crdt::{Crdt, ReplicaId};
+
+use super::DdataError;
+use super::replicator::{Consistency, Replicator, ReplicatorAction, ReplicatorConfig, RequestId};
+use super::value::{DataValue, Entry, Kind, Op};
+use crate::cluster::{Cluster, Topic};
+
+/// Client calls waiting for the task, at most: beyond that callers are told to retry.
+const CALLS_QUEUED_MAX: usize = 1024;
+
+/// Peer messages waiting for the task, at most; beyond that they are dropped (anti-entropy
+/// repairs what they carried).
+pub const PEER_MESSAGES_QUEUED_MAX: usize = 1024;
+
+/// How often the replicator is ticked: deltas go out this often, so a local write reaches the
+/// other nodes within about this long.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why a DistributedData call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DdataCallError {
+    /// The replicator refused the call (bad key, wrong kind, a limit): nothing changed.
+    #[error(transparent)]
+    Refused(#[from] DdataError),
+    /// The deadline passed before enough replicas answered. A write is applied on this node
+    /// anyway and spreads by gossip; a read returned nothing.
+    #[error(
+        "{what} of {key:?} at {consistency:?} reached {acks} of the {needed} replicas it needs within \
+         {timeout_ms} ms{}",
+        if *what == "write" { "; it is applied on this node and spreads by gossip" } else { "" }
+    )]
+    TimedOut {
+        what: &'static str,
+        key: String,
+        consistency: Consistency,
+        acks: usize,
+        needed: usize,
+        timeout_ms: u64,
+    },
+    /// The service is behind or stopped; nothing was done.
+    #[error("the DistributedData service is {0}; retry")]
+    Unavailable(&'static str),
+}
+
+enum Call {
+    Update {
+        key: String,
+        kind: Kind,
+        op: Op,
+        consistency: Consistency,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<(), DdataCallError>>,
+    },
+    Delete {
+        key: String,
+        consistency: Consistency,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<(), DdataCallError>>,
+    },
+    Read {
+        key: String,
+        consistency: Consistency,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Option<Entry>, DdataCallError>>,
+    },
+    Subscribe {
+        key: String,
+        reply: oneshot::Sender<watch::Receiver<Option<Entry>>>,
+    },
+}
+
+/// The handle on a node's DistributedData. Cheap to clone.
+#[derive(Clone)]
+pub struct DistributedData {
+    calls: mpsc::Sender<Call>,
+}
+
+impl DistributedData {
+    /// Starts the service over `cluster`, fed the DistributedData messages peers sent through
+    /// `messages_in`.
+    pub fn start(
+        cluster: Cluster,
+        messages_in: mpsc::Receiver<PeerMessage>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> DistributedData {
+        let view = cluster.view();
+        let node = view.local.name().clone();
+        let replica = ReplicaId::incarnation(node.as_str(), &Ulid::new().to_string());
+        let mut replicator = Replicator::new(node, replica, ReplicatorConfig::default(), now_ms());
+        replicator.members_changed(view.members.iter().map(|member| member.name().clone()));
+        let (calls, calls_in) = mpsc::channel(CALLS_QUEUED_MAX);
+        let driver = Driver {
+            replicator,
+            cluster,
+            pending_writes: HashMap::new(),
+            pending_reads: HashMap::new(),
+            subscribers: BTreeMap::new(),
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = driver.run(calls_in, messages_in) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        });
+        DistributedData { calls }
+    }
+
+    /// Applies `op` to `key` (created as `kind` if new) and waits until `consistency` is reached.
+    pub async fn update(
+        &self,
+        key: &str,
+        kind: Kind,
+        op: Op,
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<(), DdataCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(Call::Update {
+            key: key.to_owned(),
+            kind,
+            op,
+            consistency,
+            timeout,
+            reply,
+        })?;
+        answer
+            .await
+            .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
+    }
+
+    /// Deletes `key` for good and waits until `consistency` is reached.
+    pub async fn delete(
+        &self,
+        key: &str,
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<(), DdataCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(Call::Delete {
+            key: key.to_owned(),
+            consistency,
+            timeout,
+            reply,
+        })?;
+        answer
+            .await
+            .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
+    }
+
+    /// Reads `key` at `consistency` (`None`: no replica that answered knows it).
+    pub async fn get(
+        &self,
+        key: &str,
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<Option<Entry>, DdataCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(Call::Read {
+            key: key.to_owned(),
+            consistency,
+            timeout,
+            reply,
+        })?;
+        answer
+            .await
+            .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
+    }
+
+    /// A watch of `key`'s latest entry on this node, starting with the current one.
+    pub async fn subscribe(
+        &self,
+        key: &str,
+    ) -> Result<watch::Receiver<Option<Entry>>, DdataCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(Call::Subscribe {
+            key: key.to_owned(),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| DdataCallError::Unavailable("stopped"))
+    }
+
+    fn call(&self, call: Call) -> Result<(), DdataCallError> {
+        self.calls.try_send(call).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => DdataCallError::Unavailable("overloaded"),
+            mpsc::error::TrySendError::Closed(_) => DdataCallError::Unavailable("stopped"),
+        })
+    }
+}
+
+/// A call waiting for its consistency level, with what its timeout error must say.
+struct Waiting<T> {
+    reply: oneshot::Sender<Result<T, DdataCallError>>,
+    key: String,
+    consistency: Consistency,
+    timeout_ms: u64,
+}
+
+struct Driver {
+    replicator: Replicator,
+    cluster: Cluster,
+    pending_writes: HashMap<RequestId, Waiting<()>>,
+    pending_reads: HashMap<RequestId, Waiting<Option<Entry>>>,
+    /// Subscribed keys; a key whose subscribers all left is dropped at its next change.
+    subscribers: BTreeMap<String, watch::Sender<Option<Entry>>>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut calls: mpsc::Receiver<Call>,
+        mut messages: mpsc::Receiver<PeerMessage>,
+    ) {
+        let mut tick = tokio::time::interval(TICK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut membership = self.cluster.clone();
+        loop {
+            tokio::select! {
+                call = calls.recv() => match call {
+                    Some(call) => self.call(call),
+                    None => return,
+                },
+                message = messages.recv() => match message {
+                    Some((from, bytes)) => self.message(&from, &bytes),
+                    None => return,
+                },
+                _ = tick.tick() => self.replicator.tick(now_ms()),
+                view = membership.changed() => match view {
+                    Some(view) => self.replicator.members_changed(
+                        view.members.iter().map(|member| member.name().clone()),
+                    ),
+                    None => return,
+                },
+            }
+            self.drain();
+        }
+    }
+
+    fn call(&mut self, call: Call) {
+        let now = now_ms();
+        let deadline = |timeout: Duration| now.saturating_add(millis(timeout));
+        match call {
+            Call::Update {
+                key,
+                kind,
+                op,
+                consistency,
+                timeout,
+                reply,
+            } => match self
+                .replicator
+                .update(&key, kind, &op, consistency, deadline(timeout), now)
+            {
+                Ok(request) => self.wait_write(request, reply, key, consistency, timeout),
+                Err(error) => drop(reply.send(Err(error.into()))),
+            },
+            Call::Delete {
+                key,
+                consistency,
+                timeout,
+                reply,
+            } => match self
+                .replicator
+                .delete(&key, consistency, deadline(timeout), now)
+            {
+                Ok(request) => self.wait_write(request, reply, key, consistency, timeout),
+                Err(error) => drop(reply.send(Err(error.into()))),
+            },
+            Call::Read {
+                key,
+                consistency,
+                timeout,
+                reply,
+            } => match self
+                .replicator
+                .read(&key, consistency, deadline(timeout), now)
+            {
+                Ok(request) => {
+                    let waiting = Waiting {
+                        reply,
+                        key,
+                        consistency,
+                        timeout_ms: millis(timeout),
+                    };
+                    self.pending_reads.insert(request, waiting);
+                }
+                Err(error) => drop(reply.send(Err(error.into()))),
+            },
+            Call::Subscribe { key, reply } => {
+                let current = self.replicator.get(&key).cloned();
+                let sender = self
+                    .subscribers
+                    .entry(key)
+                    .or_insert_with(|| watch::channel(current).0);
+                let _ = reply.send(sender.subscribe());
+            }
+        }
+    }
+
+    fn wait_write(
+        &mut self,
+        request: RequestId,
+        reply: oneshot::Sender<Result<(), DdataCallError>>,
+        key: String,
+        consistency: Consistency,
+        timeout: Duration,
+    ) {
+        let waiting = Waiting {
+            reply,
+            key,
+            consistency,
+            timeout_ms: millis(timeout),
+        };
+        self.pending_writes.insert(request, waiting);
+    }
+
+    fn message(&mut self, from: &str, bytes: &[u8]) {
+        let Ok(from) = crate::cluster::NodeName::new(from) else {
+            return;
+        };
+        if let Err(error) = self.replicator.handle_message(&from, bytes, now_ms()) {
+            tracing::debug!(peer = %from, "ddata: message refused: {error}");
+        }
+    }
+
+    /// Carries out every queued action.
+    fn drain(&mut self) {
+        let actions: Vec<ReplicatorAction> = self.replicator.drain_actions().collect();
+        for action in actions {
+            match action {
+                ReplicatorAction::Send { to, bytes } => {
+                    let view = self.cluster.view();
+                    let Some(member) = view.members.iter().find(|member| *member.name() == to)
+                    else {
+                        continue;
+                    };
+                    let (transport, name, addr) = (
+                        self.cluster.transport().clone(),
+                        to.to_string(),
+                        member.addr,
+                    );
+                    tokio::spawn(async move {
+                        // Fire and forget: anti-entropy repairs what is lost.
+                        let _ = transport.send(&name, addr, Topic::Ddata, bytes).await;
+                    });
+                }
+                ReplicatorAction::Changed { key, entry } => {
+                    if let Some(sender) = self.subscribers.get(&key) {
+                        if sender.receiver_count() == 0 {
+                            self.subscribers.remove(&key);
+                        } else {
+                            sender.send_replace(Some(entry));
+                        }
+                    }
+                }
+                ReplicatorAction::WriteDone { request } => {
+                    if let Some(waiting) = self.pending_writes.remove(&request) {
+                        let _ = waiting.reply.send(Ok(()));
+                    }
+                }
+                ReplicatorAction::ReadDone { request, entry, .. } => {
+                    if let Some(waiting) = self.pending_reads.remove(&request) {
+                        let _ = waiting.reply.send(Ok(entry));
+                    }
+                }
+                ReplicatorAction::TimedOut {
+                    request,
+                    acks,
+                    needed,
+                } => {
+                    if let Some(waiting) = self.pending_writes.remove(&request) {
+                        let error = timed_out("write", &waiting, acks, needed);
+                        let _ = waiting.reply.send(Err(error));
+                    } else if let Some(waiting) = self.pending_reads.remove(&request) {
+                        let error = timed_out("read", &waiting, acks, needed);
+                        let _ = waiting.reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn timed_out<T>(
+    what: &'static str,
+    waiting: &Waiting<T>,
+    acks: usize,
+    needed: usize,
+) -> DdataCallError {
+    DdataCallError::TimedOut {
+        what,
+        key: waiting.key.clone(),
+        consistency: waiting.consistency,
+        acks,
+        needed,
+        timeout_ms: waiting.timeout_ms,
+    }
+}
+
+/// An entry as JSON: counters as numbers, sets as sorted arrays, a register as its value (or
+/// null), a flag as a boolean; a deleted key as `{"deleted": true}`.
+pub fn entry_to_json(entry: &Entry) -> serde_json::Value {
+    use serde_json::json;
+    let Some(value) = entry.value() else {
+        return json!({"deleted": true});
+    };
+    let (kind, value) = match value {
+        DataValue::GCounter(counter) => (Kind::GCounter, json!(counter.value())),
+        DataValue::PNCounter(counter) => (Kind::PNCounter, json!(counter.value())),
+        DataValue::GSet(set) => {
+            let mut elements: Vec<&String> = set.iter().collect();
+            elements.sort();
+            (Kind::GSet, json!(elements))
+        }
+        DataValue::ORSet(set) => {
+            let mut elements: Vec<&String> = set.iter().collect();
+            elements.sort();
+            (Kind::ORSet, json!(elements))
+        }
+        DataValue::LWWRegister(register) => (Kind::LWWRegister, json!(register.get())),
+        DataValue::Flag(flag) => (Kind::Flag, json!(flag.value())),
+    };
+    json!({"kind": kind, "value": value})
+}
+
+/// The kind a new key gets from its first op, when the caller names none.
+pub fn default_kind(op: &Op) -> Kind {
+    match op {
+        Op::Increment { .. } | Op::Decrement { .. } => Kind::PNCounter,
+        Op::Add { .. } | Op::Remove { .. } => Kind::ORSet,
+        Op::Set { .. } => Kind::LWWRegister,
+        Op::Enable | Op::Disable => Kind::Flag,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// A DistributedData message from a peer: the sending node's name and the bytes.
+pub type PeerMessage = (String, Vec<u8>);
+
+/// The channel DistributedData messages travel from the transport to the task.
+pub fn message_channel() -> (mpsc::Sender<PeerMessage>, mpsc::Receiver<PeerMessage>) {
+    mpsc::channel(PEER_MESSAGES_QUEUED_MAX)
+}
