@@ -50,6 +50,7 @@ impl Cluster {
             seed_port: self.seed_port,
             database: &self.database,
             fault_injection: false,
+            extra: "",
         };
         ServeProcess::start_with_config(&node_config(self.root.path(), &spec))
     }

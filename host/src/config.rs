@@ -27,6 +27,9 @@
 //! # role = "actor"               # or "gateway" (HTTP only, hosts no entities)
 //! # seeds = [{ name = "node-1", addr = "127.0.0.1:7170" }]
 //!
+//! [ddata]                        # DistributedData, on clustered nodes
+//! # durable_keys = ["cart-*"]    # kept in <data_dir>/ddata.db across restarts
+//!
 //! [entities.counter]             # entity type `counter`, served by plugin `counter`
 //! plugin = "counter"
 //! snapshot_every = 100
@@ -44,6 +47,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cluster::ClusterConfig;
+use crate::ddata::DdataConfig;
 use crate::entity::EntityTypeConfig;
 use crate::plugin::RuntimeLimits;
 
@@ -56,6 +60,8 @@ pub struct Config {
     pub limits: RuntimeLimits,
     /// Several nodes as one system; absent, the node runs alone.
     pub cluster: Option<ClusterConfig>,
+    /// DistributedData (clustered nodes).
+    pub ddata: DdataConfig,
     /// Entity types by name. A loaded entity plugin with no entry here serves the entity type
     /// of its own name with the defaults.
     pub entities: BTreeMap<String, EntityTypeConfig>,

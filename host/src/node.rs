@@ -20,7 +20,7 @@ use crate::cluster::{
     packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
-use crate::ddata::{DistributedData, message_channel};
+use crate::ddata::{DdataConfig, DistributedData, message_channel};
 use crate::entity::{EntitySystem, SystemSettings};
 use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
 use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
@@ -106,8 +106,15 @@ impl Node {
         }
         let (router, ddata) = match &config.cluster {
             Some(cluster) => {
-                let (cluster, ddata) =
-                    join_cluster(cluster.clone(), &entities, &plugins, shutdown_rx.clone()).await?;
+                let (cluster, ddata) = join_cluster(
+                    cluster.clone(),
+                    config.ddata.clone(),
+                    data_dir,
+                    &entities,
+                    &plugins,
+                    shutdown_rx.clone(),
+                )
+                .await?;
                 tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
                 (Router::new(entities.clone(), Some(cluster)), Some(ddata))
             }
@@ -172,6 +179,8 @@ impl Node {
 /// DistributedData.
 async fn join_cluster(
     config: ClusterConfig,
+    ddata_config: DdataConfig,
+    data_dir: &Path,
     entities: &EntitySystem,
     plugins: &Arc<PluginRegistry>,
     shutdown: watch::Receiver<bool>,
@@ -207,7 +216,13 @@ async fn join_cluster(
     let cluster = Cluster::start(config, transport, packets_in, shutdown.clone())?;
     // Set once, here, before anything reads it.
     let _ = started.set(cluster.clone());
-    let ddata = DistributedData::start(cluster.clone(), ddata_in, shutdown);
+    let ddata = DistributedData::start(
+        cluster.clone(),
+        ddata_in,
+        ddata_config,
+        &data_dir.join("ddata.db"),
+        shutdown,
+    )?;
     Ok((cluster, ddata))
 }
 

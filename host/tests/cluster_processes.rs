@@ -120,6 +120,7 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
             seed_port,
             database: &database,
             fault_injection: false,
+            extra: "",
         };
         ServeProcess::start_with_config(&node_config(root.path(), &spec))
     };
@@ -318,6 +319,7 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
             seed_port,
             database: &database,
             fault_injection: true,
+            extra: "",
         };
         ServeProcess::start_with_config(&node_config(root.path(), &spec))
     };

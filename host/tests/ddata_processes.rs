@@ -68,6 +68,7 @@ async fn three_nodes_converge_and_majority_reads_see_majority_writes() {
             seed_port,
             database: &database,
             fault_injection: false,
+            extra: "",
         };
         ServeProcess::start_with_config(&node_config(root.path(), &spec))
     };
@@ -236,4 +237,78 @@ async fn three_nodes_converge_and_majority_reads_see_majority_writes() {
         "{body}"
     );
     drop((d1, d2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_key_comes_back_after_a_restart_and_another_does_not() {
+    let postgres = Postgres::start();
+    let database = postgres.fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spec = NodeSpec {
+        name: "s1",
+        role: "actor",
+        transport_port: port,
+        seed_name: "s1",
+        seed_port: port,
+        database: &database,
+        fault_injection: false,
+        extra: "[ddata]\ndurable_keys = [\"cart-*\"]\n",
+    };
+    let config = node_config(root.path(), &spec);
+    let http = reqwest::Client::new();
+
+    let node = ServeProcess::start_with_config(&config);
+    wait_for_members(&http, &node.url, &["s1"]).await;
+    for element in ["apples", "pears", "plums"] {
+        let (status, body) = post(
+            &http,
+            &node.url,
+            "cart-1",
+            json!({"op": "add", "element": element}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = post(
+        &http,
+        &node.url,
+        "cart-1",
+        json!({"op": "remove", "element": "pears"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        &http,
+        &node.url,
+        "hits",
+        json!({"op": "increment", "by": 3}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A clean stop writes what is queued; the restart reads it back, alone in its cluster.
+    node.interrupt();
+
+    let node = ServeProcess::start_with_config(&config);
+    wait_for_members(&http, &node.url, &["s1"]).await;
+    let (status, body) = get(&http, &node.url, "cart-1", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["value"], json!(["apples", "plums"]));
+    let (status, body) = get(&http, &node.url, "hits", "").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_key")),
+        "{body}"
+    );
+    // It goes on from the reloaded state.
+    let (status, _) = post(
+        &http,
+        &node.url,
+        "cart-1",
+        json!({"op": "add", "element": "figs"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = get(&http, &node.url, "cart-1", "").await;
+    assert_eq!(body["value"], json!(["apples", "figs", "plums"]));
 }

@@ -7,17 +7,20 @@
 //! - `simulation` (tests only): a deterministic simulator of many replicators on a faulty network,
 //!   with its invariant checks and scenarios.
 //!
+//! - `durable`: durable keys in the node's SQLite file ([`DdataConfig`]).
 //! - `service`: [`DistributedData`], the task that drives a node's replicator over the cluster
 //!   transport, and its subscribers.
 //!
 //! `docs/ddata.md` describes the design and the decisions.
 
+mod durable;
 mod replicator;
 mod service;
 #[cfg(test)]
 mod simulation;
 mod value;
 
+pub use durable::DdataConfig;
 pub use replicator::{
     Consistency, DELTA_TICK_BYTES_MAX, GOSSIP_ROUND_BYTES_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX,
     PENDING_DELTA_KEYS_MAX, REQUESTS_MAX, Replicator, ReplicatorAction, ReplicatorConfig,

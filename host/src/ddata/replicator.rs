@@ -427,6 +427,13 @@ impl Replicator {
             .collect();
     }
 
+    /// Merges `entry` into `key` as if a peer had sent it (a durable key reloaded from this node's
+    /// store at start-up). Announces the change; replication picks it up through anti-entropy.
+    pub fn load(&mut self, key: &str, entry: &Entry) -> Result<(), DdataError> {
+        check_key(key)?;
+        self.merge_remote(key, entry)
+    }
+
     /// Advances time: pushes pending deltas, runs an anti-entropy round when one is due, resends
     /// unanswered requests and times out those past their deadline.
     pub fn tick(&mut self, now_ms: u64) {

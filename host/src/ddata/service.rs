@@ -1,6 +1,6 @@
 //! The DistributedData service of a clustered node: one task that drives the [`Replicator`] —
 //! client calls, peer messages over the cluster transport, a tick, membership changes — and keeps
-//! the latest value of every subscribed key for its subscribers.
+//! the latest value of every subscribed key for its subscribers, and durable keys on disk.
 //!
 //! The task owns the replicator; [`DistributedData`] is the handle callers use. Subscribers hold a
 //! watch of the key's latest entry: a watch keeps only the newest value, which is the coalescing a
@@ -8,6 +8,9 @@
 //! merge, and a deletion is final).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Context as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,6 +18,7 @@ use ulid::Ulid;
 use weft_crdt::{Crdt, ReplicaId};
 
 use super::DdataError;
+use super::durable::{DdataConfig, DurableStore};
 use super::replicator::{Consistency, Replicator, ReplicatorAction, ReplicatorConfig, RequestId};
 use super::value::{DataValue, Entry, Kind, Op};
 use crate::cluster::{Cluster, Topic};
@@ -91,21 +95,40 @@ pub struct DistributedData {
 
 impl DistributedData {
     /// Starts the service over `cluster`, fed the DistributedData messages peers sent through
-    /// `messages_in`.
+    /// `messages_in`; durable keys live in `store_path`.
     pub fn start(
         cluster: Cluster,
         messages_in: mpsc::Receiver<PeerMessage>,
+        config: DdataConfig,
+        store_path: &Path,
         mut shutdown: watch::Receiver<bool>,
-    ) -> DistributedData {
+    ) -> anyhow::Result<DistributedData> {
         let view = cluster.view();
         let node = view.local.name().clone();
         let replica = ReplicaId::incarnation(node.as_str(), &Ulid::new().to_string());
         let mut replicator = Replicator::new(node, replica, ReplicatorConfig::default(), now_ms());
         replicator.members_changed(view.members.iter().map(|member| member.name().clone()));
+        let store = if config.durable_keys.is_empty() {
+            None
+        } else {
+            let (store, loaded) = DurableStore::open(store_path).with_context(|| {
+                format!("cannot open the durable keys at {}", store_path.display())
+            })?;
+            tracing::info!("ddata: {} durable key(s) reloaded", loaded.len());
+            for (key, entry) in loaded {
+                if let Err(error) = replicator.load(&key, &entry) {
+                    tracing::error!(key, "ddata: a stored key was refused: {error}");
+                }
+            }
+            replicator.drain_actions().for_each(drop);
+            Some(store)
+        };
         let (calls, calls_in) = mpsc::channel(CALLS_QUEUED_MAX);
         let driver = Driver {
             replicator,
             cluster,
+            config,
+            store,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
             subscribers: BTreeMap::new(),
@@ -116,7 +139,7 @@ impl DistributedData {
                 _ = shutdown.wait_for(|stop| *stop) => {}
             }
         });
-        DistributedData { calls }
+        Ok(DistributedData { calls })
     }
 
     /// Applies `op` to `key` (created as `kind` if new) and waits until `consistency` is reached.
@@ -214,6 +237,9 @@ struct Waiting<T> {
 struct Driver {
     replicator: Replicator,
     cluster: Cluster,
+    config: DdataConfig,
+    /// Where durable keys are written; `None` when none is configured.
+    store: Option<DurableStore>,
     pending_writes: HashMap<RequestId, Waiting<()>>,
     pending_reads: HashMap<RequestId, Waiting<Option<Entry>>>,
     /// Subscribed keys; a key whose subscribers all left is dropped at its next change.
@@ -360,6 +386,11 @@ impl Driver {
                     });
                 }
                 ReplicatorAction::Changed { key, entry } => {
+                    if let Some(store) = &self.store
+                        && self.config.is_durable(&key)
+                    {
+                        store.save(&key, &entry);
+                    }
                     if let Some(sender) = self.subscribers.get(&key) {
                         if sender.receiver_count() == 0 {
                             self.subscribers.remove(&key);

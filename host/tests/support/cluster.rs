@@ -34,6 +34,8 @@ pub struct NodeSpec<'a> {
     pub seed_port: u16,
     pub database: &'a str,
     pub fault_injection: bool,
+    /// More `weft.toml`, appended as it is (e.g. a `[ddata]` section).
+    pub extra: &'a str,
 }
 
 /// Writes `root/<name>/weft.toml` for `spec`: a PostgreSQL journal, fast failure detection (probe
@@ -47,6 +49,7 @@ pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
         seed_port,
         database,
         fault_injection,
+        extra,
     } = *spec;
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -77,6 +80,8 @@ fault_injection = {fault_injection}
 plugin = "counter"
 single_writer = true
 lease_ttl_ms = 2000
+
+{extra}
 "#,
         data = dir.join("data").display(),
         plugins = plugins.display(),

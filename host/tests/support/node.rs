@@ -188,6 +188,17 @@ impl ServeProcess {
         ServeProcess { child, url, log }
     }
 
+    /// SIGINT (Ctrl-C): the node stops cleanly; waits until the process has exited.
+    pub fn interrupt(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {pid}");
+        self.child.wait().expect("wait");
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
