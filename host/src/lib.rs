@@ -18,6 +18,7 @@
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
 //! - [`clock`]: the node's hybrid logical clock.
+//! - [`timeline`]: things due at points in time, in order (driver timers, simulator events).
 
 pub mod api;
 pub mod cli;
@@ -32,3 +33,4 @@ pub mod node;
 pub mod plugin;
 pub mod postgres;
 pub mod replication;
+pub mod timeline;

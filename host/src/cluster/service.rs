@@ -7,8 +7,7 @@
 //! after each input before it waits again. Sends are spawned so a slow peer never stalls the
 //! protocol.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use ulid::Ulid;
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipTimer, Seed};
 use super::transport::{Topic, Transport};
+use crate::timeline::Timeline;
 
 /// Membership packets waiting for the task, at most: a few seconds of traffic for a cluster of
 /// dozens of nodes; beyond that packets are dropped, which SWIM survives.
@@ -153,8 +153,7 @@ impl Cluster {
         let driver = Driver {
             membership,
             transport: transport.clone(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
+            timers: Timeline::default(),
             names,
             view: view_tx,
         };
@@ -198,39 +197,18 @@ pub fn packet_channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
 struct Driver {
     membership: Membership,
     transport: Transport,
-    /// Pending timers by deadline; the sequence number keeps the heap's order total.
-    timers: BinaryHeap<Reverse<(Instant, u64, TimerSlot)>>,
-    timer_seq: u64,
+    /// Pending timers by deadline.
+    timers: Timeline<Instant, MembershipTimer>,
     /// Node names by transport address, for the transport's per-name fault rules.
     names: BTreeMap<SocketAddr, String>,
     view: watch::Sender<Arc<ClusterView>>,
-}
-
-/// A timer in the heap; ordered by the heap's other fields only.
-struct TimerSlot(MembershipTimer);
-
-impl PartialEq for TimerSlot {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for TimerSlot {}
-impl PartialOrd for TimerSlot {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for TimerSlot {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 impl Driver {
     async fn run(mut self, mut packets: mpsc::Receiver<Vec<u8>>) {
         self.drain();
         loop {
-            let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next = self.timers.next_at();
             tokio::select! {
                 packet = packets.recv() => {
                     let Some(packet) = packet else { return };
@@ -240,13 +218,7 @@ impl Driver {
                 }
                 () = sleep_until(next) => {
                     let now = Instant::now();
-                    while let Some(Reverse((at, _, _))) = self.timers.peek() {
-                        if *at > now {
-                            break;
-                        }
-                        let Some(Reverse((_, _, TimerSlot(timer)))) = self.timers.pop() else {
-                            break;
-                        };
+                    while let Some((_, timer)) = self.timers.pop_due(now) {
                         if let Err(error) = self.membership.handle_timer(timer, now) {
                             tracing::debug!("cluster: {error}");
                         }
@@ -276,12 +248,7 @@ impl Driver {
                     });
                 }
                 MembershipAction::ScheduleTimer { after, timer } => {
-                    self.timer_seq += 1;
-                    self.timers.push(Reverse((
-                        Instant::now() + after,
-                        self.timer_seq,
-                        TimerSlot(timer),
-                    )));
+                    self.timers.push(Instant::now() + after, timer);
                 }
                 MembershipAction::MemberUp(member) => {
                     tracing::info!("cluster: {member} is up");

@@ -10,8 +10,7 @@
 pub mod checks;
 mod scenarios;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use ulid::Ulid;
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipError, Seed};
 use super::{handoff, placement};
+use crate::timeline::Timeline;
 
 /// What the network does to packets. Decided per packet from the simulation's generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,34 +99,6 @@ enum EventKind {
     },
 }
 
-#[derive(Debug)]
-struct Event {
-    at: Duration,
-    /// Breaks ties in `at` by insertion order, so the run does not depend on heap internals.
-    seq: u64,
-    kind: EventKind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Event {}
-
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 /// Milliseconds since the Unix epoch at virtual time zero, for incarnation ULIDs: a fixed date, so
 /// runs replay bit for bit.
 const EPOCH_MS: u64 = 1_750_000_000_000;
@@ -140,8 +112,7 @@ pub struct Simulation {
     pub nodes: BTreeMap<NodeName, SimNode>,
     by_addr: BTreeMap<SocketAddr, NodeName>,
     seeds: Vec<Seed>,
-    events: BinaryHeap<Reverse<Event>>,
-    seq: u64,
+    events: Timeline<Duration, EventKind>,
     pub faults: Faults,
     /// Nodes in the same group talk; `None` means no partition.
     groups: Option<BTreeMap<NodeName, u8>>,
@@ -199,8 +170,7 @@ impl Simulation {
             nodes,
             by_addr,
             seeds,
-            events: BinaryHeap::new(),
-            seq: 0,
+            events: Timeline::default(),
             faults: Faults::none(),
             groups: None,
             stats: Stats::default(),
@@ -362,13 +332,7 @@ impl Simulation {
     /// Runs every event due within the next `duration` of virtual time.
     pub fn run_for(&mut self, duration: Duration) -> Result<(), String> {
         let until = self.now + duration;
-        while let Some(Reverse(event)) = self.events.peek() {
-            if event.at > until {
-                break;
-            }
-            let Some(Reverse(event)) = self.events.pop() else {
-                break;
-            };
+        while let Some((at, kind)) = self.events.pop_due(until) {
             self.events_handled += 1;
             if self.events_handled > Self::EVENTS_MAX {
                 return Err(format!(
@@ -377,8 +341,8 @@ impl Simulation {
                     self.now
                 ));
             }
-            self.now = event.at;
-            self.handle(event.kind);
+            self.now = at;
+            self.handle(kind);
         }
         self.now = until;
         Ok(())
@@ -537,12 +501,7 @@ impl Simulation {
     }
 
     fn push(&mut self, at: Duration, kind: EventKind) {
-        self.seq += 1;
-        self.events.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            kind,
-        }));
+        self.events.push(at, kind);
     }
 }
 

@@ -11,8 +11,7 @@
 pub mod checks;
 mod scenarios;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -23,6 +22,7 @@ use super::{
     RequestId,
 };
 use crate::cluster::identity::NodeName;
+use crate::timeline::Timeline;
 
 /// What the network does to messages. Decided per message from the simulation's generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,34 +87,6 @@ enum EventKind {
     },
 }
 
-#[derive(Debug)]
-struct Event {
-    at_ms: u64,
-    /// Breaks ties in `at_ms` by insertion order, so the run does not depend on heap internals.
-    seq: u64,
-    kind: EventKind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_ms, self.seq) == (other.at_ms, other.seq)
-    }
-}
-
-impl Eq for Event {}
-
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at_ms, self.seq).cmp(&(other.at_ms, other.seq))
-    }
-}
-
 /// Wall-clock milliseconds at virtual time zero: a fixed date, so runs replay bit for bit.
 const EPOCH_MS: u64 = 1_750_000_000_000;
 
@@ -125,8 +97,7 @@ pub struct Simulation {
     /// How often every node ticks.
     pub tick_ms: u64,
     pub nodes: BTreeMap<NodeName, SimNode>,
-    events: BinaryHeap<Reverse<Event>>,
-    seq: u64,
+    events: Timeline<u64, EventKind>,
     in_flight: usize,
     pub faults: Faults,
     /// Nodes in the same group talk; `None` means no partition.
@@ -148,8 +119,7 @@ impl Simulation {
             config: config.clone(),
             tick_ms: 100,
             nodes: BTreeMap::new(),
-            events: BinaryHeap::new(),
-            seq: 0,
+            events: Timeline::default(),
             in_flight: 0,
             faults,
             groups: None,
@@ -193,15 +163,9 @@ impl Simulation {
 
     /// Runs every event up to and including `until_ms`.
     pub fn run_until(&mut self, until_ms: u64) {
-        while let Some(Reverse(event)) = self.events.peek() {
-            if event.at_ms > until_ms {
-                break;
-            }
-            let Some(Reverse(event)) = self.events.pop() else {
-                break;
-            };
-            self.now_ms = event.at_ms;
-            match event.kind {
+        while let Some((at_ms, kind)) = self.events.pop_due(until_ms) {
+            self.now_ms = at_ms;
+            match kind {
                 EventKind::Deliver { to, from, bytes } => {
                     self.in_flight -= 1;
                     self.deliver(&to, &from, &bytes);
@@ -415,12 +379,7 @@ impl Simulation {
     }
 
     fn push(&mut self, at_ms: u64, kind: EventKind) {
-        self.seq += 1;
-        self.events.push(Reverse(Event {
-            at_ms,
-            seq: self.seq,
-            kind,
-        }));
+        self.events.push(at_ms, kind);
     }
 }
 
