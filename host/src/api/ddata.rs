@@ -65,14 +65,25 @@ pub struct UpdateBody {
     timeout_ms: Option<u64>,
 }
 
+type LevelQuery = Result<Query<Level>, axum::extract::rejection::QueryRejection>;
+
+/// The service and the call's consistency level and timeout from its query.
+fn service_at(
+    app: &AppState,
+    level: LevelQuery,
+) -> Result<(&DistributedData, Consistency, Duration), ApiError> {
+    let ddata = service(app)?;
+    let Query(level) = level.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (consistency, timeout) = level.parts()?;
+    Ok((ddata, consistency, timeout))
+}
+
 pub async fn get(
     State(app): State<AppState>,
     Path(key): Path<String>,
-    level: Result<Query<Level>, axum::extract::rejection::QueryRejection>,
+    level: LevelQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let ddata = service(&app)?;
-    let Query(level) = level.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let (consistency, timeout) = level.parts()?;
+    let (ddata, consistency, timeout) = service_at(&app, level)?;
     match ddata
         .get(&key, consistency, timeout)
         .await
@@ -114,11 +125,9 @@ pub async fn update(
 pub async fn delete(
     State(app): State<AppState>,
     Path(key): Path<String>,
-    level: Result<Query<Level>, axum::extract::rejection::QueryRejection>,
+    level: LevelQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let ddata = service(&app)?;
-    let Query(level) = level.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let (consistency, timeout) = level.parts()?;
+    let (ddata, consistency, timeout) = service_at(&app, level)?;
     ddata
         .delete(&key, consistency, timeout)
         .await

@@ -151,18 +151,16 @@ impl DistributedData {
         consistency: Consistency,
         timeout: Duration,
     ) -> Result<(), DdataCallError> {
-        let (reply, answer) = oneshot::channel();
-        self.call(Call::Update {
-            key: key.to_owned(),
+        let key = key.to_owned();
+        self.ask(|reply| Call::Update {
+            key,
             kind,
             op,
             consistency,
             timeout,
             reply,
-        })?;
-        answer
-            .await
-            .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
+        })
+        .await
     }
 
     /// Deletes `key` for good and waits until `consistency` is reached.
@@ -172,16 +170,14 @@ impl DistributedData {
         consistency: Consistency,
         timeout: Duration,
     ) -> Result<(), DdataCallError> {
-        let (reply, answer) = oneshot::channel();
-        self.call(Call::Delete {
-            key: key.to_owned(),
+        let key = key.to_owned();
+        self.ask(|reply| Call::Delete {
+            key,
             consistency,
             timeout,
             reply,
-        })?;
-        answer
-            .await
-            .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
+        })
+        .await
     }
 
     /// Reads `key` at `consistency` (`None`: no replica that answered knows it).
@@ -191,13 +187,23 @@ impl DistributedData {
         consistency: Consistency,
         timeout: Duration,
     ) -> Result<Option<Entry>, DdataCallError> {
-        let (reply, answer) = oneshot::channel();
-        self.call(Call::Read {
-            key: key.to_owned(),
+        let key = key.to_owned();
+        self.ask(|reply| Call::Read {
+            key,
             consistency,
             timeout,
             reply,
-        })?;
+        })
+        .await
+    }
+
+    /// Sends the call `make` builds and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, DdataCallError>>) -> Call,
+    ) -> Result<T, DdataCallError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(make(reply))?;
         answer
             .await
             .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
