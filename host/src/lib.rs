@@ -18,6 +18,7 @@
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
 //! - [`clock`]: the node's hybrid logical clock.
+//! - `simulation` (tests only): what the cluster's and DistributedData's simulators share.
 //! - [`timeline`]: things due at points in time, in order (driver timers, simulator events).
 
 pub mod api;
@@ -33,4 +34,6 @@ pub mod node;
 pub mod plugin;
 pub mod postgres;
 pub mod replication;
+#[cfg(test)]
+mod simulation;
 pub mod timeline;

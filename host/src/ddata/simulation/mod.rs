@@ -22,31 +22,8 @@ use super::{
     RequestId,
 };
 use crate::cluster::identity::NodeName;
+pub use crate::simulation::{Faults, for_each_seed};
 use crate::timeline::Timeline;
-
-/// What the network does to messages. Decided per message from the simulation's generator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Faults {
-    /// Chance, in thousandths, that a message is lost.
-    pub drop_per_mille: u32,
-    /// Chance, in thousandths, that a message is delivered twice (each copy with its own delay).
-    pub duplicate_per_mille: u32,
-    /// Each copy is delayed by a uniform draw from this range; different delays reorder messages.
-    pub delay_ms_min: u64,
-    pub delay_ms_max: u64,
-}
-
-impl Faults {
-    /// A healthy LAN: nothing lost or duplicated, 1–5 ms of delay (messages still reorder).
-    pub fn none() -> Self {
-        Self {
-            drop_per_mille: 0,
-            duplicate_per_mille: 0,
-            delay_ms_min: 1,
-            delay_ms_max: 5,
-        }
-    }
-}
 
 /// Counters of what happened, for reports and checks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -385,36 +362,4 @@ impl Simulation {
 
 pub fn node_name(index: usize) -> NodeName {
     NodeName::new(format!("node-{index:02}")).expect("a valid node name")
-}
-
-/// Runs `run` once per seed and panics with the seed (and how to replay it) on the first failure.
-///
-/// `test` is the test function's name (the replay command filters on it). The seeds are fixed per
-/// test (derived from `test` and an index), so every run does the same;
-/// `WEFT_SIM_SEED=<n>` runs only seed `n`, `WEFT_SIM_RUNS=<n>` runs `n` seeds instead of `runs`.
-pub fn for_each_seed<R>(
-    test: &str,
-    runs: u64,
-    mut run: impl FnMut(u64) -> Result<R, String>,
-) -> Vec<(u64, R)> {
-    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("WEFT_SIM_SEED is a u64")],
-        Err(_) => {
-            let runs = std::env::var("WEFT_SIM_RUNS")
-                .ok()
-                .map_or(runs, |n| n.parse().expect("WEFT_SIM_RUNS is a u64"));
-            let base = super::digest(test.as_bytes());
-            (0..runs).map(|index| base.wrapping_add(index)).collect()
-        }
-    };
-    seeds
-        .into_iter()
-        .map(|seed| match run(seed) {
-            Ok(report) => (seed, report),
-            Err(failure) => panic!(
-                "{test} failed with seed {seed}: {failure}\n\
-                 replay: WEFT_SIM_SEED={seed} cargo test -p weft --lib {test}"
-            ),
-        })
-        .collect()
 }
