@@ -24,7 +24,7 @@ mod services;
 
 use std::time::{Duration, Instant};
 
-use cluster::{NodeSpec, cluster_view, free_port, node_config, wait_for_members};
+use cluster::{TestCluster, cluster_view, free_port, wait_for_members};
 use node::ServeProcess;
 use serde_json::json;
 use services::Postgres;
@@ -42,17 +42,15 @@ struct Cluster {
 
 impl Cluster {
     fn start(&self, name: &str, role: &str, transport_port: u16) -> ServeProcess {
-        let spec = NodeSpec {
-            name,
-            role,
-            transport_port,
+        let cluster = TestCluster {
+            root: self.root.path(),
+            database: &self.database,
             seed_name: "a1",
             seed_port: self.seed_port,
-            database: &self.database,
             fault_injection: false,
             extra: "",
         };
-        ServeProcess::start_with_config(&node_config(self.root.path(), &spec))
+        cluster.start(name, role, transport_port)
     }
 }
 

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::cluster::{NodeSpec, cluster_view, free_port, node_config, wait_for_members};
-use support::node::ServeProcess;
+use support::cluster::{TestCluster, cluster_view, free_port, wait_for_members};
 use support::services::Postgres;
 use weft::journal::{Journal, PostgresJournal};
 
@@ -111,19 +110,15 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let seed_port = free_port();
-    let start = |name: &str, role: &str, transport_port: u16| {
-        let spec = NodeSpec {
-            name,
-            role,
-            transport_port,
-            seed_name: "a1",
-            seed_port,
-            database: &database,
-            fault_injection: false,
-            extra: "",
-        };
-        ServeProcess::start_with_config(&node_config(root.path(), &spec))
+    let cluster = TestCluster {
+        root: root.path(),
+        database: &database,
+        seed_name: "a1",
+        seed_port,
+        fault_injection: false,
+        extra: "",
     };
+    let start = |name: &str, role: &str, port: u16| cluster.start(name, role, port);
     let a1 = start("a1", "actor", seed_port);
     let a2 = start("a2", "actor", 0);
     let a3 = start("a3", "actor", 0);
@@ -310,19 +305,15 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let seed_port = free_port();
-    let start = |name: &str, transport_port: u16| {
-        let spec = NodeSpec {
-            name,
-            role: "actor",
-            transport_port,
-            seed_name: "p1",
-            seed_port,
-            database: &database,
-            fault_injection: true,
-            extra: "",
-        };
-        ServeProcess::start_with_config(&node_config(root.path(), &spec))
+    let cluster = TestCluster {
+        root: root.path(),
+        database: &database,
+        seed_name: "p1",
+        seed_port,
+        fault_injection: true,
+        extra: "",
     };
+    let start = |name: &str, port: u16| cluster.start(name, "actor", port);
     let (p1, p2, p3) = (start("p1", seed_port), start("p2", 0), start("p3", 0));
     let http = reqwest::Client::new();
     for node in [&p1, &p2, &p3] {

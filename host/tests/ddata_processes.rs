@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::cluster::{DEADLINE, NodeSpec, free_port, node_config, wait_for_members};
+use support::cluster::{DEADLINE, TestCluster, free_port, wait_for_members};
 use support::node::ServeProcess;
 use support::services::Postgres;
 use support::sse::EventStream;
@@ -59,19 +59,15 @@ async fn three_nodes_converge_and_majority_reads_see_majority_writes() {
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let seed_port = free_port();
-    let start = |name: &str, transport_port: u16| {
-        let spec = NodeSpec {
-            name,
-            role: "actor",
-            transport_port,
-            seed_name: "d1",
-            seed_port,
-            database: &database,
-            fault_injection: false,
-            extra: "",
-        };
-        ServeProcess::start_with_config(&node_config(root.path(), &spec))
+    let cluster = TestCluster {
+        root: root.path(),
+        database: &database,
+        seed_name: "d1",
+        seed_port,
+        fault_injection: false,
+        extra: "",
     };
+    let start = |name: &str, port: u16| cluster.start(name, "actor", port);
     let (d1, d2, d3) = (start("d1", seed_port), start("d2", 0), start("d3", 0));
     let http = reqwest::Client::new();
     for node in [&d1, &d2, &d3] {
@@ -245,17 +241,15 @@ async fn a_durable_key_comes_back_after_a_restart_and_another_does_not() {
     let database = postgres.fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let spec = NodeSpec {
-        name: "s1",
-        role: "actor",
-        transport_port: port,
+    let cluster = TestCluster {
+        root: root.path(),
+        database: &database,
         seed_name: "s1",
         seed_port: port,
-        database: &database,
         fault_injection: false,
         extra: "[ddata]\ndurable_keys = [\"cart-*\"]\n",
     };
-    let config = node_config(root.path(), &spec);
+    let config = cluster.config("s1", "actor", port);
     let http = reqwest::Client::new();
 
     let node = ServeProcess::start_with_config(&config);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::node::plugins_dir;
+use super::node::{ServeProcess, plugins_dir};
 use super::plugins::shared_compile_cache;
 
 /// How long the cluster may take to do anything a caller waits for.
@@ -119,5 +119,40 @@ pub async fn wait_for_members(http: &reqwest::Client, url: &str, names: &[&str])
             "{url} sees {seen:?}, not {expected:?}, after {DEADLINE:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The processes of one test cluster: where their files go, their shared database, the seed every
+/// node announces to, and what every node's config has in common.
+pub struct TestCluster<'a> {
+    pub root: &'a Path,
+    pub database: &'a str,
+    pub seed_name: &'a str,
+    pub seed_port: u16,
+    pub fault_injection: bool,
+    /// More `weft.toml` for every node.
+    pub extra: &'a str,
+}
+
+impl TestCluster<'_> {
+    /// Writes the config of node `name` and starts it (the seed with `transport_port` =
+    /// `seed_port`, the others with 0 for any free port).
+    pub fn start(&self, name: &str, role: &str, transport_port: u16) -> ServeProcess {
+        ServeProcess::start_with_config(&self.config(name, role, transport_port))
+    }
+
+    /// Writes the config of node `name` and returns its path.
+    pub fn config(&self, name: &str, role: &str, transport_port: u16) -> std::path::PathBuf {
+        let spec = NodeSpec {
+            name,
+            role,
+            transport_port,
+            seed_name: self.seed_name,
+            seed_port: self.seed_port,
+            database: self.database,
+            fault_injection: self.fault_injection,
+            extra: self.extra,
+        };
+        node_config(self.root, &spec)
     }
 }
