@@ -225,10 +225,21 @@ impl EntitySystem {
     pub fn passivate(&self, entity_type: &str, entity_id: &str) {
         let pid = persistence_id(entity_type, entity_id);
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handle) = active.get(&pid) {
-            // A full mailbox passivates after its backlog anyway once idle; a closed one is
-            // stopping already.
-            let _ = handle.mailbox.try_send(Message::Passivate);
+        let Some(handle) = active.get(&pid) else {
+            return;
+        };
+        match handle.mailbox.try_send(Message::Passivate) {
+            // A closed mailbox is stopping already.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // A full one takes the request behind its backlog: the entity must not keep its
+            // lease until it goes idle while its new owner waits for it.
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let mailbox = handle.mailbox.clone();
+                tokio::spawn(async move {
+                    // Closed meanwhile: it stopped, which is what was asked.
+                    let _ = mailbox.send(request).await;
+                });
+            }
         }
     }
 
