@@ -566,19 +566,7 @@ impl Replicator {
                 max: self.config.value_bytes_max,
             });
         }
-        let entry = Entry::Value(value);
-        self.entries.insert(
-            key.to_owned(),
-            Stored {
-                digest: digest(&encoded),
-                bytes: encoded.len(),
-                entry: entry.clone(),
-            },
-        );
-        self.actions.push(ReplicatorAction::Changed {
-            key: key.to_owned(),
-            entry,
-        });
+        self.store(key, Entry::Value(value), &encoded);
         self.queue_delta(key, Entry::Value(delta));
         Ok(())
     }
@@ -912,10 +900,16 @@ impl Replicator {
             return Ok(());
         }
         let encoded = encode(&entry)?;
+        self.store(key, entry, &encoded);
+        Ok(())
+    }
+
+    /// Keeps `entry` (encoded as `encoded`) under `key` with its digest, and announces the change.
+    fn store(&mut self, key: &str, entry: Entry, encoded: &[u8]) {
         self.entries.insert(
             key.to_owned(),
             Stored {
-                digest: digest(&encoded),
+                digest: digest(encoded),
                 bytes: encoded.len(),
                 entry: entry.clone(),
             },
@@ -924,7 +918,6 @@ impl Replicator {
             key: key.to_owned(),
             entry,
         });
-        Ok(())
     }
 
     /// Encodes and queues `message` for `to`; returns its size. A message over the limit is not
