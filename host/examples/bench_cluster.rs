@@ -24,8 +24,7 @@ mod services;
 
 use std::time::{Duration, Instant};
 
-use cluster::{TestCluster, cluster_view, free_port, wait_for_members};
-use node::ServeProcess;
+use cluster::{TestCluster, cluster_view, wait_for_members};
 use serde_json::json;
 use services::Postgres;
 
@@ -33,26 +32,6 @@ const FAILOVER_RUNS: usize = 5;
 const CLIENTS: usize = 32;
 const COMMANDS: usize = 4_000;
 const ENTITIES: usize = 64;
-
-struct Cluster {
-    root: tempfile::TempDir,
-    database: String,
-    seed_port: u16,
-}
-
-impl Cluster {
-    fn start(&self, name: &str, role: &str, transport_port: u16) -> ServeProcess {
-        let cluster = TestCluster {
-            root: self.root.path(),
-            database: &self.database,
-            seed_name: "a1",
-            seed_port: self.seed_port,
-            fault_injection: false,
-            extra: "",
-        };
-        cluster.start(name, role, transport_port)
-    }
-}
 
 async fn accepted(http: &reqwest::Client, url: &str, entity: &str) -> bool {
     http.post(format!("{url}/entities/counter/{entity}"))
@@ -64,13 +43,13 @@ async fn accepted(http: &reqwest::Client, url: &str, entity: &str) -> bool {
 }
 
 /// Kills the owner of an entity and times until the entity takes a command again.
-async fn failover(cluster: &Cluster, http: &reqwest::Client) -> anyhow::Result<Vec<Duration>> {
-    let a1 = cluster.start("a1", "actor", cluster.seed_port);
-    let a3 = cluster.start("a3", "actor", 0);
-    let gateway = cluster.start("g1", "gateway", 0);
+async fn failover(cluster: &TestCluster, http: &reqwest::Client) -> anyhow::Result<Vec<Duration>> {
+    let a1 = cluster.start("a1", "actor");
+    let a3 = cluster.start("a3", "actor");
+    let gateway = cluster.start("g1", "gateway");
     let mut times = Vec::new();
     for run in 0..FAILOVER_RUNS {
-        let a2 = cluster.start("a2", "actor", 0);
+        let a2 = cluster.start("a2", "actor");
         for node in [&a1, &a2, &a3, &gateway] {
             wait_for_members(http, &node.url, &["a1", "a2", "a3", "g1"]).await;
         }
@@ -144,21 +123,13 @@ async fn throughput(url: &str) -> anyhow::Result<f64> {
     Ok(COMMANDS as f64 / seconds)
 }
 
-async fn fresh_cluster(postgres: &Postgres) -> anyhow::Result<Cluster> {
-    Ok(Cluster {
-        root: tempfile::tempdir()?,
-        database: postgres.fresh_database().await,
-        seed_port: free_port(),
-    })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let postgres = Postgres::start();
     let http = reqwest::Client::new();
 
     println!("failover: SIGKILL of an entity's owner → first accepted command on the new owner");
-    let times = failover(&fresh_cluster(&postgres).await?, &http).await?;
+    let times = failover(&TestCluster::new(&postgres, "a1").await, &http).await?;
     println!(
         "failover over {FAILOVER_RUNS} kills: median {:?} (min {:?}, max {:?})",
         times[times.len() / 2],
@@ -167,12 +138,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     for actors in [1usize, 3] {
-        let cluster = fresh_cluster(&postgres).await?;
-        let mut nodes = vec![cluster.start("a1", "actor", cluster.seed_port)];
+        let cluster = TestCluster::new(&postgres, "a1").await;
+        let mut nodes = vec![cluster.start("a1", "actor")];
         for n in 2..=actors {
-            nodes.push(cluster.start(&format!("a{n}"), "actor", 0));
+            nodes.push(cluster.start(&format!("a{n}"), "actor"));
         }
-        let gateway = cluster.start("g1", "gateway", 0);
+        let gateway = cluster.start("g1", "gateway");
         let mut names: Vec<String> = (1..=actors).map(|n| format!("a{n}")).collect();
         names.push("g1".into());
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

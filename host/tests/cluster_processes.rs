@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::cluster::{TestCluster, cluster_view, free_port, wait_for_members};
+use support::cluster::{TestCluster, cluster_view, wait_for_members};
 use support::services::Postgres;
 use weft::journal::{Journal, PostgresJournal};
 
@@ -107,23 +107,12 @@ fn acked_count(ledger: &Arc<Mutex<Ledger>>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
     let postgres = Postgres::start();
-    let database = postgres.fresh_database().await;
-    let root = tempfile::tempdir().unwrap();
-    let seed_port = free_port();
-    let cluster = TestCluster {
-        root: root.path(),
-        database: &database,
-        seed_name: "a1",
-        seed_port,
-        fault_injection: false,
-        extra: "",
-    };
-    let start = |name: &str, role: &str, port: u16| cluster.start(name, role, port);
-    let a1 = start("a1", "actor", seed_port);
-    let a2 = start("a2", "actor", 0);
-    let a3 = start("a3", "actor", 0);
-    let g1 = start("g1", "gateway", 0);
-    let g2 = start("g2", "gateway", 0);
+    let cluster = TestCluster::new(&postgres, "a1").await;
+    let a1 = cluster.start("a1", "actor");
+    let a2 = cluster.start("a2", "actor");
+    let a3 = cluster.start("a3", "actor");
+    let g1 = cluster.start("g1", "gateway");
+    let g2 = cluster.start("g2", "gateway");
     let http = reqwest::Client::new();
     for node in [&a1, &a2, &a3, &g1, &g2] {
         wait_for_members(&http, &node.url, &["a1", "a2", "a3", "g1", "g2"]).await;
@@ -178,7 +167,7 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
         let (gateways, ledger) = (gateways.clone(), ledger.clone());
         tokio::spawn(async move { load(4, 60, &gateways, &ledger).await })
     };
-    let a4 = start("a4", "actor", 0);
+    let a4 = cluster.start("a4", "actor");
     for node in [&a1, &a3, &a4, &g1, &g2] {
         wait_for_members(&http, &node.url, &["a1", "a3", "a4", "g1", "g2"]).await;
     }
@@ -195,7 +184,7 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
 
     // The journal: every acknowledged amount exactly once, nothing twice, nothing unsent; the
     // state each entity reports is the sum of its events.
-    let journal = PostgresJournal::open(&database).await.unwrap();
+    let journal = PostgresJournal::open(&cluster.database).await.unwrap();
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let failures_not_retryable: Vec<&String> = ledger
         .errors
@@ -302,19 +291,12 @@ async fn increment(http: &reqwest::Client, url: &str, entity: usize, amount: i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_heals() {
     let postgres = Postgres::start();
-    let database = postgres.fresh_database().await;
-    let root = tempfile::tempdir().unwrap();
-    let seed_port = free_port();
     let cluster = TestCluster {
-        root: root.path(),
-        database: &database,
-        seed_name: "p1",
-        seed_port,
         fault_injection: true,
-        extra: "",
+        ..TestCluster::new(&postgres, "p1").await
     };
-    let start = |name: &str, port: u16| cluster.start(name, "actor", port);
-    let (p1, p2, p3) = (start("p1", seed_port), start("p2", 0), start("p3", 0));
+    let start = |name: &str| cluster.start(name, "actor");
+    let (p1, p2, p3) = (start("p1"), start("p2"), start("p3"));
     let http = reqwest::Client::new();
     for node in [&p1, &p2, &p3] {
         wait_for_members(&http, &node.url, &["p1", "p2", "p3"]).await;
@@ -394,7 +376,7 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
     }
 
     // No stream has two writers for one fencing token, and tokens only rise along a stream.
-    let journal = PostgresJournal::open(&database).await.unwrap();
+    let journal = PostgresJournal::open(&cluster.database).await.unwrap();
     for entity in 0..ENTITIES {
         let pid = format!("counter|e{entity}");
         let events = journal.read(&pid, 1, 100_000).await.unwrap();

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::cluster::{DEADLINE, TestCluster, free_port, wait_for_members};
+use support::cluster::{DEADLINE, TestCluster, wait_for_members};
 use support::node::ServeProcess;
 use support::services::Postgres;
 use support::sse::EventStream;
@@ -56,19 +56,9 @@ async fn converged(http: &reqwest::Client, urls: &[&str], key: &str, expected: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_and_majority_reads_see_majority_writes() {
     let postgres = Postgres::start();
-    let database = postgres.fresh_database().await;
-    let root = tempfile::tempdir().unwrap();
-    let seed_port = free_port();
-    let cluster = TestCluster {
-        root: root.path(),
-        database: &database,
-        seed_name: "d1",
-        seed_port,
-        fault_injection: false,
-        extra: "",
-    };
-    let start = |name: &str, port: u16| cluster.start(name, "actor", port);
-    let (d1, d2, d3) = (start("d1", seed_port), start("d2", 0), start("d3", 0));
+    let cluster = TestCluster::new(&postgres, "d1").await;
+    let start = |name: &str| cluster.start(name, "actor");
+    let (d1, d2, d3) = (start("d1"), start("d2"), start("d3"));
     let http = reqwest::Client::new();
     for node in [&d1, &d2, &d3] {
         wait_for_members(&http, &node.url, &["d1", "d2", "d3"]).await;
@@ -238,18 +228,11 @@ async fn three_nodes_converge_and_majority_reads_see_majority_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_key_comes_back_after_a_restart_and_another_does_not() {
     let postgres = Postgres::start();
-    let database = postgres.fresh_database().await;
-    let root = tempfile::tempdir().unwrap();
-    let port = free_port();
     let cluster = TestCluster {
-        root: root.path(),
-        database: &database,
-        seed_name: "s1",
-        seed_port: port,
-        fault_injection: false,
-        extra: "[ddata]\ndurable_keys = [\"cart-*\"]\n",
+        extra: "[ddata]\ndurable_keys = [\"cart-*\"]\n".into(),
+        ..TestCluster::new(&postgres, "s1").await
     };
-    let config = cluster.config("s1", "actor", port);
+    let config = cluster.config("s1", "actor");
     let http = reqwest::Client::new();
 
     let node = ServeProcess::start_with_config(&config);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::node::{ServeProcess, plugins_dir};
 use super::plugins::shared_compile_cache;
+use super::services::Postgres;
 
 /// How long the cluster may take to do anything a caller waits for.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -122,37 +123,56 @@ pub async fn wait_for_members(http: &reqwest::Client, url: &str, names: &[&str])
     }
 }
 
-/// The processes of one test cluster: where their files go, their shared database, the seed every
-/// node announces to, and what every node's config has in common.
-pub struct TestCluster<'a> {
-    pub root: &'a Path,
-    pub database: &'a str,
-    pub seed_name: &'a str,
+/// The processes of one test cluster: where their files go, their fresh database on a shared
+/// server, the seed every node announces to, and what every node's config has in common.
+pub struct TestCluster {
+    pub root: tempfile::TempDir,
+    pub database: String,
+    pub seed_name: String,
+    /// The seed's transport port, chosen free up front so every node can name it.
     pub seed_port: u16,
     pub fault_injection: bool,
     /// More `weft.toml` for every node.
-    pub extra: &'a str,
+    pub extra: String,
 }
 
-impl TestCluster<'_> {
-    /// Writes the config of node `name` and starts it (the seed with `transport_port` =
-    /// `seed_port`, the others with 0 for any free port).
-    pub fn start(&self, name: &str, role: &str, transport_port: u16) -> ServeProcess {
-        ServeProcess::start_with_config(&self.config(name, role, transport_port))
+impl TestCluster {
+    /// A cluster seeded by the node named `seed_name`, on a fresh database of `postgres`, with no
+    /// fault injection and nothing extra in the configs.
+    pub async fn new(postgres: &Postgres, seed_name: &str) -> TestCluster {
+        TestCluster {
+            root: tempfile::tempdir().expect("a directory for the cluster"),
+            database: postgres.fresh_database().await,
+            seed_name: seed_name.to_owned(),
+            seed_port: free_port(),
+            fault_injection: false,
+            extra: String::new(),
+        }
+    }
+
+    /// Writes the config of node `name` and starts it. The seed listens on `seed_port`; every
+    /// other node on a free port.
+    pub fn start(&self, name: &str, role: &str) -> ServeProcess {
+        ServeProcess::start_with_config(&self.config(name, role))
     }
 
     /// Writes the config of node `name` and returns its path.
-    pub fn config(&self, name: &str, role: &str, transport_port: u16) -> std::path::PathBuf {
+    pub fn config(&self, name: &str, role: &str) -> std::path::PathBuf {
+        let transport_port = if name == self.seed_name {
+            self.seed_port
+        } else {
+            0
+        };
         let spec = NodeSpec {
             name,
             role,
             transport_port,
-            seed_name: self.seed_name,
+            seed_name: &self.seed_name,
             seed_port: self.seed_port,
-            database: self.database,
+            database: &self.database,
             fault_injection: self.fault_injection,
-            extra: self.extra,
+            extra: &self.extra,
         };
-        node_config(self.root, &spec)
+        node_config(self.root.path(), &spec)
     }
 }
