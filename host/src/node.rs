@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
 use crate::cluster::{
-    Cluster, ClusterConfig, Faults, NodeInbound, Router, Transport, hand_off_moved_entities,
-    packet_channel,
+    Cluster, ClusterConfig, ClusterPeers, Faults, NodeInbound, Router, Transport,
+    hand_off_moved_entities, packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::ddata::{DdataConfig, DistributedData, message_channel};
@@ -115,6 +115,7 @@ impl Node {
                     shutdown_rx.clone(),
                 )
                 .await?;
+                entities.set_peers(Arc::new(ClusterPeers::new(cluster.clone())));
                 tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
                 (Router::new(entities.clone(), Some(cluster)), Some(ddata))
             }

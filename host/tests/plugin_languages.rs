@@ -94,7 +94,7 @@ async fn the_counter_behaves_the_same_in_rust_python_and_javascript() {
     assert_eq!(rust_state.state, msgpack(&json!({"value": i64::MAX - 1})));
     let rust_events: Vec<Vec<u8>> = node
         .entities
-        .events("counter", "same", 1, 100)
+        .events("counter", "same", None, 1, 100)
         .await
         .unwrap()
         .into_iter()
@@ -110,7 +110,7 @@ async fn the_counter_behaves_the_same_in_rust_python_and_javascript() {
         );
         let events: Vec<Vec<u8>> = node
             .entities
-            .events(entity_type, "same", 1, 100)
+            .events(entity_type, "same", None, 1, 100)
             .await
             .unwrap()
             .into_iter()
@@ -232,7 +232,7 @@ async fn a_javascript_counter_hot_swaps_the_rust_one_under_load() {
         // Clients keep sending while the upload compiles: read every event, however many.
         let events = node
             .entities
-            .events("counter", &entity_id, 1, increments as usize + 1)
+            .events("counter", &entity_id, None, 1, increments as usize + 1)
             .await
             .unwrap();
         assert_eq!(events.len() as u64, increments);

@@ -17,7 +17,7 @@ use support::{cached_registry, context, from_msgpack, msgpack};
 use ulid::Ulid;
 use weft::journal::EventEnvelope;
 use weft::plugin::{PluginRegistry, RuntimeLimits};
-use weft::replication::{PluginFold, Replica, Resolver};
+use weft::replication::{PluginFold, Replica, Resolver, Stamp};
 
 const PID: &str = "auction|1";
 /// Writes per run, spread over the replicas.
@@ -79,9 +79,13 @@ impl Run {
         let amount = 1 + self.rng.below(9);
         let payload = msgpack(&json!({"type": "incremented", "by": amount, "amount": amount}));
         let now = (self.now_ms + self.skew_ms[writer]) << 16;
-        let plugin = self.plugin.clone();
+        let stamp = Stamp {
+            now,
+            plugin: self.plugin.clone(),
+            fencing_token: 0,
+        };
         let events = self.replicas[writer]
-            .emit(fold, vec![payload], now, &plugin)
+            .emit(fold, vec![payload], &stamp)
             .expect("fold");
         for event in events {
             self.written.push(event.clone());

@@ -61,6 +61,8 @@ pub struct EventsQuery {
     from: u64,
     #[serde(default = "events_page_max")]
     limit: usize,
+    /// For a replicated entity: the replica whose stream to read.
+    replica: Option<String>,
 }
 
 fn first_seq_nr() -> u64 {
@@ -81,7 +83,13 @@ pub async fn get_events(
     let limit = query.limit.clamp(1, EVENTS_PAGE_MAX);
     let events = app
         .entities
-        .events(&entity_type, &entity_id, query.from.max(1), limit)
+        .events(
+            &entity_type,
+            &entity_id,
+            query.replica.as_deref(),
+            query.from.max(1),
+            limit,
+        )
         .await?;
     let events: Vec<_> = events
         .into_iter()

@@ -77,7 +77,10 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         }
         EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        EntityError::NotWriter { .. } | EntityError::Fenced(_) => StatusCode::CONFLICT,
+        EntityError::NotWriter { .. }
+        | EntityError::Fenced(_)
+        | EntityError::NotAReplica { .. } => StatusCode::CONFLICT,
+        EntityError::CatchingUp { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

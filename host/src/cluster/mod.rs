@@ -16,6 +16,7 @@
 //!   requests with deadlines, a circuit breaker per peer, and a fault-injection seam.
 //! - [`service`]: [`Cluster`], the task driving membership over the transport, and the view it
 //!   publishes; [`ClusterConfig`], the `[cluster]` section of `weft.toml`.
+//! - [`replicas`]: [`ClusterPeers`], replicated entities' messages to the other replicas.
 //! - [`routing`]: [`Router`], which runs an entity call here or forwards it to the owner, the
 //!   inbound side of forwarded calls, and the hand-off of entities that moved.
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
@@ -25,6 +26,7 @@ pub mod handoff;
 pub mod identity;
 pub mod membership;
 pub mod placement;
+pub mod replicas;
 pub mod routing;
 pub mod service;
 #[cfg(test)]
@@ -37,6 +39,7 @@ pub use membership::{
     Seed,
 };
 pub use placement::owner;
+pub use replicas::ClusterPeers;
 pub use routing::{
     NodeInbound, NodeReport, RemoteError, RouteError, Router, hand_off_moved_entities,
 };

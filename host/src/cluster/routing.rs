@@ -221,7 +221,28 @@ impl Router {
             entity_type: entity_type.to_owned(),
             entity_id: entity_id.to_owned(),
         };
-        let owner = owner(entity_type, entity_id, &view.members).ok_or_else(no_owner)?;
+        let owner = match self.entities.replication(entity_type) {
+            // A replicated entity is served by this node's replica, or else by one of the live
+            // replicas, picked by placement among them.
+            Some(replication) => {
+                if replication.hosts(&self.entities.settings().replica) {
+                    return Ok(None);
+                }
+                let replicas: Vec<Member> = view
+                    .members
+                    .iter()
+                    .filter(|member| replication.hosts(member.name().as_str()))
+                    .cloned()
+                    .collect();
+                let owner = owner(entity_type, entity_id, &replicas).ok_or_else(no_owner)?;
+                return view
+                    .member(owner)
+                    .cloned()
+                    .map(|member| Some((cluster, member)))
+                    .ok_or_else(no_owner);
+            }
+            None => owner(entity_type, entity_id, &view.members).ok_or_else(no_owner)?,
+        };
         if *owner == view.local.id {
             return Ok(None);
         }
@@ -292,6 +313,10 @@ impl NodeInbound {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
+        if self.entities.replication(entity_type).is_some() {
+            // Replicas stay where they are configured.
+            return;
+        }
         let view = cluster.view();
         if owned_elsewhere(entity_type, entity_id, &view.members, &view.local.id) {
             self.entities.passivate(entity_type, entity_id);
@@ -341,6 +366,19 @@ impl Inbound for NodeInbound {
         let queued = match topic {
             Topic::Membership => self.packets.try_send(payload).is_ok(),
             Topic::Ddata => self.ddata.try_send((from.to_owned(), payload)).is_ok(),
+            Topic::Replication => match rmp_serde::from_slice(&payload) {
+                Ok(message) => {
+                    let (entities, from) = (self.entities.clone(), from.to_owned());
+                    // Not awaited here: this connection's next frames must not wait for an
+                    // entity to activate.
+                    tokio::spawn(async move { entities.replicate(&from, message).await });
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!("a replication message from {from} does not decode: {error}");
+                    true
+                }
+            },
         };
         if !queued {
             tracing::debug!(?topic, "cluster: message dropped, its service is behind");
@@ -361,9 +399,13 @@ fn remote_error(error: &EntityError) -> RemoteError {
 /// leases are released) so their new owner can take them over.
 pub async fn hand_off_moved_entities(mut cluster: Cluster, entities: EntitySystem) {
     while let Some(view) = cluster.changed().await {
-        for (entity_type, entity_id) in
-            moved_away(&entities.active(), &view.members, &view.local.id)
-        {
+        // Replicas stay where they are configured; only placed entities move.
+        let placed: Vec<(String, String)> = entities
+            .active()
+            .into_iter()
+            .filter(|(entity_type, _)| entities.replication(entity_type).is_none())
+            .collect();
+        for (entity_type, entity_id) in moved_away(&placed, &view.members, &view.local.id) {
             tracing::info!(
                 entity_type,
                 entity_id,

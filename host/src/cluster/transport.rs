@@ -97,6 +97,8 @@ pub enum Topic {
     Membership,
     /// DistributedData replication.
     Ddata,
+    /// Replicated entities' events and pulls.
+    Replication,
 }
 
 /// What a node does with what its peers send it.

@@ -16,14 +16,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::EntityError;
-use super::notifications::Notification;
 use super::system::{CommandReply, EntityState, Shared};
-use super::tenure::{Tenure, TenureChange};
+use super::tenure::{Seat, Tenure, TenureChange};
 use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
     EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
 };
 use crate::plugin::{Context, Envelope, LeaseLost, PluginVersion, Role};
+use crate::replication::ReplicationBody;
 
 /// Events read per journal query during recovery.
 const RECOVERY_PAGE: usize = 1_000;
@@ -38,16 +38,23 @@ pub(super) enum Message {
     },
     /// Stop after what is queued (another node owns the entity now).
     Passivate,
+    /// A message from another replica of a replicated entity (named `from`).
+    Replicated { from: String, body: ReplicationBody },
 }
 
 impl Message {
-    fn fail(self, error: EntityError) {
+    pub(super) fn fail(self, error: EntityError) {
         // A caller that gave up waiting is no reason to fail anything else.
         match self {
             Message::Command { reply, .. } => drop(reply.send(Err(error))),
             Message::GetState { reply } => drop(reply.send(Err(error))),
-            Message::Passivate => {}
+            Message::Passivate | Message::Replicated { .. } => {}
         }
+    }
+
+    /// A command or a state query: what keeps an entity from passivating.
+    pub fn is_call(&self) -> bool {
+        matches!(self, Message::Command { .. } | Message::GetState { .. })
     }
 }
 
@@ -209,31 +216,18 @@ impl Actor {
         tenure: &mut Tenure,
         fencing_token: u64,
     ) -> Result<(), EntityError> {
-        let taken = async {
-            self.shared
-                .journal
-                .record_fence(&self.pid, fencing_token)
-                .await?;
-            self.catch_up(committed).await
-        };
         // On failure the grant stays unconfirmed: the manager keeps the lease, and the next
         // command retries taking over (other hosts would fail on the same journal too).
-        taken.await?;
-        tenure.confirm(fencing_token);
-        tracing::info!(entity = %self.pid, fencing_token, seq_nr = committed.seq_nr, "single-writer entity: this node writes it now");
         self.shared
-            .notifications
-            .publish(Notification::LeaseAcquired {
-                entity_type: self.entity_type.clone(),
-                entity_id: self.entity_id.clone(),
-                fencing_token,
-                writer: tenure.owner().to_owned(),
-            });
+            .journal
+            .record_fence(&self.pid, fencing_token)
+            .await?;
+        self.catch_up(committed).await?;
+        self.seat().took_over(tenure, fencing_token);
         Ok(())
     }
 
-    /// Switches to observer after the tenure writing with `fencing_token` ended, once per loss:
-    /// an error-level log line, the plugin's hook, a notification.
+    /// Switches to observer after the tenure writing with `fencing_token` ended (once per loss).
     async fn lose(
         &self,
         committed: &Committed,
@@ -241,65 +235,33 @@ impl Actor {
         fencing_token: u64,
         fenced: bool,
     ) -> Result<(), EntityError> {
-        let Some((reason, new_writer)) = tenure.end(fencing_token, fenced).await? else {
-            return Ok(());
+        let hook = |lost: &LeaseLost| {
+            let ctx = self.context(self.shared.clock.now(), false, Role::Observer);
+            let plugin = self.plugin()?;
+            Ok(run_guest(|| {
+                plugin.on_lease_lost(&ctx, &committed.state, lost)
+            })?)
         };
-        tracing::error!(
-            entity = %self.pid, fencing_token, reason = reason.as_str(), new_writer = ?new_writer,
-            "LEASE LOST: single-writer entity switched to observer"
-        );
-        let lost = LeaseLost {
-            fencing_token,
-            reason: reason.as_str().to_owned(),
-        };
-        let ctx = self.context(self.shared.clock.now(), false, Role::Observer);
-        let notice = match self.plugin().and_then(|plugin| {
-            run_guest(|| plugin.on_lease_lost(&ctx, &committed.state, &lost)).map_err(Into::into)
-        }) {
-            Ok(notice) => notice,
-            Err(error) => {
-                tracing::warn!(entity = %self.pid, "the plugin's on-lease-lost hook failed: {error}");
-                None
-            }
-        };
-        self.shared.notifications.publish(Notification::LeaseLost {
-            entity_type: self.entity_type.clone(),
-            entity_id: self.entity_id.clone(),
-            fencing_token,
-            reason: reason.as_str(),
-            new_writer,
-            notice,
-        });
-        Ok(())
+        self.seat().lose(tenure, fencing_token, fenced, hook).await
     }
 
-    /// Makes this host the writer for a batch of commands: refused when another owner holds the
-    /// lease; when it is free, waits (bounded) for this host's manager to acquire it.
+    /// Makes this host the writer for a batch of commands (see [`Seat::claim`]).
     async fn claim(
         &self,
         committed: &mut Committed,
         tenure: &mut Tenure,
     ) -> Result<(), EntityError> {
-        let mut wait = tenure.grant_wait();
-        if let Some(holder) = tenure.writer().await
-            && holder.owner != tenure.owner()
-        {
-            if !self.shared.settings.clustered {
-                return Err(EntityError::NotWriter {
-                    persistence_id: self.pid.clone(),
-                    writer: Some(holder.owner),
-                    fencing_token: Some(holder.fencing_token),
-                });
-            }
-            wait += holder.expires_in;
-        }
-        match tenure.wait_for_grant(wait).await {
-            Some(fencing_token) => self.take_over(committed, tenure, fencing_token).await,
-            None => Err(EntityError::NotWriter {
-                persistence_id: self.pid.clone(),
-                writer: None,
-                fencing_token: None,
-            }),
+        let fencing_token = self.seat().claim(tenure).await?;
+        self.take_over(committed, tenure, fencing_token).await
+    }
+
+    fn seat(&self) -> Seat<'_> {
+        Seat {
+            entity_type: &self.entity_type,
+            entity_id: &self.entity_id,
+            persistence_id: &self.pid,
+            notifications: &self.shared.notifications,
+            clustered: self.shared.settings.clustered,
         }
     }
 
@@ -434,7 +396,8 @@ impl Actor {
                 Message::Command { reply, .. } if refusal.is_some() => {
                     let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
                 }
-                Message::Passivate => {}
+                // Only replicated entities take replication messages.
+                Message::Passivate | Message::Replicated { .. } => {}
                 Message::Command { command, reply } => {
                     let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
                     match self.handle(&state, &command, next_seq_nr, tenure) {
@@ -627,12 +590,12 @@ impl Actor {
 }
 
 /// The token appends carry: the tenure's while writing; 0 for entities without a lease.
-fn fencing_token(tenure: &Option<Tenure>) -> u64 {
+pub(super) fn fencing_token(tenure: &Option<Tenure>) -> u64 {
     tenure.as_ref().and_then(Tenure::fencing_token).unwrap_or(0)
 }
 
 /// The next lease change of a single-writer entity; pending forever for the others.
-async fn next_change(tenure: &mut Option<Tenure>) -> TenureChange {
+pub(super) async fn next_change(tenure: &mut Option<Tenure>) -> TenureChange {
     match tenure.as_mut() {
         Some(tenure) => tenure.next_change().await,
         None => std::future::pending().await,
@@ -641,7 +604,7 @@ async fn next_change(tenure: &mut Option<Tenure>) -> TenureChange {
 
 /// Runs guest code, which may take up to its CPU bound, without stalling the other tasks of a
 /// multi-threaded runtime.
-fn run_guest<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn run_guest<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|handle| handle.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

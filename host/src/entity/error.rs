@@ -55,6 +55,27 @@ pub enum EntityError {
     #[error("lease: {0}")]
     Lease(String),
 
+    /// The entity type is replicated, and this node hosts none of its replicas.
+    #[error(
+        "entity type `{entity_type}` is replicated on {}, and this node is replica `{replica}`: send the command to one of them",
+        replicas.join(", ")
+    )]
+    NotAReplica {
+        entity_type: String,
+        replica: String,
+        replicas: Vec<String>,
+    },
+
+    /// This replica's own persisted events still wait for their causal past from the other
+    /// replicas (it restarted with a journal of its own): it writes again once it pulled them.
+    #[error(
+        "replica {persistence_id} is catching up with the other replicas ({waiting} events wait for their causal past); retry shortly"
+    )]
+    CatchingUp {
+        persistence_id: String,
+        waiting: usize,
+    },
+
     /// The entity stopped while the message was queued (another writer wrote its stream), again
     /// and again: the message was never handled. `ask` resends such messages itself; this is
     /// what is left when every attempt found the entity stopping.
@@ -76,6 +97,8 @@ impl EntityError {
             EntityError::NotWriter { .. } => "not_writer",
             EntityError::Lease(_) => "lease_unavailable",
             EntityError::Fenced(_) => "stale_fencing_token",
+            EntityError::NotAReplica { .. } => "not_a_replica",
+            EntityError::CatchingUp { .. } => "replica_catching_up",
         }
     }
 }

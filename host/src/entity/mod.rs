@@ -12,6 +12,8 @@
 //! - `types`: entity types and what they are bound to (`EntityTypeConfig`).
 //! - `error`: [`EntityError`], with stable codes for the API.
 //! - `actor`: the task of one entity: recovery, turns, batching, snapshots, passivation.
+//! - `replicated`: the task of one replica of a replicated entity: its own stream, pushes and
+//!   pulls between replicas, lease mode.
 //! - `tenure`: the lease side of a single-writer entity: contending, writing with a fencing
 //!   token, losing it exactly once.
 //! - `notifications`: [`Notification`]s of lease changes, for `GET /notifications`.
@@ -20,6 +22,7 @@
 mod actor;
 mod error;
 mod notifications;
+mod replicated;
 mod system;
 mod tenure;
 mod types;
@@ -28,4 +31,7 @@ pub use error::EntityError;
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{CommandReply, EntityState, EntitySystem, SystemSettings};
 pub use tenure::lease_name;
-pub use types::{EntityType, EntityTypeConfig, persistence_id};
+pub use types::{
+    EntityType, EntityTypeConfig, FIRST_WRITER_WINS, LAST_WRITER_WINS, ReplicationConfig,
+    persistence_id, replica_stream,
+};

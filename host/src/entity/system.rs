@@ -7,18 +7,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
 use super::actor::{Actor, Message};
 use super::error::EntityError;
 use super::notifications::Notifications;
-use super::types::{EntityType, EntityTypeConfig, persistence_id, validate_name};
+use super::replicated::ReplicatedActor;
+use super::types::{
+    EntityType, EntityTypeConfig, ReplicationConfig, persistence_id, replica_stream, validate_name,
+};
 use crate::clock::NodeClock;
 use crate::journal::{EventEnvelope, Journal};
 use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
+use crate::replication::{Peers, ReplicationMessage};
 
 /// A command's outcome.
 #[derive(Debug, Clone)]
@@ -79,6 +83,9 @@ pub(super) struct Shared {
     pub settings: SystemSettings,
     pub clock: NodeClock,
     pub metrics: EntityMetrics,
+    /// Where replicated entities send the other replicas their events; unset outside a
+    /// cluster (a lone replica keeps its events to itself).
+    pub peers: OnceLock<Arc<dyn Peers>>,
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
     active: Mutex<HashMap<String, ActorHandle>>,
     generations: AtomicU64,
@@ -115,6 +122,7 @@ impl EntitySystem {
                 settings,
                 clock,
                 metrics: EntityMetrics::default(),
+                peers: OnceLock::new(),
                 types: RwLock::new(BTreeMap::new()),
                 active: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
@@ -131,6 +139,13 @@ impl EntitySystem {
         };
         let lease = Arc::new(crate::lease::InMemoryLease::new());
         EntitySystem::new(journal, lease, plugins, settings, NodeClock::default())
+    }
+
+    /// Connects replicated entities to the other replicas (once, when the cluster runs).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        if self.shared.peers.set(peers).is_err() {
+            tracing::warn!("the replication peers were set already; keeping the first");
+        }
     }
 
     pub fn settings(&self) -> &SystemSettings {
@@ -171,12 +186,53 @@ impl EntitySystem {
                 LEASE_TTL_MS_RANGE.end()
             )));
         }
+        if let Some(replication) = &config.replication {
+            replication
+                .validate(name)
+                .map_err(EntityError::InvalidName)?;
+        }
         self.shared
             .types
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), Arc::new(config));
         Ok(())
+    }
+
+    /// How the entity type is replicated, if it is.
+    pub fn replication(&self, entity_type: &str) -> Option<ReplicationConfig> {
+        self.type_config(entity_type).ok()?.replication.clone()
+    }
+
+    /// Takes a message from the replica `from` to this node's replica of an entity, activating
+    /// it if need be. A message this node cannot take (not a replica of a replicated type, a
+    /// full mailbox) is dropped with a log line: pulls repair it.
+    pub async fn replicate(&self, from: &str, message: ReplicationMessage) {
+        let ReplicationMessage {
+            entity_type,
+            entity_id,
+            body,
+        } = message;
+        if self.replication(&entity_type).is_none() {
+            tracing::warn!(
+                entity_type,
+                from,
+                "a replication message for a type not replicated here"
+            );
+            return;
+        }
+        let message = Message::Replicated {
+            from: from.to_owned(),
+            body,
+        };
+        if let Err(error) = self.send(&entity_type, &entity_id, message).await {
+            tracing::debug!(
+                entity_type,
+                entity_id,
+                from,
+                "replication message dropped: {error}"
+            );
+        }
     }
 
     /// Binds `name` to the plugin of the same name with the defaults, unless it is bound.
@@ -295,18 +351,37 @@ impl EntitySystem {
         Err(EntityError::Stopped(persistence_id(entity_type, entity_id)))
     }
 
-    /// Events of an entity from `from_seq_nr`, read from the journal.
+    /// Events of an entity from `from_seq_nr`, read from the journal: of its one stream, or of
+    /// the stream of `replica` for a replicated entity.
     pub async fn events(
         &self,
         entity_type: &str,
         entity_id: &str,
+        replica: Option<&str>,
         from_seq_nr: u64,
         max: usize,
     ) -> Result<Vec<EventEnvelope>, EntityError> {
-        self.type_config(entity_type)?;
+        let config = self.type_config(entity_type)?;
         validate_name("entity id", entity_id).map_err(EntityError::InvalidName)?;
         let pid = persistence_id(entity_type, entity_id);
-        Ok(self.shared.journal.read(&pid, from_seq_nr, max).await?)
+        let stream = match (&config.replication, replica) {
+            (None, None) => pid,
+            (Some(replication), Some(replica)) if replication.hosts(replica) => {
+                replica_stream(&pid, replica)
+            }
+            (Some(replication), _) => {
+                return Err(EntityError::InvalidName(format!(
+                    "entity type `{entity_type}` is replicated: name the replica whose events to read, one of {}",
+                    replication.replicas.join(", ")
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(EntityError::InvalidName(format!(
+                    "entity type `{entity_type}` is not replicated: it has no replica streams"
+                )));
+            }
+        };
+        Ok(self.shared.journal.read(&stream, from_seq_nr, max).await?)
     }
 
     fn type_config(&self, entity_type: &str) -> Result<Arc<EntityTypeConfig>, EntityError> {
@@ -327,6 +402,15 @@ impl EntitySystem {
     ) -> Result<(), EntityError> {
         let config = self.type_config(entity_type)?;
         validate_name("entity id", entity_id).map_err(EntityError::InvalidName)?;
+        if let Some(replication) = &config.replication
+            && !replication.hosts(&self.shared.settings.replica)
+        {
+            return Err(EntityError::NotAReplica {
+                entity_type: entity_type.to_owned(),
+                replica: self.shared.settings.replica.clone(),
+                replicas: replication.replicas.clone(),
+            });
+        }
         let pid = persistence_id(entity_type, entity_id);
         for _ in 0..SEND_ATTEMPTS_MAX {
             let (mailbox, mut stopped) = self.actor_for(&pid, entity_type, entity_id, &config);
@@ -378,16 +462,32 @@ impl EntitySystem {
             .metrics
             .activations
             .fetch_add(1, Ordering::Relaxed);
-        let actor = Actor::new(
+        let (shared, entity_type, entity_id) = (
             self.shared.clone(),
             entity_type.to_owned(),
             entity_id.to_owned(),
-            config.clone(),
         );
-        let shared = self.shared.clone();
+        let config = config.clone();
         let pid = pid.to_owned();
         tokio::spawn(async move {
-            actor.run(inbox).await;
+            match config.replication.clone() {
+                Some(replication) => {
+                    ReplicatedActor::new(
+                        shared.clone(),
+                        entity_type,
+                        entity_id,
+                        config,
+                        replication,
+                    )
+                    .run(inbox)
+                    .await
+                }
+                None => {
+                    Actor::new(shared.clone(), entity_type, entity_id, config)
+                        .run(inbox)
+                        .await
+                }
+            }
             let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
             if active.get(&pid).is_some_and(|h| h.generation == generation) {
                 active.remove(&pid);

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::EntityError;
+use super::notifications::{Notification, Notifications};
 use crate::lease::{Holder, Lease, LeaseManager, LeaseStatus, LeaseTiming, LeaseWatch};
+use crate::plugin::LeaseLost;
 
 /// Why a tenure ended, as the plugin hook and the notification say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +180,98 @@ impl Tenure {
     /// Gives the lease up (passivation), so another host need not wait for it to expire.
     pub async fn release(self) {
         self.manager.release().await;
+    }
+}
+
+/// The entity a tenure belongs to, and what its actor shares with the host's other actors
+/// around a tenure: claiming the lease, announcing a take-over, reporting a loss. Plain entities
+/// and replicated ones use the same steps; what differs (which streams to fence, how to catch
+/// up, the plugin's hook) the actor does around them.
+pub struct Seat<'a> {
+    pub entity_type: &'a str,
+    pub entity_id: &'a str,
+    pub persistence_id: &'a str,
+    pub notifications: &'a Notifications,
+    /// Part of a cluster: a lease another node holds is waited for (it is handing the entity
+    /// off, or crashed) instead of refused at once.
+    pub clustered: bool,
+}
+
+impl Seat<'_> {
+    /// The fencing token to take over with, for a batch of commands: refused when another owner
+    /// holds the lease (outside a cluster); otherwise waits, bounded, for this host's manager
+    /// to acquire it.
+    pub async fn claim(&self, tenure: &Tenure) -> Result<u64, EntityError> {
+        let mut wait = tenure.grant_wait();
+        if let Some(holder) = tenure.writer().await
+            && holder.owner != tenure.owner()
+        {
+            if !self.clustered {
+                return Err(EntityError::NotWriter {
+                    persistence_id: self.persistence_id.to_owned(),
+                    writer: Some(holder.owner),
+                    fencing_token: Some(holder.fencing_token),
+                });
+            }
+            wait += holder.expires_in;
+        }
+        tenure
+            .wait_for_grant(wait)
+            .await
+            .ok_or_else(|| EntityError::NotWriter {
+                persistence_id: self.persistence_id.to_owned(),
+                writer: None,
+                fencing_token: None,
+            })
+    }
+
+    /// Writes with `fencing_token` from now on — the caller recorded it in the journal and
+    /// caught up — and says so.
+    pub fn took_over(&self, tenure: &mut Tenure, fencing_token: u64) {
+        tenure.confirm(fencing_token);
+        tracing::info!(entity = %self.persistence_id, fencing_token, "single-writer entity: this node writes it now");
+        self.notifications.publish(Notification::LeaseAcquired {
+            entity_type: self.entity_type.to_owned(),
+            entity_id: self.entity_id.to_owned(),
+            fencing_token,
+            writer: tenure.owner().to_owned(),
+        });
+    }
+
+    /// Switches to observer after the tenure writing with `fencing_token` ended, once per loss:
+    /// an error-level log line, the plugin's hook (`notice`, given what was lost), a
+    /// notification.
+    pub async fn lose(
+        &self,
+        tenure: &mut Tenure,
+        fencing_token: u64,
+        fenced: bool,
+        notice: impl FnOnce(&LeaseLost) -> Result<Option<Vec<u8>>, EntityError>,
+    ) -> Result<(), EntityError> {
+        let Some((reason, new_writer)) = tenure.end(fencing_token, fenced).await? else {
+            return Ok(());
+        };
+        tracing::error!(
+            entity = %self.persistence_id, fencing_token, reason = reason.as_str(), new_writer = ?new_writer,
+            "LEASE LOST: single-writer entity switched to observer"
+        );
+        let lost = LeaseLost {
+            fencing_token,
+            reason: reason.as_str().to_owned(),
+        };
+        let notice = notice(&lost).unwrap_or_else(|error| {
+            tracing::warn!(entity = %self.persistence_id, "the plugin's on-lease-lost hook failed: {error}");
+            None
+        });
+        self.notifications.publish(Notification::LeaseLost {
+            entity_type: self.entity_type.to_owned(),
+            entity_id: self.entity_id.to_owned(),
+            fencing_token,
+            reason: reason.as_str(),
+            new_writer,
+            notice,
+        });
+        Ok(())
     }
 }
 

@@ -27,6 +27,74 @@ pub struct EntityTypeConfig {
     /// Time to live of a single-writer entity's lease, in milliseconds; renewed every third of
     /// it. A crashed writer's entities can be written elsewhere after at most this long.
     pub lease_ttl_ms: u64,
+    /// Replicated across these replicas, each accepting commands and persisting its own stream
+    /// (with `single_writer`, only the lease holder's replica writes). `None`: one stream.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// The `replication` table of an entity type: `{ replicas = ["a", "b", "c"], resolver = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// The replica names: each is the cluster name of the node hosting that replica.
+    pub replicas: Vec<String>,
+    /// Who decides about concurrent events: `last-writer-wins`, `first-writer-wins`, or the name
+    /// of a resolver plugin.
+    pub resolver: String,
+    /// How often an active replica asks the others for events it lacks (pull), in milliseconds.
+    /// Pushes carry new events at once; pulls repair lost pushes, partitions and restarts.
+    pub pull_interval_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replicas: Vec::new(),
+            resolver: LAST_WRITER_WINS.to_owned(),
+            pull_interval_ms: 1_000,
+        }
+    }
+}
+
+/// The built-in resolvers' names in `resolver = "…"`.
+pub const LAST_WRITER_WINS: &str = "last-writer-wins";
+pub const FIRST_WRITER_WINS: &str = "first-writer-wins";
+
+impl ReplicationConfig {
+    pub fn pull_interval(&self) -> Duration {
+        Duration::from_millis(self.pull_interval_ms)
+    }
+
+    /// Whether the node whose replica name is `replica` hosts a replica.
+    pub fn hosts(&self, replica: &str) -> bool {
+        self.replicas.iter().any(|name| name == replica)
+    }
+
+    /// Refuses an empty or repeated replica list, bad names and pull intervals outside
+    /// 10 ms ..= 1 min.
+    pub fn validate(&self, entity_type: &str) -> Result<(), String> {
+        if self.replicas.is_empty() {
+            return Err(format!(
+                "entity type `{entity_type}`: replication needs at least one replica in `replicas`"
+            ));
+        }
+        for (index, replica) in self.replicas.iter().enumerate() {
+            validate_name("replica", replica)?;
+            if self.replicas[..index].contains(replica) {
+                return Err(format!(
+                    "entity type `{entity_type}`: replica `{replica}` is listed twice"
+                ));
+            }
+        }
+        validate_name("resolver", &self.resolver)?;
+        if !(10..=60_000).contains(&self.pull_interval_ms) {
+            return Err(format!(
+                "entity type `{entity_type}`: pull_interval_ms {} is outside 10 ..= 60000",
+                self.pull_interval_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for EntityTypeConfig {
@@ -40,6 +108,7 @@ impl Default for EntityTypeConfig {
             replay_filter: ReplayFilterMode::default(),
             single_writer: false,
             lease_ttl_ms: 10_000,
+            replication: None,
         }
     }
 }
@@ -73,6 +142,12 @@ pub struct EntityType {
 /// The journal stream of an entity: `<type>|<id>`.
 pub fn persistence_id(entity_type: &str, entity_id: &str) -> String {
     format!("{entity_type}|{entity_id}")
+}
+
+/// The stream a replica of a replicated entity persists its own events to:
+/// `<type>|<id>|<replica>`.
+pub fn replica_stream(persistence_id: &str, replica: &str) -> String {
+    format!("{persistence_id}|{replica}")
 }
 
 /// Entity type names and ids: 1-128 printable characters, no `|` (the persistence id separator)

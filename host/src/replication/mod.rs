@@ -17,13 +17,16 @@
 //!
 //! [`Replica`] puts both behind one replica's interface: it stamps its own events, takes the
 //! others' (push) and answers what another replica misses (pull), and snapshots itself.
-//! Nothing here does I/O or reads a clock; the replication driver (journal streams, push and
-//! pull between nodes) feeds it.
+//! Nothing here does I/O or reads a clock. The driver is the replicated entity's actor
+//! (`entity::replicated`): it persists a replica's own events to its own journal stream, pushes
+//! them to the other replicas over the cluster transport, and pulls what it lacks after restarts
+//! and partitions, with the messages of `wire`.
 //!
 //! # Layout
 //! - `causal_buffer`: [`CausalBuffer`], dedup and causal delivery.
 //! - `merge_log`: [`MergeLog`], the total order, checkpoints, re-folding, compaction.
 //! - `replica`: [`Replica`], one replica's events, push, pull and snapshots.
+//! - `wire`: [`ReplicationMessage`]s between replicas and the [`Peers`] they are sent through.
 //! - `fold`: the [`Fold`] a merge log folds with — a plugin's `apply-event` plus a [`Resolver`]
 //!   (last-writer-wins, first-writer-wins, or a resolver plugin).
 
@@ -31,8 +34,10 @@ mod causal_buffer;
 mod fold;
 mod merge_log;
 mod replica;
+mod wire;
 
 pub use causal_buffer::{CausalBuffer, Offer};
 pub use fold::{Fold, PluginFold, Resolution, Resolver};
 pub use merge_log::MergeLog;
-pub use replica::{Replica, ReplicaSnapshot, WAITING_EVENTS_MAX};
+pub use replica::{Replica, ReplicaSnapshot, Stamp, WAITING_EVENTS_MAX};
+pub use wire::{EVENTS_PER_MESSAGE_MAX, Peers, ReplicationBody, ReplicationMessage};

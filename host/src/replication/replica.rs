@@ -100,15 +100,19 @@ impl Replica {
         self.log.events()
     }
 
-    /// Stamps the payloads a command of this replica decided on, at HLC time `now` (raised above
-    /// everything seen), folds them in, and returns them to persist and push. On a failed fold
-    /// nothing changes.
+    /// Events received that still wait for their causal past.
+    pub fn waiting(&self) -> usize {
+        self.buffer.waiting()
+    }
+
+    /// Stamps the payloads a command of this replica decided on, at HLC time `stamp.now` (raised
+    /// above everything seen), folds them in, and returns them to persist and push. On a failed
+    /// fold nothing changes.
     pub fn emit(
         &mut self,
         fold: &impl Fold,
         payloads: Vec<Vec<u8>>,
-        now: u64,
-        plugin: &str,
+        stamp: &Stamp,
     ) -> Result<Vec<EventEnvelope>, PluginError> {
         let mut staged = ReplicaStage {
             seen: self.seen().clone(),
@@ -116,7 +120,7 @@ impl Replica {
         };
         let events: Vec<EventEnvelope> = payloads
             .into_iter()
-            .map(|payload| staged.stamp(self, now, plugin, payload))
+            .map(|payload| staged.stamp(self, stamp, payload))
             .collect();
         self.fold_all(fold, &events)?;
         self.clock = staged.clock;
@@ -192,6 +196,14 @@ impl Replica {
         }
     }
 
+    /// Folds into the base state the events every replica has folded in (`stable`: per origin,
+    /// the lowest origin sequence number folded across all replicas). Every later event of any
+    /// replica is causally after them, so they can never be re-folded. Returns how many were
+    /// compacted.
+    pub fn compact(&mut self, stable: &BTreeMap<String, u64>) -> usize {
+        self.log.compact(stable)
+    }
+
     pub fn snapshot(&self) -> ReplicaSnapshot {
         ReplicaSnapshot {
             base: self.log.base().to_vec(),
@@ -202,6 +214,17 @@ impl Replica {
     }
 }
 
+/// What a command's events are stamped with besides their payloads.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    /// The HLC time of the command (raised above everything the replica has seen).
+    pub now: u64,
+    /// The plugin version that decided on the events.
+    pub plugin: String,
+    /// The lease fencing token the events are persisted with; 0 without a lease.
+    pub fencing_token: u64,
+}
+
 /// The version vector and clock while a command's events are stamped, committed only if they
 /// all fold.
 struct ReplicaStage {
@@ -210,27 +233,21 @@ struct ReplicaStage {
 }
 
 impl ReplicaStage {
-    fn stamp(
-        &mut self,
-        replica: &Replica,
-        now: u64,
-        plugin: &str,
-        payload: Vec<u8>,
-    ) -> EventEnvelope {
+    fn stamp(&mut self, replica: &Replica, stamp: &Stamp, payload: Vec<u8>) -> EventEnvelope {
         let origin_seq_nr = self.seen.get(&replica.name).copied().unwrap_or(0) + 1;
         self.seen.insert(replica.name.clone(), origin_seq_nr);
-        self.clock = now.max(self.clock + 1);
+        self.clock = stamp.now.max(self.clock + 1);
         EventEnvelope {
             persistence_id: replica.persistence_id.clone(),
             seq_nr: origin_seq_nr,
             writer: replica.writer,
-            fencing_token: 0,
+            fencing_token: stamp.fencing_token,
             timestamp: self.clock,
             origin_replica: replica.name.clone(),
             origin_seq_nr,
             version: self.seen.clone(),
             concurrent: false,
-            plugin: plugin.to_owned(),
+            plugin: stamp.plugin.clone(),
             payload,
         }
     }

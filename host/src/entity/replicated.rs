@@ -1,0 +1,684 @@
+//! The task of one replica of a replicated entity: the driver of a [`Replica`].
+//!
+//! Each replica persists the events its own commands decide on to its own journal stream
+//! (`<type>|<id>|<replica>`), then pushes them to the other replicas; it folds theirs as they
+//! arrive, in any order, into the same state as every other replica (see `crate::replication`).
+//! A replica also pulls: on activation and every `pull_interval_ms` it tells the others what it
+//! has seen, and each answers with what it lacks — its own events from its journal stream,
+//! others' from memory. That repairs lost pushes, partitions and restarts.
+//!
+//! Activation restores the replica's snapshot (its state, the events that may still be re-folded,
+//! what it had seen), then folds every replica's stream from the journal after what the snapshot
+//! had seen: with a shared journal that is everything persisted anywhere; with a journal per node
+//! it is this replica's own stream, and pulls bring the rest. Events every replica has folded are
+//! compacted into the base state.
+//!
+//! With `single_writer`, the replicas share one lease (`entity:<type>|<id>`): only the holder's
+//! replica handles commands and persists, recording its fencing token on every replica's stream
+//! first, so a paused former holder can never append again; the others observe (they fold the
+//! holder's pushes) and refuse commands naming it. An observer that gains the lease catches up
+//! with every stream before it writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::actor::{Message, fencing_token, next_change, run_guest};
+use super::error::EntityError;
+use super::system::{CommandReply, EntityState, Shared};
+use super::tenure::{Seat, Tenure, TenureChange};
+use super::types::{
+    EntityTypeConfig, FIRST_WRITER_WINS, LAST_WRITER_WINS, ReplicationConfig, persistence_id,
+    replica_stream,
+};
+use crate::journal::{EventEnvelope, JournalError, SnapshotEnvelope};
+use crate::plugin::{Context, LeaseLost, PluginVersion, Role, World};
+use crate::replication::{
+    EVENTS_PER_MESSAGE_MAX, PluginFold, Replica, ReplicaSnapshot, ReplicationBody,
+    ReplicationMessage, Resolver, Stamp,
+};
+
+/// Events read per journal query while catching up.
+const CATCH_UP_PAGE: usize = 1_000;
+
+pub(super) struct ReplicatedActor {
+    shared: Arc<Shared>,
+    entity_type: String,
+    entity_id: String,
+    pid: String,
+    config: Arc<EntityTypeConfig>,
+    replication: ReplicationConfig,
+    /// This node's replica name.
+    name: String,
+    /// The stream this replica persists its own events to.
+    stream: String,
+}
+
+/// A replica while its actor runs.
+struct Live {
+    replica: Replica,
+    plugin: Arc<PluginVersion>,
+    resolver: Resolver,
+    /// The own stream's highest sequence number.
+    persisted: u64,
+    /// The own sequence number of the last snapshot written or read.
+    snapshot_at: u64,
+    /// Per other replica, what it last said it had seen (in its pulls): what may be compacted.
+    peers_seen: BTreeMap<String, BTreeMap<String, u64>>,
+    tenure: Option<Tenure>,
+}
+
+/// A command handled in the current turn, waiting for the turn's append.
+struct Pending {
+    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    outcome: CommandReply,
+}
+
+impl ReplicatedActor {
+    pub fn new(
+        shared: Arc<Shared>,
+        entity_type: String,
+        entity_id: String,
+        config: Arc<EntityTypeConfig>,
+        replication: ReplicationConfig,
+    ) -> Self {
+        let pid = persistence_id(&entity_type, &entity_id);
+        let name = shared.settings.replica.clone();
+        let stream = replica_stream(&pid, &name);
+        ReplicatedActor {
+            shared,
+            entity_type,
+            entity_id,
+            pid,
+            config,
+            replication,
+            name,
+            stream,
+        }
+    }
+
+    pub async fn run(self, mut inbox: mpsc::Receiver<Message>) {
+        let mut live = match self.activate().await {
+            Ok(live) => live,
+            Err(error) => {
+                tracing::error!(entity = %self.pid, replica = %self.name, "recovery failed: {error}");
+                inbox.close();
+                while let Some(message) = inbox.recv().await {
+                    message.fail(error.clone());
+                }
+                return;
+            }
+        };
+        self.pull_from_all(&live);
+        self.serve(&mut live, inbox).await;
+        if let Some(tenure) = live.tenure.take() {
+            tenure.release().await;
+        }
+    }
+
+    /// Restores the snapshot, folds every replica's stream after it, and starts contending for
+    /// the lease (lease mode).
+    async fn activate(&self) -> Result<Live, EntityError> {
+        let plugin = self.shared.plugins.get(&self.config.plugin)?;
+        let resolver = self.resolver()?;
+        let recovering = self.fold_with(&plugin, &resolver, true, Role::Observer);
+        let writer = self.shared.settings.writer_id;
+        let (mut replica, snapshot_at) =
+            match self.shared.journal.latest_snapshot(&self.stream).await? {
+                Some(snapshot) => {
+                    let saved: ReplicaSnapshot =
+                        rmp_serde::from_slice(&snapshot.payload).map_err(|error| {
+                            EntityError::Journal(format!(
+                                "the snapshot of {} at seq nr {} does not decode: {error}",
+                                self.stream, snapshot.seq_nr
+                            ))
+                        })?;
+                    let replica = run_guest(|| {
+                        Replica::restore(&self.name, &self.stream, writer, saved, &recovering)
+                    })?;
+                    (replica, snapshot.seq_nr)
+                }
+                None => {
+                    let ctx = self.context(self.shared.clock.now(), true, Role::Observer);
+                    let initial = run_guest(|| plugin.init(&ctx))?;
+                    (Replica::new(&self.name, &self.stream, writer, initial), 0)
+                }
+            };
+        self.catch_up(&mut replica, &recovering).await?;
+        let persisted = self.shared.journal.highest_seq_nr(&self.stream).await?;
+        let tenure = self
+            .config
+            .single_writer
+            .then(|| {
+                Tenure::start(
+                    self.shared.lease.clone(),
+                    &self.pid,
+                    &self.shared.settings.writer_id.to_string(),
+                    self.config.lease_ttl(),
+                )
+            })
+            .transpose()?;
+        tracing::debug!(entity = %self.pid, replica = %self.name, seen = ?replica.seen(), "replica recovered");
+        Ok(Live {
+            replica,
+            plugin,
+            resolver,
+            persisted,
+            snapshot_at,
+            peers_seen: BTreeMap::new(),
+            tenure,
+        })
+    }
+
+    /// Folds what every replica's journal stream holds beyond what `replica` has seen, in the
+    /// total order (so nothing waits for its causal past that the journal holds).
+    async fn catch_up(&self, replica: &mut Replica, fold: &PluginFold) -> Result<(), EntityError> {
+        let mut events = Vec::new();
+        for origin in &self.replication.replicas {
+            let stream = replica_stream(&self.pid, origin);
+            let mut from = replica.seen().get(origin).copied().unwrap_or(0) + 1;
+            loop {
+                let page = self
+                    .shared
+                    .journal
+                    .read(&stream, from, CATCH_UP_PAGE)
+                    .await?;
+                let full = page.len() == CATCH_UP_PAGE;
+                if let Some(last) = page.last() {
+                    from = last.seq_nr + 1;
+                }
+                events.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        events.sort_by(|a, b| total_order(a).cmp(&total_order(b)));
+        run_guest(|| {
+            for event in events {
+                replica.receive(fold, event)?;
+            }
+            Ok::<_, crate::plugin::PluginError>(())
+        })?;
+        Ok(())
+    }
+
+    /// Turns until the mailbox closes (passivation, or a failed write).
+    async fn serve(&self, live: &mut Live, mut inbox: mpsc::Receiver<Message>) {
+        let mut passivating = false;
+        let idle = self.config.passivate_after();
+        let mut last_call = Instant::now();
+        let mut pull = tokio::time::interval(self.replication.pull_interval());
+        pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                message = inbox.recv() => message,
+                () = tokio::time::sleep_until(last_call + idle), if !passivating => {
+                    tracing::debug!(entity = %self.pid, "passivating after {idle:?} idle");
+                    inbox.close();
+                    passivating = true;
+                    continue;
+                }
+                _ = pull.tick() => {
+                    self.pull_from_all(live);
+                    self.compact(live);
+                    continue;
+                }
+                change = next_change(&mut live.tenure) => {
+                    if let Err(error) = self.on_tenure_change(live, change).await {
+                        tracing::error!(entity = %self.pid, "lease change not handled: {error}");
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                match inbox.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            if batch.iter().any(Message::is_call) {
+                last_call = Instant::now();
+            }
+            if batch.iter().any(|m| matches!(m, Message::Passivate)) && !passivating {
+                inbox.close();
+                passivating = true;
+            }
+            if let Err(error) = self.turn(live, batch).await {
+                // Events folded in memory did not persist: recover afresh on the next message.
+                tracing::warn!(entity = %self.pid, replica = %self.name, "stopping: {error}");
+                inbox.close();
+                while let Some(message) = inbox.recv().await {
+                    message.fail(EntityError::Stopped(self.pid.clone()));
+                }
+                return;
+            }
+        }
+    }
+
+    async fn on_tenure_change(
+        &self,
+        live: &mut Live,
+        change: TenureChange,
+    ) -> Result<(), EntityError> {
+        match change {
+            TenureChange::Granted(fencing_token) => self.take_over(live, fencing_token).await,
+            TenureChange::Lost(fencing_token) => self.lose(live, fencing_token, false).await,
+        }
+    }
+
+    /// Becomes the writer with a freshly granted token: records it on every replica's stream
+    /// (from then on a former holder's appends fail) and folds what the former holders wrote.
+    async fn take_over(&self, live: &mut Live, fencing_token: u64) -> Result<(), EntityError> {
+        for origin in &self.replication.replicas {
+            self.shared
+                .journal
+                .record_fence(&replica_stream(&self.pid, origin), fencing_token)
+                .await?;
+        }
+        let fold = self.fold(live);
+        self.catch_up(&mut live.replica, &fold).await?;
+        if let Some(tenure) = live.tenure.as_mut() {
+            self.seat().took_over(tenure, fencing_token);
+        }
+        Ok(())
+    }
+
+    async fn lose(
+        &self,
+        live: &mut Live,
+        fencing_token: u64,
+        fenced: bool,
+    ) -> Result<(), EntityError> {
+        let Some(tenure) = live.tenure.as_mut() else {
+            return Ok(());
+        };
+        let (plugin, state) = (&live.plugin, live.replica.state());
+        let hook = |lost: &LeaseLost| {
+            let ctx = self.context(self.shared.clock.now(), false, Role::Observer);
+            Ok(run_guest(|| plugin.on_lease_lost(&ctx, state, lost))?)
+        };
+        self.seat().lose(tenure, fencing_token, fenced, hook).await
+    }
+
+    /// Whether this replica may handle commands now: it has folded its own persisted events, and
+    /// (lease mode) holds the lease — claiming it if it is free.
+    async fn ready_to_write(&self, live: &mut Live) -> Result<(), EntityError> {
+        if let Some(tenure) = live.tenure.as_ref()
+            && tenure.fencing_token().is_none()
+        {
+            let fencing_token = self.seat().claim(tenure).await?;
+            self.take_over(live, fencing_token).await?;
+        }
+        let folded = live.replica.seen().get(&self.name).copied().unwrap_or(0);
+        if folded < live.persisted {
+            // Pull what our own events wait for, now rather than at the next tick.
+            self.pull_from_all(live);
+            return Err(EntityError::CatchingUp {
+                persistence_id: self.stream.clone(),
+                waiting: live.replica.waiting(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One turn over a batch of messages. `Err` means events folded in memory could not be
+    /// persisted: the actor must stop, and the next message recovers afresh.
+    async fn turn(&self, live: &mut Live, batch: Vec<Message>) -> Result<(), JournalError> {
+        let has_commands = batch
+            .iter()
+            .any(|message| matches!(message, Message::Command { .. }));
+        let refusal = if has_commands {
+            self.ready_to_write(live).await.err()
+        } else {
+            None
+        };
+        let mut events: Vec<EventEnvelope> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for message in batch {
+            match message {
+                Message::Command { reply, .. } if refusal.is_some() => {
+                    let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
+                }
+                Message::Command { command, reply } => match self.handle(live, &command) {
+                    Ok((new_events, outcome)) => {
+                        events.extend(new_events);
+                        pending.push(Pending { reply, outcome });
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                Message::GetState { reply } => {
+                    // Answer with what is durable: persist what came before it first.
+                    self.persist(live, &mut events, &mut pending).await?;
+                    let _ = reply.send(Ok(EntityState {
+                        state: live.replica.state().to_vec(),
+                        seq_nr: live.replica.seen().values().sum(),
+                        plugin: live.plugin.id().to_owned(),
+                    }));
+                }
+                Message::Replicated { from, body } => {
+                    // Never show other replicas events that are not persisted yet.
+                    self.persist(live, &mut events, &mut pending).await?;
+                    self.on_replicated(live, &from, body).await;
+                }
+                Message::Passivate => {}
+            }
+        }
+        self.persist(live, &mut events, &mut pending).await
+    }
+
+    /// Runs one command against the replica's state; its events are folded in at once (the next
+    /// command of the turn sees them) and persisted with the turn.
+    fn handle(
+        &self,
+        live: &mut Live,
+        command: &[u8],
+    ) -> Result<(Vec<EventEnvelope>, CommandReply), EntityError> {
+        let now = self.shared.clock.now();
+        let ctx = self.context(now, false, Role::Writer);
+        let fold = self.fold(live);
+        let stamp = Stamp {
+            now,
+            plugin: live.plugin.id().to_owned(),
+            fencing_token: fencing_token(&live.tenure),
+        };
+        let replica = &mut live.replica;
+        let plugin = &live.plugin;
+        let events = run_guest(|| {
+            let decision = plugin.handle_command(&ctx, replica.state(), command)?;
+            let events = if decision.events.is_empty() {
+                Vec::new()
+            } else {
+                replica.emit(&fold, decision.events, &stamp)?
+            };
+            Ok::<_, crate::plugin::PluginError>((events, decision.reply))
+        });
+        let (events, reply) = events?;
+        let outcome = CommandReply {
+            reply,
+            seq_nr: replica.seen().get(&self.name).copied().unwrap_or(0),
+            plugin: plugin.id().to_owned(),
+        };
+        Ok((events, outcome))
+    }
+
+    /// Appends the turn's events to this replica's stream in one write, pushes them to the other
+    /// replicas, then answers the commands.
+    async fn persist(
+        &self,
+        live: &mut Live,
+        events: &mut Vec<EventEnvelope>,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), JournalError> {
+        if events.is_empty() {
+            for Pending { reply, outcome } in pending.drain(..) {
+                let _ = reply.send(Ok(outcome));
+            }
+            return Ok(());
+        }
+        let batch = std::mem::take(events);
+        let count = batch.len() as u64;
+        let token = fencing_token(&live.tenure);
+        let appended = self
+            .shared
+            .journal
+            .append(&self.stream, live.persisted, token, batch.clone())
+            .await;
+        if let Err(error) = appended {
+            for Pending { reply, .. } in pending.drain(..) {
+                let _ = reply.send(Err(EntityError::from(error.clone())));
+            }
+            if matches!(error, JournalError::StaleFencingToken { .. })
+                && let Err(lost) = self.lose(live, token, true).await
+            {
+                tracing::error!(entity = %self.pid, "lease loss not handled: {lost}");
+            }
+            return Err(error);
+        }
+        live.persisted += count;
+        self.shared
+            .metrics
+            .events_persisted
+            .fetch_add(count, Ordering::Relaxed);
+        self.send_to_all(ReplicationBody::Events {
+            events: batch,
+            complete: true,
+        });
+        for Pending { reply, outcome } in pending.drain(..) {
+            let _ = reply.send(Ok(outcome));
+        }
+        self.maybe_snapshot(live).await;
+        Ok(())
+    }
+
+    async fn on_replicated(&self, live: &mut Live, from: &str, body: ReplicationBody) {
+        match body {
+            ReplicationBody::Events { events, complete } => {
+                let fold = self.fold(live);
+                let replica = &mut live.replica;
+                run_guest(|| {
+                    for event in events {
+                        let origin = (event.origin_replica.clone(), event.origin_seq_nr);
+                        if let Err(error) = replica.receive(&fold, event) {
+                            // Not counted as seen: the next pull offers it again.
+                            tracing::error!(
+                                entity = %self.pid, origin = ?origin,
+                                "a replicated event did not fold: {error}"
+                            );
+                        }
+                    }
+                });
+                if !complete || live.replica.waiting() > 0 {
+                    self.pull_from(live, from);
+                }
+            }
+            ReplicationBody::Pull { seen } => {
+                let (events, complete) = match self.missing_for(live, &seen).await {
+                    Ok(missing) => missing,
+                    Err(error) => {
+                        tracing::warn!(entity = %self.pid, "cannot answer a pull from {from}: {error}");
+                        return;
+                    }
+                };
+                live.peers_seen.insert(from.to_owned(), seen);
+                if !events.is_empty() {
+                    self.send(from, ReplicationBody::Events { events, complete });
+                }
+            }
+        }
+    }
+
+    /// What a replica that has seen `seen` lacks, at most [`EVENTS_PER_MESSAGE_MAX`] events, and
+    /// whether that is all: this replica's own events from its journal stream (compaction may
+    /// have dropped them from memory), the others' from memory.
+    async fn missing_for(
+        &self,
+        live: &Live,
+        seen: &BTreeMap<String, u64>,
+    ) -> Result<(Vec<EventEnvelope>, bool), JournalError> {
+        let own_seen = seen.get(&self.name).copied().unwrap_or(0);
+        let mut events = if own_seen < live.persisted {
+            self.shared
+                .journal
+                .read(&self.stream, own_seen + 1, EVENTS_PER_MESSAGE_MAX + 1)
+                .await?
+        } else {
+            Vec::new()
+        };
+        events.extend(
+            live.replica
+                .missing_for(seen)
+                .into_iter()
+                .filter(|event| event.origin_replica != self.name),
+        );
+        events.sort_by(|a, b| total_order(a).cmp(&total_order(b)));
+        let complete = events.len() <= EVENTS_PER_MESSAGE_MAX;
+        events.truncate(EVENTS_PER_MESSAGE_MAX);
+        Ok((events, complete))
+    }
+
+    /// Compacts the events every replica has folded, once every other replica has said what it
+    /// has seen.
+    fn compact(&self, live: &mut Live) {
+        let others = self
+            .replication
+            .replicas
+            .iter()
+            .filter(|r| **r != self.name);
+        let mut stable = live.replica.seen().clone();
+        for other in others {
+            let Some(seen) = live.peers_seen.get(other) else {
+                return;
+            };
+            for (origin, counter) in stable.iter_mut() {
+                *counter = (*counter).min(seen.get(origin).copied().unwrap_or(0));
+            }
+        }
+        let compacted = live.replica.compact(&stable);
+        if compacted > 0 {
+            tracing::trace!(entity = %self.pid, compacted, "compacted stable events");
+        }
+    }
+
+    async fn maybe_snapshot(&self, live: &mut Live) {
+        let every = self.config.snapshot_every;
+        if every == 0 || live.persisted < live.snapshot_at + every {
+            return;
+        }
+        let saved = live.replica.snapshot();
+        let payload = match rmp_serde::to_vec_named(&saved) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(entity = %self.stream, "snapshot does not encode: {error}");
+                return;
+            }
+        };
+        let snapshot = SnapshotEnvelope {
+            persistence_id: self.stream.clone(),
+            seq_nr: live.persisted,
+            writer: self.shared.settings.writer_id,
+            version: saved.seen.clone(),
+            seen: saved.seen,
+            plugin: live.plugin.id().to_owned(),
+            payload,
+        };
+        match self.shared.journal.save_snapshot(snapshot).await {
+            Ok(()) => live.snapshot_at = live.persisted,
+            // The events are durable; a missing snapshot only makes the next recovery longer.
+            Err(error) => tracing::warn!(entity = %self.stream, "snapshot failed: {error}"),
+        }
+    }
+
+    fn pull_from_all(&self, live: &Live) {
+        self.send_to_all(ReplicationBody::Pull {
+            seen: live.replica.seen().clone(),
+        });
+    }
+
+    fn pull_from(&self, live: &Live, replica: &str) {
+        self.send(
+            replica,
+            ReplicationBody::Pull {
+                seen: live.replica.seen().clone(),
+            },
+        );
+    }
+
+    fn send_to_all(&self, body: ReplicationBody) {
+        for replica in &self.replication.replicas {
+            if *replica != self.name {
+                self.send(replica, body.clone());
+            }
+        }
+    }
+
+    fn send(&self, replica: &str, body: ReplicationBody) {
+        if let Some(peers) = self.shared.peers.get() {
+            peers.send(
+                replica,
+                ReplicationMessage {
+                    entity_type: self.entity_type.clone(),
+                    entity_id: self.entity_id.clone(),
+                    body,
+                },
+            );
+        }
+    }
+
+    /// The resolver the entity type names: a built-in, or a loaded resolver plugin.
+    fn resolver(&self) -> Result<Resolver, EntityError> {
+        match self.replication.resolver.as_str() {
+            LAST_WRITER_WINS => Ok(Resolver::LastWriterWins),
+            FIRST_WRITER_WINS => Ok(Resolver::FirstWriterWins),
+            name => {
+                let plugin = self.shared.plugins.get(name)?;
+                if plugin.world() != World::Resolver {
+                    return Err(EntityError::Plugin {
+                        code: "not_a_resolver",
+                        message: format!(
+                            "entity type `{}` names `{name}` as its resolver, but {} is an {} plugin, not a resolver",
+                            self.entity_type,
+                            plugin.id(),
+                            plugin.world().name()
+                        ),
+                    });
+                }
+                Ok(Resolver::Plugin(plugin))
+            }
+        }
+    }
+
+    fn fold(&self, live: &Live) -> PluginFold {
+        let role = match &live.tenure {
+            Some(tenure) if tenure.fencing_token().is_none() => Role::Observer,
+            _ => Role::Writer,
+        };
+        self.fold_with(&live.plugin, &live.resolver, false, role)
+    }
+
+    fn fold_with(
+        &self,
+        plugin: &Arc<PluginVersion>,
+        resolver: &Resolver,
+        recovery_running: bool,
+        role: Role,
+    ) -> PluginFold {
+        let ctx = self.context(0, recovery_running, role);
+        PluginFold::new(plugin.clone(), resolver.clone(), ctx)
+    }
+
+    fn context(&self, now: u64, recovery_running: bool, role: Role) -> Context {
+        Context {
+            entity_type: self.entity_type.clone(),
+            entity_id: self.entity_id.clone(),
+            replica: self.name.clone(),
+            all_replicas: self.replication.replicas.clone(),
+            now,
+            recovery_running,
+            role,
+        }
+    }
+
+    fn seat(&self) -> Seat<'_> {
+        Seat {
+            entity_type: &self.entity_type,
+            entity_id: &self.entity_id,
+            persistence_id: &self.pid,
+            notifications: &self.shared.notifications,
+            // Replicas are not handed off between nodes: a lease another replica holds is a
+            // live writer (or a crashed one, until its lease expires), refused at once by name.
+            clustered: false,
+        }
+    }
+}
+
+/// The total order every replica folds in: HLC timestamp, origin replica, origin sequence number.
+fn total_order(event: &EventEnvelope) -> (u64, &str, u64) {
+    (event.timestamp, &event.origin_replica, event.origin_seq_nr)
+}

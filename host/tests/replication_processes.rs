@@ -1,0 +1,282 @@
+//! Replicated entities across real `weft serve` processes: three nodes on loopback, one replica
+//! each, sharing a real PostgreSQL journal (each replica writes its own stream).
+//!
+//! - Every replica takes commands at once, concurrently; cut off by a partition (the transport's
+//!   fault seam) both sides go on writing; after the heal every replica folds to the same state,
+//!   the sum of every acknowledged increment.
+//! - In lease mode only the lease holder's replica persists; the others observe and refuse
+//!   commands naming the holder. Killed with SIGKILL, the holder is replaced by another replica,
+//!   which writes on from everything the old one wrote, with a higher fencing token.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::cluster::{DEADLINE, TestCluster, wait_for_members};
+use support::services::Postgres;
+use weft::journal::{EventEnvelope, Journal, PostgresJournal};
+
+const REPLICAS: [&str; 3] = ["a", "b", "c"];
+
+/// The replicated types every node of these tests configures: `tally` (last-writer-wins: every
+/// increment counts) and `ledger` (the same, in lease mode).
+const REPLICATED_TYPES: &str = r#"
+[entities.tally]
+plugin = "counter"
+replication = { replicas = ["a", "b", "c"], pull_interval_ms = 200 }
+
+[entities.ledger]
+plugin = "counter"
+single_writer = true
+lease_ttl_ms = 2000
+replication = { replicas = ["a", "b", "c"], pull_interval_ms = 200 }
+"#;
+
+async fn increment(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    by: i64,
+) -> Result<Value, (u16, Value)> {
+    let response = http
+        .post(format!("{url}/entities/{path}"))
+        .json(&json!({"op": "increment", "by": by}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err((status, body))
+    }
+}
+
+async fn value(http: &reqwest::Client, url: &str, path: &str) -> Option<i64> {
+    let response = http
+        .get(format!("{url}/entities/{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let body: Value = response.json().await.ok()?;
+    body["state"]["value"].as_i64()
+}
+
+/// Waits until every node's replica of `path` holds `expected`.
+async fn wait_for_value(http: &reqwest::Client, urls: &[&str], path: &str, expected: i64) {
+    let started = Instant::now();
+    loop {
+        let mut values = Vec::new();
+        for url in urls {
+            values.push(value(http, url, path).await);
+        }
+        if values.iter().all(|value| *value == Some(expected)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{path}: the replicas hold {values:?}, not {expected}, after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn inject(http: &reqwest::Client, url: &str, fault: Value) {
+    let response = http
+        .post(format!("{url}/cluster/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{fault}");
+}
+
+async fn stream(journal: &PostgresJournal, pid: &str, replica: &str) -> Vec<EventEnvelope> {
+    journal
+        .read(&format!("{pid}|{replica}"), 1, 10_000)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
+    let postgres = Postgres::start();
+    let cluster = TestCluster {
+        fault_injection: true,
+        extra: REPLICATED_TYPES.to_owned(),
+        ..TestCluster::new(&postgres, "a").await
+    };
+    let nodes: Vec<_> = REPLICAS
+        .iter()
+        .map(|name| cluster.start(name, "actor"))
+        .collect();
+    let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
+    let http = reqwest::Client::new();
+    for url in &urls {
+        wait_for_members(&http, url, &REPLICAS).await;
+    }
+
+    // Concurrent increments at every replica: replica i adds i + 1, ten times.
+    let mut writers = Vec::new();
+    for (index, url) in urls.iter().enumerate() {
+        let (http, url) = (http.clone(), url.to_string());
+        writers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                increment(&http, &url, "tally/t1", index as i64 + 1)
+                    .await
+                    .expect("every replica takes commands");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_for_value(&http, &urls, "tally/t1", 60).await;
+
+    // Cut c off from a and b; both sides keep writing.
+    inject(
+        &http,
+        urls[2],
+        json!({"fault": "partition", "from": ["a", "b"]}),
+    )
+    .await;
+    for url in &urls[..2] {
+        inject(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
+    }
+    wait_for_members(&http, urls[0], &["a", "b"]).await;
+    wait_for_members(&http, urls[2], &["c"]).await;
+    for _ in 0..5 {
+        increment(&http, urls[0], "tally/t1", 100).await.unwrap();
+        increment(&http, urls[2], "tally/t1", 1_000).await.unwrap();
+    }
+    // Each side sees its own writes (and b sees a's); c has not seen a's, a has not seen c's.
+    wait_for_value(&http, &urls[..2], "tally/t1", 560).await;
+    assert_eq!(value(&http, urls[2], "tally/t1").await, Some(5_060));
+
+    for url in &urls {
+        inject(&http, url, json!({"fault": "heal"})).await;
+    }
+    for url in &urls {
+        wait_for_members(&http, url, &REPLICAS).await;
+    }
+    wait_for_value(&http, &urls, "tally/t1", 5_560).await;
+
+    // Each replica persisted exactly its own commands' events, to its own stream.
+    let journal = PostgresJournal::open(&cluster.database).await.unwrap();
+    let counts: Vec<usize> = {
+        let mut counts = Vec::new();
+        for replica in REPLICAS {
+            let events = stream(&journal, "tally|t1", replica).await;
+            assert!(events.iter().all(|event| event.origin_replica == replica));
+            counts.push(events.len());
+        }
+        counts
+    };
+    assert_eq!(counts, vec![15, 10, 15]);
+    // And the states agree byte for byte, not just in value.
+    let mut states = Vec::new();
+    for url in &urls {
+        let body: Value = http
+            .get(format!("{url}/entities/tally/t1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        states.push((body["state"].clone(), body["seq_nr"].clone()));
+    }
+    assert!(
+        states.windows(2).all(|pair| pair[0] == pair[1]),
+        "{states:?}"
+    );
+    assert_eq!(states[0].1, json!(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_lease_mode_only_the_holder_persists_and_another_replica_takes_over_when_it_dies() {
+    let postgres = Postgres::start();
+    let cluster = TestCluster {
+        extra: REPLICATED_TYPES.to_owned(),
+        ..TestCluster::new(&postgres, "a").await
+    };
+    let mut nodes: Vec<_> = REPLICAS
+        .iter()
+        .map(|name| Some(cluster.start(name, "actor")))
+        .collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|node| node.as_ref().unwrap().url.clone())
+        .collect();
+    let http = reqwest::Client::new();
+    for url in &urls {
+        wait_for_members(&http, url, &REPLICAS).await;
+    }
+
+    // a is the first to ask: it takes the lease and writes.
+    for _ in 0..3 {
+        increment(&http, &urls[0], "ledger/l1", 1).await.unwrap();
+    }
+    // b and c observe: refused, naming the writer; they still fold a's events.
+    for url in &urls[1..] {
+        let (status, body) = increment(&http, url, "ledger/l1", 1).await.unwrap_err();
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "not_writer", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("holds its lease"),
+            "{body}"
+        );
+    }
+    wait_for_value(
+        &http,
+        &urls.iter().map(String::as_str).collect::<Vec<_>>(),
+        "ledger/l1",
+        3,
+    )
+    .await;
+    let journal = PostgresJournal::open(&cluster.database).await.unwrap();
+    let written_by_a = stream(&journal, "ledger|l1", "a").await;
+    assert_eq!(written_by_a.len(), 3);
+    assert!(stream(&journal, "ledger|l1", "b").await.is_empty());
+    assert!(stream(&journal, "ledger|l1", "c").await.is_empty());
+
+    // Kill a: once its lease expires, b or c becomes the writer.
+    nodes[0].take().unwrap().kill();
+    let started = Instant::now();
+    let new_writer = loop {
+        let mut took_over = None;
+        for (index, url) in urls.iter().enumerate().skip(1) {
+            if increment(&http, url, "ledger/l1", 10).await.is_ok() {
+                took_over = Some(index);
+                break;
+            }
+        }
+        if let Some(index) = took_over {
+            break index;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no replica took over after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let name = REPLICAS[new_writer];
+    let survivors: Vec<&str> = urls[1..].iter().map(String::as_str).collect();
+    wait_for_value(&http, &survivors, "ledger/l1", 13).await;
+
+    // Only the new holder's stream grew, with a higher fencing token; a's is as it was.
+    assert_eq!(stream(&journal, "ledger|l1", "a").await, written_by_a);
+    let written = stream(&journal, "ledger|l1", name).await;
+    assert_eq!(written.len(), 1);
+    assert!(written[0].fencing_token > written_by_a[0].fencing_token);
+    let other = REPLICAS[3 - new_writer];
+    assert!(stream(&journal, "ledger|l1", other).await.is_empty());
+    // The new writer's event follows everything a wrote.
+    assert_eq!(written[0].version.get("a"), Some(&3));
+}
