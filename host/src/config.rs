@@ -38,6 +38,10 @@
 //! replay_filter = "fail"         # warn | repair-by-discard-old | off
 //! # single_writer = true         # one writer per entity across nodes: the lease holder
 //! # lease_ttl_ms = 10000
+//!
+//! [entities.tally]               # replicated on the nodes named a, b, c (docs/replication.md)
+//! plugin = "counter"
+//! replication = { replicas = ["a", "b", "c"], resolver = "last-writer-wins" }
 //! ```
 
 use anyhow::Context as _;

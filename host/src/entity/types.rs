@@ -165,3 +165,55 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replication(replicas: &[&str]) -> ReplicationConfig {
+        ReplicationConfig {
+            replicas: replicas.iter().map(|name| name.to_string()).collect(),
+            ..ReplicationConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_replication_table_parses_with_defaults() {
+        let config: EntityTypeConfig =
+            toml::from_str("plugin = \"counter\"\nreplication = { replicas = [\"a\", \"b\"] }\n")
+                .unwrap();
+        let replication = config.replication.unwrap();
+        assert_eq!(replication.replicas, ["a", "b"]);
+        assert_eq!(replication.resolver, LAST_WRITER_WINS);
+        assert_eq!(replication.pull_interval(), Duration::from_secs(1));
+        assert!(replication.hosts("b") && !replication.hosts("c"));
+    }
+
+    #[test]
+    fn unknown_replication_keys_are_refused() {
+        let parsed: Result<EntityTypeConfig, _> =
+            toml::from_str("plugin = \"c\"\nreplication = { replica = [\"a\"] }\n");
+        assert!(parsed.unwrap_err().to_string().contains("replica"));
+    }
+
+    #[test]
+    fn bad_replica_lists_are_refused_with_the_reason() {
+        let empty = replication(&[]).validate("tally").unwrap_err();
+        assert!(empty.contains("at least one replica"), "{empty}");
+        let twice = replication(&["a", "b", "a"]).validate("tally").unwrap_err();
+        assert!(twice.contains("`a` is listed twice"), "{twice}");
+        let bad_name = replication(&["a|b"]).validate("tally").unwrap_err();
+        assert!(bad_name.contains("replica `a|b` is invalid"), "{bad_name}");
+        let fast = ReplicationConfig {
+            pull_interval_ms: 1,
+            ..replication(&["a"])
+        };
+        assert!(fast.validate("tally").unwrap_err().contains("pull_interval_ms 1"));
+        assert_eq!(replication(&["a", "b", "c"]).validate("tally"), Ok(()));
+    }
+
+    #[test]
+    fn a_replica_stream_is_the_entity_stream_and_the_replica() {
+        assert_eq!(replica_stream(&persistence_id("tally", "t1"), "b"), "tally|t1|b");
+    }
+}

@@ -1,0 +1,220 @@
+//! Replicated entities in one process: two entity systems, replicas `a` and `b`, linked by an
+//! in-process [`Peers`] that can be cut. They converge, recover from their own snapshots and
+//! every replica's stream, refuse commands while their own events wait for their causal past,
+//! and refuse what they are not configured for with the reason.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{from_msgpack, msgpack, plugin_bytes};
+use ulid::Ulid;
+use weft::clock::NodeClock;
+use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings};
+use weft::journal::{InMemoryJournal, Journal};
+use weft::lease::InMemoryLease;
+use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
+use weft::replication::{Peers, ReplicationMessage};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Delivers replication messages to the linked systems, unless cut.
+#[derive(Default)]
+struct Link {
+    systems: Mutex<HashMap<String, EntitySystem>>,
+    cut: AtomicBool,
+}
+
+struct Endpoint {
+    link: Arc<Link>,
+    from: String,
+}
+
+impl Peers for Endpoint {
+    fn send(&self, replica: &str, message: ReplicationMessage) {
+        if self.link.cut.load(Ordering::SeqCst) {
+            return;
+        }
+        let systems = self.link.systems.lock().unwrap();
+        if let Some(system) = systems.get(replica).cloned() {
+            let from = self.from.clone();
+            tokio::spawn(async move { system.replicate(&from, message).await });
+        }
+    }
+}
+
+fn plugins() -> Arc<PluginRegistry> {
+    let runtime = PluginRuntime::new(RuntimeLimits::default(), None).unwrap();
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+    plugins.load("counter", &plugin_bytes("counter")).unwrap();
+    plugins
+}
+
+fn tally(resolver: &str) -> EntityTypeConfig {
+    EntityTypeConfig {
+        snapshot_every: 3,
+        replication: Some(ReplicationConfig {
+            replicas: vec!["a".into(), "b".into()],
+            resolver: resolver.into(),
+            pull_interval_ms: 50,
+        }),
+        ..EntityTypeConfig::for_plugin("counter")
+    }
+}
+
+/// Replica `name` on `journal`, linked through `link` when given.
+fn replica(
+    name: &str,
+    journal: Arc<dyn Journal>,
+    plugins: &Arc<PluginRegistry>,
+    link: Option<&Arc<Link>>,
+) -> EntitySystem {
+    let settings = SystemSettings {
+        writer_id: Ulid::new(),
+        replica: name.to_owned(),
+        clustered: true,
+    };
+    let lease = Arc::new(InMemoryLease::new());
+    let system = EntitySystem::new(journal, lease, plugins.clone(), settings, NodeClock::default());
+    system.bind_type("tally", tally("last-writer-wins")).unwrap();
+    if let Some(link) = link {
+        system.set_peers(Arc::new(Endpoint {
+            link: link.clone(),
+            from: name.to_owned(),
+        }));
+        link.systems
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), system.clone());
+    }
+    system
+}
+
+fn increment(by: i64) -> Vec<u8> {
+    msgpack(&json!({"op": "increment", "by": by}))
+}
+
+async fn value(system: &EntitySystem) -> Value {
+    from_msgpack(&system.state("tally", "x").await.unwrap().state)["value"].clone()
+}
+
+async fn wait_for_value(systems: &[&EntitySystem], expected: i64) {
+    let started = Instant::now();
+    loop {
+        let mut values = Vec::new();
+        for system in systems {
+            values.push(value(system).await);
+        }
+        if values.iter().all(|value| *value == json!(expected)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the replicas hold {values:?}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_converge_and_a_restarted_one_recovers_from_its_snapshot_and_every_stream() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let plugins = plugins();
+    let link = Arc::new(Link::default());
+    let a = replica("a", journal.clone(), &plugins, Some(&link));
+    let b = replica("b", journal.clone(), &plugins, Some(&link));
+    let (a_writes, b_writes) = (a.clone(), b.clone());
+    let writers = [
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                a_writes.ask("tally", "x", increment(1)).await.unwrap();
+            }
+        }),
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                b_writes.ask("tally", "x", increment(10)).await.unwrap();
+            }
+        }),
+    ];
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_for_value(&[&a, &b], 45).await;
+    // Each replica wrote its own stream, and snapshotted it every 3 of its own events.
+    assert_eq!(journal.highest_seq_nr("tally|x|a").await, Ok(5));
+    assert_eq!(journal.highest_seq_nr("tally|x|b").await, Ok(4));
+    assert_eq!(journal.highest_seq_nr("tally|x").await, Ok(0));
+    let snapshot = journal.latest_snapshot("tally|x|a").await.unwrap().unwrap();
+    assert_eq!(snapshot.seq_nr, 3);
+
+    // A fresh replica a, alone, recovers the whole state from the shared journal.
+    let restarted = replica("a", journal.clone(), &plugins, None);
+    assert_eq!(value(&restarted).await, json!(45));
+    let state = restarted.state("tally", "x").await.unwrap();
+    assert_eq!(state.seq_nr, 9, "events folded, from both replicas");
+    let reply = restarted.ask("tally", "x", increment(100)).await.unwrap();
+    assert_eq!(reply.seq_nr, 6, "its own sixth event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_its_own_journal_refuses_commands_until_pulls_bring_what_its_events_follow()
+{
+    let plugins = plugins();
+    let link = Arc::new(Link::default());
+    let a_journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let a = replica("a", a_journal.clone(), &plugins, Some(&link));
+    let b = replica("b", Arc::new(InMemoryJournal::new()), &plugins, Some(&link));
+    b.ask("tally", "x", increment(10)).await.unwrap();
+    wait_for_value(&[&a, &b], 10).await;
+    // a's own event follows b's, which only b's journal holds.
+    a.ask("tally", "x", increment(1)).await.unwrap();
+    wait_for_value(&[&a, &b], 11).await;
+
+    // a restarts on its own journal, cut off: its event waits for b's, so it takes no command.
+    link.cut.store(true, Ordering::SeqCst);
+    let restarted = replica("a", a_journal, &plugins, Some(&link));
+    let refused = restarted.ask("tally", "x", increment(1)).await.unwrap_err();
+    assert!(
+        matches!(refused, EntityError::CatchingUp { waiting: 1, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(refused.code(), "replica_catching_up");
+    assert_eq!(value(&restarted).await, json!(0));
+
+    // Reconnected, its pulls bring b's event; then it writes on.
+    link.cut.store(false, Ordering::SeqCst);
+    wait_for_value(&[&restarted], 11).await;
+    let reply = restarted.ask("tally", "x", increment(100)).await.unwrap();
+    assert_eq!(reply.seq_nr, 2);
+    wait_for_value(&[&restarted, &b], 111).await;
+}
+
+#[tokio::test]
+async fn what_a_node_is_not_configured_for_is_refused_with_the_reason() {
+    let plugins = plugins();
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let outsider = EntitySystem::single_host(journal.clone(), plugins.clone());
+    outsider.bind_type("tally", tally("last-writer-wins")).unwrap();
+    let refused = outsider
+        .ask("tally", "x", increment(1))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "not_a_replica");
+    assert!(refused.to_string().contains("replicated on a, b"), "{refused}");
+
+    // An entity plugin named as the resolver.
+    let a = replica("a", journal, &plugins, None);
+    a.bind_type("tally", tally("counter")).unwrap();
+    let refused = a.ask("tally", "x", increment(1)).await.unwrap_err();
+    assert_eq!(refused.code(), "not_a_resolver");
+    assert!(refused.to_string().contains("not a resolver"), "{refused}");
+
+    // Replica lists that cannot work are refused when the type is bound.
+    let mut twice = tally("last-writer-wins");
+    twice.replication.as_mut().unwrap().replicas = vec!["a".into(), "a".into()];
+    let error = a.bind_type("tally", twice).unwrap_err();
+    assert!(error.to_string().contains("listed twice"), "{error}");
+}
