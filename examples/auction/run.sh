@@ -12,7 +12,7 @@ start_node a "$types"; start_node b "$types"; start_node c "$types"
 a=$url_a; b=$url_b; c=$url_c
 
 bid() { curl -s -XPOST "$1/entities/lot/1" -H 'content-type: application/json' -d "{\"op\":\"bid\",\"bidder\":\"$2\",\"amount\":$3}" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r.get("error",{}).get("message") or "accepted")'; }
-highest() { curl -sf "$1/entities/lot/1" | python3 -c 'import json,sys; h=json.load(sys.stdin)["state"]["highest"]; print(f"{h[\"bidder\"]} {h[\"amount\"]}" if h else "none")'; }
+highest() { curl -sf "$1/entities/lot/1" | python3 -c 'import json,sys; h=json.load(sys.stdin)["state"]["highest"]; print(str(h["bidder"]) + " " + str(h["amount"]) if h else "none")'; }
 highests() { echo "a: $(highest "$a")   b: $(highest "$b")   c: $(highest "$c")"; }
 wait_highest() {
   for _ in $(seq 300); do

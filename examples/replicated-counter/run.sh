@@ -26,7 +26,10 @@ echo "== three nodes, a replica of tally/t1 on each"
 for node in "$a" "$b" "$c"; do wait_members "$node" 3; done
 
 echo "== a, b and c increment at the same time (by 1, 2 and 3, ten times each)"
-for i in $(seq 10); do increment "$a" 1 & increment "$b" 2 & increment "$c" 3 & wait; done
+for _ in $(seq 10); do
+  increment "$a" 1 & p1=$!; increment "$b" 2 & p2=$!; increment "$c" 3 & p3=$!
+  wait "$p1" "$p2" "$p3"
+done
 wait_value 60
 echo "   $(values)"
 

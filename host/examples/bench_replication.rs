@@ -134,7 +134,12 @@ async fn partition_convergence(urls: &[String]) -> anyhow::Result<(Duration, Dur
     let http = reqwest::Client::new();
     let path = "tally/partitioned";
     anyhow::ensure!(accepted(&http, &urls[2], path).await, "c refused");
-    inject(&http, &urls[2], json!({"fault": "partition", "from": ["a", "b"]})).await?;
+    inject(
+        &http,
+        &urls[2],
+        json!({"fault": "partition", "from": ["a", "b"]}),
+    )
+    .await?;
     for url in &urls[..2] {
         inject(&http, url, json!({"fault": "partition", "from": ["c"]})).await?;
     }
@@ -156,7 +161,10 @@ async fn partition_convergence(urls: &[String]) -> anyhow::Result<(Duration, Dur
     for writer in writers {
         written += writer.await?;
     }
-    anyhow::ensure!(written == PARTITION_EVENTS / CLIENTS * CLIENTS, "writes failed");
+    anyhow::ensure!(
+        written == PARTITION_EVENTS / CLIENTS * CLIENTS,
+        "writes failed"
+    );
     let expected = value(&http, &urls[0], path).await;
     println!("  {written} events written at a while c was cut off; a holds {expected:?}");
     let healed = Instant::now();
@@ -175,8 +183,9 @@ async fn partition_convergence(urls: &[String]) -> anyhow::Result<(Duration, Dur
                 rejoined = Some(Instant::now());
             }
         }
-        if rejoined.is_some() && value(&http, &urls[2], path).await == expected {
-            let rejoined = rejoined.expect("checked");
+        if let Some(rejoined) = rejoined
+            && value(&http, &urls[2], path).await == expected
+        {
             return Ok((healed.elapsed(), rejoined.elapsed()));
         }
         anyhow::ensure!(healed.elapsed() < DEADLINE, "c did not converge");
@@ -215,7 +224,10 @@ fn refold_cost(behind: usize) -> anyhow::Result<(Duration, Duration)> {
     let initial = counter.init(&plugins::context("tally", "r", 0))?;
     let mut log = MergeLog::new(initial);
     for seq_nr in 1..=FOLDED as u64 {
-        log.insert(&fold, increment_event("a", seq_nr, seq_nr * 10, counter.id()))?;
+        log.insert(
+            &fold,
+            increment_event("a", seq_nr, seq_nr * 10, counter.id()),
+        )?;
     }
     let mut in_order = Vec::new();
     let mut late = Vec::new();
@@ -228,7 +240,10 @@ fn refold_cost(behind: usize) -> anyhow::Result<(Duration, Duration)> {
         let mut copy = log.clone();
         let timestamp = (FOLDED - behind) as u64 * 10 + 5;
         let started = Instant::now();
-        copy.insert(&fold, increment_event("b", 1 + run, timestamp, counter.id()))?;
+        copy.insert(
+            &fold,
+            increment_event("b", 1 + run, timestamp, counter.id()),
+        )?;
         late.push(started.elapsed());
     }
     in_order.sort();
@@ -254,11 +269,15 @@ async fn main() -> anyhow::Result<()> {
         wait_for_members(&http, url, &["a", "b", "c"]).await;
     }
 
-    println!("commands/s, {CLIENTS} clients spread over 3 nodes, {COMMANDS} commands, {ENTITIES} entities:");
+    println!(
+        "commands/s, {CLIENTS} clients spread over 3 nodes, {COMMANDS} commands, {ENTITIES} entities:"
+    );
     let plain = throughput(&urls, "plain", ENTITIES, COMMANDS).await?;
     println!("  placed on one owner each (forwarded when sent elsewhere): {plain:.0} commands/s");
     let replicated = throughput(&urls, "tally", ENTITIES, COMMANDS).await?;
-    println!("  replicated on 3 replicas (persisted locally, pushed to 2): {replicated:.0} commands/s");
+    println!(
+        "  replicated on 3 replicas (persisted locally, pushed to 2): {replicated:.0} commands/s"
+    );
     println!("  ratio replicated / placed: {:.2}", replicated / plain);
 
     println!("convergence after a partition with {PARTITION_EVENTS} events on the other side:");

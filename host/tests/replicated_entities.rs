@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use support::{from_msgpack, msgpack, plugin_bytes};
 use ulid::Ulid;
 use weft::clock::NodeClock;
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings};
+use weft::entity::{
+    EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings,
+};
 use weft::journal::{InMemoryJournal, Journal};
 use weft::lease::InMemoryLease;
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
@@ -78,8 +80,16 @@ fn replica(
         clustered: true,
     };
     let lease = Arc::new(InMemoryLease::new());
-    let system = EntitySystem::new(journal, lease, plugins.clone(), settings, NodeClock::default());
-    system.bind_type("tally", tally("last-writer-wins")).unwrap();
+    let system = EntitySystem::new(
+        journal,
+        lease,
+        plugins.clone(),
+        settings,
+        NodeClock::default(),
+    );
+    system
+        .bind_type("tally", tally("last-writer-wins"))
+        .unwrap();
     if let Some(link) = link {
         system.set_peers(Arc::new(Endpoint {
             link: link.clone(),
@@ -197,13 +207,15 @@ async fn what_a_node_is_not_configured_for_is_refused_with_the_reason() {
     let plugins = plugins();
     let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
     let outsider = EntitySystem::single_host(journal.clone(), plugins.clone());
-    outsider.bind_type("tally", tally("last-writer-wins")).unwrap();
-    let refused = outsider
-        .ask("tally", "x", increment(1))
-        .await
-        .unwrap_err();
+    outsider
+        .bind_type("tally", tally("last-writer-wins"))
+        .unwrap();
+    let refused = outsider.ask("tally", "x", increment(1)).await.unwrap_err();
     assert_eq!(refused.code(), "not_a_replica");
-    assert!(refused.to_string().contains("replicated on a, b"), "{refused}");
+    assert!(
+        refused.to_string().contains("replicated on a, b"),
+        "{refused}"
+    );
 
     // An entity plugin named as the resolver.
     let a = replica("a", journal, &plugins, None);

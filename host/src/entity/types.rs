@@ -208,12 +208,19 @@ mod tests {
             pull_interval_ms: 1,
             ..replication(&["a"])
         };
-        assert!(fast.validate("tally").unwrap_err().contains("pull_interval_ms 1"));
+        assert!(
+            fast.validate("tally")
+                .unwrap_err()
+                .contains("pull_interval_ms 1")
+        );
         assert_eq!(replication(&["a", "b", "c"]).validate("tally"), Ok(()));
     }
 
     #[test]
     fn a_replica_stream_is_the_entity_stream_and_the_replica() {
-        assert_eq!(replica_stream(&persistence_id("tally", "t1"), "b"), "tally|t1|b");
+        assert_eq!(
+            replica_stream(&persistence_id("tally", "t1"), "b"),
+            "tally|t1|b"
+        );
     }
 }

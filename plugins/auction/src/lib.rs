@@ -54,23 +54,18 @@ impl Entity for Auction {
             Command::Bid { bidder, .. } if bidder.is_empty() => {
                 Err("a bid needs a bidder".to_owned())
             }
-            Command::Bid { amount, .. } if amount == 0 => {
-                Err("a bid must be above 0".to_owned())
-            }
-            Command::Bid { amount, .. }
-                if state.highest.as_ref().is_some_and(|high| high.amount >= amount) =>
-            {
-                let high = state.highest.as_ref().expect("guarded");
-                Err(format!(
+            Command::Bid { amount: 0, .. } => Err("a bid must be above 0".to_owned()),
+            Command::Bid { bidder, amount } => match &state.highest {
+                Some(high) if high.amount >= amount => Err(format!(
                     "a bid of {amount} does not beat {}'s {}",
                     high.bidder, high.amount
-                ))
-            }
-            Command::Bid { bidder, amount } => {
-                let event = Event::BidPlaced { bidder, amount };
-                let after = Auction::apply(state.clone(), ctx, &event);
-                Ok(Decision::emit(vec![event], after))
-            }
+                )),
+                _ => {
+                    let event = Event::BidPlaced { bidder, amount };
+                    let after = Auction::apply(state.clone(), ctx, &event);
+                    Ok(Decision::emit(vec![event], after))
+                }
+            },
             Command::Get => Ok(Decision::reply(state.clone())),
         }
     }
@@ -101,10 +96,9 @@ mod tests {
             amount,
         };
         let decision = Auction::handle(state, &ctx, command)?;
-        Ok(decision
-            .events
-            .iter()
-            .fold(state.clone(), |state, event| Auction::apply(state, &ctx, event)))
+        Ok(decision.events.iter().fold(state.clone(), |state, event| {
+            Auction::apply(state, &ctx, event)
+        }))
     }
 
     #[test]
