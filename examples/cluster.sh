@@ -7,6 +7,7 @@
 #                                # to its weft.toml; sets url_NAME to its HTTP address
 #   wait_members URL N           # waits (at most 30 s) until the node at URL sees N members
 #   fault URL JSON               # POST /cluster/faults
+#   wait_for EXPECTED COMMAND…   # waits (at most 30 s) until COMMAND prints EXPECTED
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -68,3 +69,8 @@ wait_members() {
   echo "node $1 never saw $2 member(s)"; exit 1
 }
 fault() { curl -sf -XPOST "$1/cluster/faults" -H 'content-type: application/json' -d "$2" > /dev/null; }
+wait_for() {
+  local expected=$1; shift
+  for _ in $(seq 300); do [ "$("$@" 2>/dev/null)" = "$expected" ] && return 0; sleep 0.1; done
+  echo "waited 30 s for '$expected', got '$("$@" 2>&1)'"; exit 1
+}

@@ -14,13 +14,7 @@ a=$url_a; b=$url_b; c=$url_c
 bid() { curl -s -XPOST "$1/entities/lot/1" -H 'content-type: application/json' -d "{\"op\":\"bid\",\"bidder\":\"$2\",\"amount\":$3}" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r.get("error",{}).get("message") or "accepted")'; }
 highest() { curl -sf "$1/entities/lot/1" | python3 -c 'import json,sys; h=json.load(sys.stdin)["state"]["highest"]; print(str(h["bidder"]) + " " + str(h["amount"]) if h else "none")'; }
 highests() { echo "a: $(highest "$a")   b: $(highest "$b")   c: $(highest "$c")"; }
-wait_highest() {
-  for _ in $(seq 300); do
-    [ "$(highests 2>/dev/null)" = "a: $1   b: $1   c: $1" ] && return 0
-    sleep 0.1
-  done
-  echo "the replicas did not converge to '$1': $(highests)"; exit 1
-}
+wait_highest() { wait_for "a: $1   b: $1   c: $1" highests; }
 
 echo "== three nodes, a replica of lot/1 on each"
 for node in "$a" "$b" "$c"; do wait_members "$node" 3; done

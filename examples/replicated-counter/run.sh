@@ -14,13 +14,7 @@ increment() { curl -sf -XPOST "$1/entities/tally/t1" -H 'content-type: applicati
 value() { curl -sf "$1/entities/tally/t1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"]["value"])'; }
 values() { echo "a: $(value "$a")   b: $(value "$b")   c: $(value "$c")"; }
 # Waits (at most 30 s) until every replica holds $1.
-wait_value() {
-  for _ in $(seq 300); do
-    [ "$(values 2>/dev/null)" = "a: $1   b: $1   c: $1" ] && return 0
-    sleep 0.1
-  done
-  echo "the replicas did not converge to $1: $(values)"; exit 1
-}
+wait_value() { wait_for "a: $1   b: $1   c: $1" values; }
 
 echo "== three nodes, a replica of tally/t1 on each"
 for node in "$a" "$b" "$c"; do wait_members "$node" 3; done

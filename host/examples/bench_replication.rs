@@ -28,7 +28,7 @@ mod services;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster::{DEADLINE, TestCluster, wait_for_members};
+use cluster::{DEADLINE, TestCluster, inject_fault, wait_for_members};
 use serde_json::{Value, json};
 use services::Postgres;
 use ulid::Ulid;
@@ -118,30 +118,20 @@ async fn throughput(
     Ok(count as f64 / seconds)
 }
 
-async fn inject(http: &reqwest::Client, url: &str, fault: Value) -> anyhow::Result<()> {
-    let response = http
-        .post(format!("{url}/cluster/faults"))
-        .json(&fault)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status() == 200, "{fault} refused");
-    Ok(())
-}
-
 /// Partitions c away, writes [`PARTITION_EVENTS`] at a, heals, and times until c holds what a
 /// holds: (from the heal, from the moment c sees every member again).
 async fn partition_convergence(urls: &[String]) -> anyhow::Result<(Duration, Duration)> {
     let http = reqwest::Client::new();
     let path = "tally/partitioned";
     anyhow::ensure!(accepted(&http, &urls[2], path).await, "c refused");
-    inject(
+    inject_fault(
         &http,
         &urls[2],
         json!({"fault": "partition", "from": ["a", "b"]}),
     )
-    .await?;
+    .await;
     for url in &urls[..2] {
-        inject(&http, url, json!({"fault": "partition", "from": ["c"]})).await?;
+        inject_fault(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
     }
     wait_for_members(&http, &urls[0], &["a", "b"]).await;
     wait_for_members(&http, &urls[2], &["c"]).await;
@@ -169,7 +159,7 @@ async fn partition_convergence(urls: &[String]) -> anyhow::Result<(Duration, Dur
     println!("  {written} events written at a while c was cut off; a holds {expected:?}");
     let healed = Instant::now();
     for url in urls {
-        inject(&http, url, json!({"fault": "heal"})).await?;
+        inject_fault(&http, url, json!({"fault": "heal"})).await;
     }
     let mut rejoined = None;
     loop {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::cluster::{TestCluster, cluster_view, wait_for_members};
+use support::cluster::{TestCluster, cluster_view, inject_fault, wait_for_members};
 use support::services::Postgres;
 use weft::journal::{Journal, PostgresJournal};
 
@@ -268,16 +268,6 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
     drop((a1, a3, a4, g1, g2));
 }
 
-async fn inject(http: &reqwest::Client, url: &str, fault: Value) {
-    let response = http
-        .post(format!("{url}/cluster/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{fault}");
-}
-
 /// Sends one increment of `amount` to `entity` through `url`; whether it was acknowledged.
 async fn increment(http: &reqwest::Client, url: &str, entity: usize, amount: i64) -> bool {
     http.post(format!("{url}/entities/counter/e{entity}"))
@@ -309,14 +299,14 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
     }
 
     // Cut p3 off from p1 and p2 (the database stays reachable from both sides).
-    inject(
+    inject_fault(
         &http,
         &p3.url,
         json!({"fault": "partition", "from": ["p1", "p2"]}),
     )
     .await;
     for node in [&p1, &p2] {
-        inject(
+        inject_fault(
             &http,
             &node.url,
             json!({"fault": "partition", "from": ["p3"]}),
@@ -359,7 +349,7 @@ async fn a_partitioned_node_never_gives_an_entity_two_writers_and_the_cluster_he
 
     // Heal: one view again, and every entity takes commands through any node.
     for node in [&p1, &p2, &p3] {
-        inject(&http, &node.url, json!({"fault": "heal"})).await;
+        inject_fault(&http, &node.url, json!({"fault": "heal"})).await;
     }
     for node in [&p1, &p2, &p3] {
         wait_for_members(&http, &node.url, &["p1", "p2", "p3"]).await;

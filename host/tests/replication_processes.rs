@@ -3,7 +3,7 @@
 //!
 //! - Every replica takes commands at once, concurrently; cut off by a partition (the transport's
 //!   fault seam) both sides go on writing; after the heal every replica folds to the same state,
-//!   the sum of every acknowledged increment.
+//!   the sum of every acknowledged increment. A gateway, hosting no replica, forwards to one.
 //! - In lease mode only the lease holder's replica persists; the others observe and refuse
 //!   commands naming the holder. Killed with SIGKILL, the holder is replaced by another replica,
 //!   which writes on from everything the old one wrote, with a higher fencing token.
@@ -12,7 +12,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::cluster::{DEADLINE, TestCluster, wait_for_members};
+use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
 use support::services::Postgres;
 use weft::journal::{EventEnvelope, Journal, PostgresJournal};
 
@@ -84,16 +84,6 @@ async fn wait_for_value(http: &reqwest::Client, urls: &[&str], path: &str, expec
     }
 }
 
-async fn inject(http: &reqwest::Client, url: &str, fault: Value) {
-    let response = http
-        .post(format!("{url}/cluster/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{fault}");
-}
-
 async fn stream(journal: &PostgresJournal, pid: &str, replica: &str) -> Vec<EventEnvelope> {
     journal
         .read(&format!("{pid}|{replica}"), 1, 10_000)
@@ -137,14 +127,14 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     wait_for_value(&http, &urls, "tally/t1", 60).await;
 
     // Cut c off from a and b; both sides keep writing.
-    inject(
+    inject_fault(
         &http,
         urls[2],
         json!({"fault": "partition", "from": ["a", "b"]}),
     )
     .await;
     for url in &urls[..2] {
-        inject(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
+        inject_fault(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
     }
     wait_for_members(&http, urls[0], &["a", "b"]).await;
     wait_for_members(&http, urls[2], &["c"]).await;
@@ -157,7 +147,7 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     assert_eq!(value(&http, urls[2], "tally/t1").await, Some(5_060));
 
     for url in &urls {
-        inject(&http, url, json!({"fault": "heal"})).await;
+        inject_fault(&http, url, json!({"fault": "heal"})).await;
     }
     for url in &urls {
         wait_for_members(&http, url, &REPLICAS).await;
@@ -194,6 +184,21 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
         "{states:?}"
     );
     assert_eq!(states[0].1, json!(40));
+    // The cluster view shows each node's replica, not a placed owner.
+    let view = cluster_view(&http, urls[1]).await.unwrap();
+    assert!(
+        view["active_entities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"entity_type": "tally", "entity_id": "t1", "replica": "b"})),
+        "{view}"
+    );
+
+    // A gateway, which hosts no replica, forwards to one.
+    let gateway = cluster.start("g", "gateway");
+    wait_for_members(&http, &gateway.url, &["a", "b", "c", "g"]).await;
+    increment(&http, &gateway.url, "tally/t1", 7).await.unwrap();
+    wait_for_value(&http, &urls, "tally/t1", 5_567).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

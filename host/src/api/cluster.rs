@@ -63,6 +63,11 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
         .active()
         .into_iter()
         .map(|(entity_type, entity_id)| {
+            if app.entities.replication(&entity_type).is_some() {
+                // A replica here, not placed: every replica node runs its own.
+                let replica = &app.entities.settings().replica;
+                return json!({"entity_type": entity_type, "entity_id": entity_id, "replica": replica});
+            }
             let owner = owner(&entity_type, &entity_id, &view.members)
                 .map(|owner| owner.name.as_str().to_owned());
             json!({"entity_type": entity_type, "entity_id": entity_id, "owner": owner})

@@ -76,6 +76,9 @@ enum Command {
         /// First sequence number to print.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// For a replicated entity type: the replica whose stream to print.
+        #[arg(long)]
+        replica: Option<String>,
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
@@ -274,11 +277,14 @@ impl Cli {
                 entity_type,
                 entity_id,
                 from,
+                replica,
                 url,
             } => {
+                let replica =
+                    replica.map_or(String::new(), |replica| format!("&replica={replica}"));
                 client::get(
                     &url,
-                    &format!("/entities/{entity_type}/{entity_id}/events?from={from}"),
+                    &format!("/entities/{entity_type}/{entity_id}/events?from={from}{replica}"),
                 )
                 .await
             }

@@ -99,7 +99,7 @@ impl Actor {
         }
     }
 
-    pub async fn run(self, mut inbox: mpsc::Receiver<Message>) {
+    pub async fn run(self, inbox: mpsc::Receiver<Message>) {
         let started = self.recover().await.and_then(|committed| {
             let tenure = self
                 .config
@@ -120,10 +120,7 @@ impl Actor {
             Ok(started) => started,
             Err(error) => {
                 tracing::error!(entity = %self.pid, "recovery failed: {error}");
-                inbox.close();
-                while let Some(message) = inbox.recv().await {
-                    message.fail(error.clone());
-                }
+                refuse_queued(inbox, error).await;
                 return;
             }
         };
@@ -161,29 +158,10 @@ impl Actor {
                 }
             };
             let Some(first) = first else { return };
-            let mut batch = vec![first];
-            while batch.len() < self.config.max_batch {
-                match inbox.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
-            }
-            if batch
-                .iter()
-                .any(|message| matches!(message, Message::Passivate))
-                && !passivating
-            {
-                tracing::debug!(entity = %self.pid, "passivating on request");
-                // What was queued before the close is still handled.
-                inbox.close();
-                passivating = true;
-            }
+            let batch = take_batch(first, &mut inbox, &self.config, &mut passivating, &self.pid);
             if let Err(stale) = self.turn(committed, tenure, batch).await {
                 tracing::warn!(entity = %self.pid, "stopping: {stale}");
-                inbox.close();
-                while let Some(message) = inbox.recv().await {
-                    message.fail(EntityError::Stopped(self.pid.clone()));
-                }
+                refuse_queued(inbox, EntityError::Stopped(self.pid.clone())).await;
                 return;
             }
         }
@@ -256,13 +234,8 @@ impl Actor {
     }
 
     fn seat(&self) -> Seat<'_> {
-        Seat {
-            entity_type: &self.entity_type,
-            entity_id: &self.entity_id,
-            persistence_id: &self.pid,
-            notifications: &self.shared.notifications,
-            clustered: self.shared.settings.clustered,
-        }
+        self.shared
+            .seat(&self.entity_type, &self.entity_id, &self.pid)
     }
 
     /// Applies what other writers appended since `committed.seq_nr`.
@@ -586,6 +559,39 @@ impl Actor {
             plugin: plugin.to_owned(),
             payload,
         }
+    }
+}
+
+/// The first message of a turn and what is queued behind it, up to `max_batch`. A passivation
+/// request among them closes the inbox: what was queued before the close is still handled, and
+/// then the entity stops.
+pub(super) fn take_batch(
+    first: Message,
+    inbox: &mut mpsc::Receiver<Message>,
+    config: &EntityTypeConfig,
+    passivating: &mut bool,
+    pid: &str,
+) -> Vec<Message> {
+    let mut batch = vec![first];
+    while batch.len() < config.max_batch {
+        match inbox.try_recv() {
+            Ok(message) => batch.push(message),
+            Err(_) => break,
+        }
+    }
+    if !*passivating && batch.iter().any(|m| matches!(m, Message::Passivate)) {
+        tracing::debug!(entity = %pid, "passivating on request");
+        inbox.close();
+        *passivating = true;
+    }
+    batch
+}
+
+/// Closes the inbox and fails every message still queued with `error`.
+pub(super) async fn refuse_queued(mut inbox: mpsc::Receiver<Message>, error: EntityError) {
+    inbox.close();
+    while let Some(message) = inbox.recv().await {
+        message.fail(error.clone());
     }
 }
 

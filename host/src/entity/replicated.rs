@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::actor::{Message, fencing_token, next_change, run_guest};
+use super::actor::{Message, fencing_token, next_change, refuse_queued, run_guest, take_batch};
 use super::error::EntityError;
 use super::system::{CommandReply, EntityState, Shared};
 use super::tenure::{Seat, Tenure, TenureChange};
@@ -99,15 +99,12 @@ impl ReplicatedActor {
         }
     }
 
-    pub async fn run(self, mut inbox: mpsc::Receiver<Message>) {
+    pub async fn run(self, inbox: mpsc::Receiver<Message>) {
         let mut live = match self.activate().await {
             Ok(live) => live,
             Err(error) => {
                 tracing::error!(entity = %self.pid, replica = %self.name, "recovery failed: {error}");
-                inbox.close();
-                while let Some(message) = inbox.recv().await {
-                    message.fail(error.clone());
-                }
+                refuse_queued(inbox, error).await;
                 return;
             }
         };
@@ -234,27 +231,14 @@ impl ReplicatedActor {
                 }
             };
             let Some(first) = first else { return };
-            let mut batch = vec![first];
-            while batch.len() < self.config.max_batch {
-                match inbox.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
-            }
+            let batch = take_batch(first, &mut inbox, &self.config, &mut passivating, &self.pid);
             if batch.iter().any(Message::is_call) {
                 last_call = Instant::now();
-            }
-            if batch.iter().any(|m| matches!(m, Message::Passivate)) && !passivating {
-                inbox.close();
-                passivating = true;
             }
             if let Err(error) = self.turn(live, batch).await {
                 // Events folded in memory did not persist: recover afresh on the next message.
                 tracing::warn!(entity = %self.pid, replica = %self.name, "stopping: {error}");
-                inbox.close();
-                while let Some(message) = inbox.recv().await {
-                    message.fail(EntityError::Stopped(self.pid.clone()));
-                }
+                refuse_queued(inbox, EntityError::Stopped(self.pid.clone())).await;
                 return;
             }
         }
@@ -667,13 +651,12 @@ impl ReplicatedActor {
 
     fn seat(&self) -> Seat<'_> {
         Seat {
-            entity_type: &self.entity_type,
-            entity_id: &self.entity_id,
-            persistence_id: &self.pid,
-            notifications: &self.shared.notifications,
             // Replicas are not handed off between nodes: a lease another replica holds is a
             // live writer (or a crashed one, until its lease expires), refused at once by name.
             clustered: false,
+            ..self
+                .shared
+                .seat(&self.entity_type, &self.entity_id, &self.pid)
         }
     }
 }

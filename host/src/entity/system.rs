@@ -15,6 +15,7 @@ use super::actor::{Actor, Message};
 use super::error::EntityError;
 use super::notifications::Notifications;
 use super::replicated::ReplicatedActor;
+use super::tenure::Seat;
 use super::types::{
     EntityType, EntityTypeConfig, ReplicationConfig, persistence_id, replica_stream, validate_name,
 };
@@ -89,6 +90,19 @@ pub(super) struct Shared {
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
     active: Mutex<HashMap<String, ActorHandle>>,
     generations: AtomicU64,
+}
+
+impl Shared {
+    /// The tenure steps of an entity of this host (single-writer types).
+    pub fn seat<'a>(&'a self, entity_type: &'a str, entity_id: &'a str, pid: &'a str) -> Seat<'a> {
+        Seat {
+            entity_type,
+            entity_id,
+            persistence_id: pid,
+            notifications: &self.notifications,
+            clustered: self.settings.clustered,
+        }
+    }
 }
 
 /// The entities of this host. Cheap to clone.

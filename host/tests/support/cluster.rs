@@ -93,6 +93,17 @@ lease_ttl_ms = 2000
     path
 }
 
+/// Injects `fault` (a `POST /cluster/faults` body) into the node at `url`; panics if refused.
+pub async fn inject_fault(http: &reqwest::Client, url: &str, fault: Value) {
+    let response = http
+        .post(format!("{url}/cluster/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .expect("the node answers");
+    assert_eq!(response.status(), 200, "{fault}");
+}
+
 pub async fn cluster_view(http: &reqwest::Client, url: &str) -> Option<Value> {
     let response = http.get(format!("{url}/cluster")).send().await.ok()?;
     response.json().await.ok()
