@@ -1,7 +1,8 @@
 //! Replicated entities in one process: two entity systems, replicas `a` and `b`, linked by an
 //! in-process [`Peers`] that can be cut. They converge, recover from their own snapshots and
 //! every replica's stream, refuse commands while their own events wait for their causal past,
-//! and refuse what they are not configured for with the reason.
+//! pick up a hot-swapped plugin at the next command, and refuse what they are not configured for
+//! with the reason.
 
 mod support;
 
@@ -229,4 +230,28 @@ async fn what_a_node_is_not_configured_for_is_refused_with_the_reason() {
     twice.replication.as_mut().unwrap().replicas = vec!["a".into(), "a".into()];
     let error = a.bind_type("tally", twice).unwrap_err();
     assert!(error.to_string().contains("listed twice"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swapped_plugin_handles_the_next_command_of_an_active_replica() {
+    let plugins = plugins();
+    plugins
+        .load("versioned", &plugin_bytes("versioned"))
+        .unwrap();
+    let a = replica("a", Arc::new(InMemoryJournal::new()), &plugins, None);
+    let config = EntityTypeConfig {
+        plugin: "versioned".into(),
+        ..tally("last-writer-wins")
+    };
+    a.bind_type("echo", config).unwrap();
+    let build = |reply: &[u8]| from_msgpack(reply)["build"].clone();
+    let first = a.ask("echo", "x", msgpack(&json!({"n": 1}))).await.unwrap();
+    assert_eq!(build(&first.reply), json!(1));
+    plugins
+        .load("versioned", &plugin_bytes("versioned-v2"))
+        .unwrap();
+    let second = a.ask("echo", "x", msgpack(&json!({"n": 2}))).await.unwrap();
+    assert_eq!(build(&second.reply), json!(2));
+    assert_ne!(second.plugin, first.plugin);
+    assert_eq!(second.seq_nr, 2);
 }

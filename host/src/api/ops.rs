@@ -59,6 +59,21 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         "Entity actors stopped.",
         entity.passivations.load(Ordering::Relaxed),
     );
+    counter(
+        "weft_replicated_events_folded_total",
+        "Events of other replicas folded into this node's replicas.",
+        entity.replicated_events_folded.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_replicated_folds_failed_total",
+        "Events of other replicas whose fold failed (offered again by the next pull).",
+        entity.replicated_folds_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        "weft_replication_pulls_answered_total",
+        "Pulls of other replicas answered.",
+        entity.replication_pulls_answered.load(Ordering::Relaxed),
+    );
     let _ = writeln!(
         text,
         "# HELP weft_active_entities Entity actors running.\n# TYPE weft_active_entities gauge\nweft_active_entities {}",

@@ -149,10 +149,12 @@ impl ReplicatedActor {
             .config
             .single_writer
             .then(|| {
+                // The owner names the replica, so a refusal tells where to send commands.
+                let owner = format!("{}@{}", self.name, self.shared.settings.writer_id);
                 Tenure::start(
                     self.shared.lease.clone(),
                     &self.pid,
-                    &self.shared.settings.writer_id.to_string(),
+                    &owner,
                     self.config.lease_ttl(),
                 )
             })
@@ -321,6 +323,9 @@ impl ReplicatedActor {
         } else {
             None
         };
+        if has_commands {
+            self.pick_up_hot_swap(live);
+        }
         let mut events: Vec<EventEnvelope> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         for message in batch {
@@ -446,15 +451,26 @@ impl ReplicatedActor {
             ReplicationBody::Events { events, complete } => {
                 let fold = self.fold(live);
                 let replica = &mut live.replica;
+                let metrics = &self.shared.metrics;
                 run_guest(|| {
                     for event in events {
                         let origin = (event.origin_replica.clone(), event.origin_seq_nr);
-                        if let Err(error) = replica.receive(&fold, event) {
-                            // Not counted as seen: the next pull offers it again.
-                            tracing::error!(
-                                entity = %self.pid, origin = ?origin,
-                                "a replicated event did not fold: {error}"
-                            );
+                        match replica.receive(&fold, event) {
+                            Ok(folded) => {
+                                metrics
+                                    .replicated_events_folded
+                                    .fetch_add(folded as u64, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                // Not counted as seen: the next pull offers it again.
+                                metrics
+                                    .replicated_folds_failed
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(
+                                    entity = %self.pid, origin = ?origin,
+                                    "a replicated event did not fold: {error}"
+                                );
+                            }
                         }
                     }
                 });
@@ -471,6 +487,10 @@ impl ReplicatedActor {
                     }
                 };
                 live.peers_seen.insert(from.to_owned(), seen);
+                self.shared
+                    .metrics
+                    .replication_pulls_answered
+                    .fetch_add(1, Ordering::Relaxed);
                 if !events.is_empty() {
                     self.send(from, ReplicationBody::Events { events, complete });
                 }
@@ -592,6 +612,20 @@ impl ReplicatedActor {
                     body,
                 },
             );
+        }
+    }
+
+    /// Handles commands with the newest loaded version of the entity plugin, as plain entities
+    /// do: a hot swap takes effect at the next command, and folds from then on use it too.
+    fn pick_up_hot_swap(&self, live: &mut Live) {
+        match self.shared.plugins.get(&self.config.plugin) {
+            Ok(plugin) if plugin.id() != live.plugin.id() => {
+                tracing::info!(entity = %self.pid, from = live.plugin.id(), to = plugin.id(), "replica switched plugin version");
+                live.plugin = plugin;
+            }
+            Ok(_) => {}
+            // Unloaded meanwhile: keep folding with the version in hand.
+            Err(error) => tracing::warn!(entity = %self.pid, "{error}"),
         }
     }
 

@@ -66,6 +66,13 @@ pub struct EntityMetrics {
     pub events_persisted: AtomicU64,
     pub activations: AtomicU64,
     pub passivations: AtomicU64,
+    /// Events of other replicas folded into this node's replicas.
+    pub replicated_events_folded: AtomicU64,
+    /// Events of other replicas whose fold failed (the plugin or the resolver trapped or ran
+    /// past its bound); they are offered again by the next pull.
+    pub replicated_folds_failed: AtomicU64,
+    /// Pulls of other replicas this node's replicas answered.
+    pub replication_pulls_answered: AtomicU64,
 }
 
 struct ActorHandle {
