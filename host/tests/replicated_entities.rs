@@ -1,7 +1,8 @@
 //! Replicated entities in one process: two entity systems, replicas `a` and `b`, linked by an
 //! in-process [`Peers`] that can be cut. They converge, recover from their own snapshots and
 //! every replica's stream, refuse commands while their own events wait for their causal past,
-//! pick up a hot-swapped plugin at the next command, and refuse what they are not configured for
+//! pick up a hot-swapped plugin at the next command, fence a paused former lease holder on every
+//! replica's stream (lease mode), and refuse what they are not configured for
 //! with the reason.
 
 mod support;
@@ -11,14 +12,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::pause::{Gate, PausableJournal, PausableLease};
 use support::{from_msgpack, msgpack, plugin_bytes};
 use ulid::Ulid;
 use weft::clock::NodeClock;
 use weft::entity::{
     EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings,
 };
+use weft::entity::{Notification, lease_name};
 use weft::journal::{InMemoryJournal, Journal};
-use weft::lease::InMemoryLease;
+use weft::lease::{InMemoryLease, Lease};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 use weft::replication::{Peers, ReplicationMessage};
 
@@ -75,12 +78,21 @@ fn replica(
     plugins: &Arc<PluginRegistry>,
     link: Option<&Arc<Link>>,
 ) -> EntitySystem {
+    replica_with_lease(name, journal, Arc::new(InMemoryLease::new()), plugins, link)
+}
+
+fn replica_with_lease(
+    name: &str,
+    journal: Arc<dyn Journal>,
+    lease: Arc<dyn Lease>,
+    plugins: &Arc<PluginRegistry>,
+    link: Option<&Arc<Link>>,
+) -> EntitySystem {
     let settings = SystemSettings {
         writer_id: Ulid::new(),
         replica: name.to_owned(),
         clustered: true,
     };
-    let lease = Arc::new(InMemoryLease::new());
     let system = EntitySystem::new(
         journal,
         lease,
@@ -254,4 +266,122 @@ async fn a_hot_swapped_plugin_handles_the_next_command_of_an_active_replica() {
     assert_eq!(build(&second.reply), json!(2));
     assert_ne!(second.plugin, first.plugin);
     assert_eq!(second.seq_nr, 2);
+}
+
+/// Lease mode: a, the holder, pauses with an append in flight; its lease expires and b takes over,
+/// recording its token on every replica's stream. When a resumes, its append to its own stream is
+/// refused, it reports the loss once, and it observes b's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_takes_over() {
+    let plugins = plugins();
+    let link = Arc::new(Link::default());
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let lease: Arc<dyn Lease> = Arc::new(InMemoryLease::new());
+    let (a_gate, b_gate) = (Gate::new(), Gate::new());
+    let paused = |name: &str, gate: &Arc<Gate>| {
+        let system = replica_with_lease(
+            name,
+            Arc::new(PausableJournal {
+                inner: journal.clone(),
+                gate: gate.clone(),
+            }),
+            Arc::new(PausableLease {
+                inner: lease.clone(),
+                gate: gate.clone(),
+            }),
+            &plugins,
+            Some(&link),
+        );
+        let mut config = EntityTypeConfig {
+            single_writer: true,
+            lease_ttl_ms: 2_000,
+            snapshot_every: 0,
+            ..tally("last-writer-wins")
+        };
+        // No snapshots, and pulls only on activation: neither a snapshot nor an answer to a
+        // pull may be what the pause catches instead of the append.
+        config.replication.as_mut().unwrap().pull_interval_ms = 60_000;
+        system.bind_type("ledger", config).unwrap();
+        system
+    };
+    let (a, b) = (paused("a", &a_gate), paused("b", &b_gate));
+    let mut a_notifications = a.notifications().subscribe();
+    for _ in 0..3 {
+        a.ask("ledger", "z", increment(1)).await.unwrap();
+    }
+    let Ok(Notification::LeaseAcquired {
+        fencing_token: a_token,
+        ..
+    }) = a_notifications.recv().await
+    else {
+        panic!("a's first notification is its lease")
+    };
+    // b observes (activated by a's pushes or by this query) and refuses commands naming a.
+    let refused = b.ask("ledger", "z", increment(5)).await.unwrap_err();
+    assert_eq!(refused.code(), "not_writer");
+    assert!(refused.to_string().contains("and a@"), "{refused}");
+
+    // b's activation pull is answered before a pauses.
+    let started = Instant::now();
+    while a
+        .metrics()
+        .replication_pulls_answered
+        .load(Ordering::SeqCst)
+        == 0
+    {
+        assert!(started.elapsed() < DEADLINE, "a never answered b's pull");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a_gate.pause();
+    let in_flight = {
+        let a = a.clone();
+        tokio::spawn(async move { a.ask("ledger", "z", increment(100)).await })
+    };
+    a_gate.wait_until_waiting("append", DEADLINE).await;
+    // Its renewals wait at the gate: the lease expires (and b, contending, may take it at once).
+    let started = Instant::now();
+    while lease
+        .holder(&lease_name("ledger|z"))
+        .await
+        .unwrap()
+        .is_some_and(|holder| holder.owner.starts_with("a@"))
+    {
+        assert!(started.elapsed() < DEADLINE, "a's lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // b takes over, once its manager holds the lease.
+    let started = Instant::now();
+    let reply = loop {
+        match b.ask("ledger", "z", increment(10)).await {
+            Ok(reply) => break reply,
+            Err(error) => assert!(started.elapsed() < DEADLINE, "b never took over: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reply.seq_nr, 1, "b's first own event");
+    let b_token = journal.fence("ledger|z|a").await.unwrap();
+    assert!(
+        b_token > a_token,
+        "b's token {b_token} is recorded on a's stream too"
+    );
+
+    a_gate.resume();
+    let refused = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), "stale_fencing_token", "{refused}");
+    match tokio::time::timeout(DEADLINE, a_notifications.recv()).await {
+        Ok(Ok(Notification::LeaseLost {
+            fencing_token,
+            reason,
+            ..
+        })) => assert_eq!((fencing_token, reason), (a_token, "fenced")),
+        other => panic!("expected a's lease loss, got {other:?}"),
+    }
+    assert_eq!(journal.highest_seq_nr("ledger|z|a").await, Ok(3));
+    assert_eq!(journal.highest_seq_nr("ledger|z|b").await, Ok(1));
+    // a recovers (its failed write stopped it) and follows b's write.
+    let started = Instant::now();
+    while from_msgpack(&a.state("ledger", "z").await.unwrap().state)["value"] != json!(13) {
+        assert!(started.elapsed() < DEADLINE, "a never followed b's write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

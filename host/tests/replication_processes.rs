@@ -241,7 +241,8 @@ async fn in_lease_mode_only_the_holder_persists_and_another_replica_takes_over_w
     for _ in 0..3 {
         increment(&http, &urls[0], "ledger/l1", 1).await.unwrap();
     }
-    // b and c observe: refused, naming the writer; they still fold a's events.
+    // b and c observe: refused, naming the writer (they contend for the lease from now on);
+    // they still fold a's events.
     for url in &urls[1..] {
         let (status, body) = increment(&http, url, "ledger/l1", 1).await.unwrap_err();
         assert_eq!(status, 409, "{body}");

@@ -13,8 +13,9 @@
 //! it is this replica's own stream, and pulls bring the rest. Events every replica has folded are
 //! compacted into the base state.
 //!
-//! With `single_writer`, the replicas share one lease (`entity:<type>|<id>`): only the holder's
-//! replica handles commands and persists, recording its fencing token on every replica's stream
+//! With `single_writer`, the replicas share one lease (`entity:<type>|<id>`), contended for by
+//! each replica from its first command on: only the holder's replica handles commands and
+//! persists, recording its fencing token on every replica's stream
 //! first, so a paused former holder can never append again; the others observe (they fold the
 //! holder's pushes) and refuse commands naming it. An observer that gains the lease catches up
 //! with every stream before it writes.
@@ -115,8 +116,7 @@ impl ReplicatedActor {
         }
     }
 
-    /// Restores the snapshot, folds every replica's stream after it, and starts contending for
-    /// the lease (lease mode).
+    /// Restores the snapshot and folds every replica's stream after it.
     async fn activate(&self) -> Result<Live, EntityError> {
         let plugin = self.shared.plugins.get(&self.config.plugin)?;
         let resolver = self.resolver()?;
@@ -145,20 +145,6 @@ impl ReplicatedActor {
             };
         self.catch_up(&mut replica, &recovering).await?;
         let persisted = self.shared.journal.highest_seq_nr(&self.stream).await?;
-        let tenure = self
-            .config
-            .single_writer
-            .then(|| {
-                // The owner names the replica, so a refusal tells where to send commands.
-                let owner = format!("{}@{}", self.name, self.shared.settings.writer_id);
-                Tenure::start(
-                    self.shared.lease.clone(),
-                    &self.pid,
-                    &owner,
-                    self.config.lease_ttl(),
-                )
-            })
-            .transpose()?;
         tracing::debug!(entity = %self.pid, replica = %self.name, seen = ?replica.seen(), "replica recovered");
         Ok(Live {
             replica,
@@ -167,7 +153,7 @@ impl ReplicatedActor {
             persisted,
             snapshot_at,
             peers_seen: BTreeMap::new(),
-            tenure,
+            tenure: None,
         })
     }
 
@@ -209,7 +195,9 @@ impl ReplicatedActor {
         let mut passivating = false;
         let idle = self.config.passivate_after();
         let mut last_call = Instant::now();
-        let mut pull = tokio::time::interval(self.replication.pull_interval());
+        // The first round went out on activation.
+        let period = self.replication.pull_interval();
+        let mut pull = tokio::time::interval_at(Instant::now() + period, period);
         pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
@@ -294,6 +282,18 @@ impl ReplicatedActor {
     /// Whether this replica may handle commands now: it has folded its own persisted events, and
     /// (lease mode) holds the lease — claiming it if it is free.
     async fn ready_to_write(&self, live: &mut Live) -> Result<(), EntityError> {
+        if self.config.single_writer && live.tenure.is_none() {
+            // A replica contends for the lease from its first command on: the writer is where
+            // commands arrive, not whichever replica a pull happened to activate first. The
+            // owner names the replica, so a refusal tells where to send commands.
+            let owner = format!("{}@{}", self.name, self.shared.settings.writer_id);
+            live.tenure = Some(Tenure::start(
+                self.shared.lease.clone(),
+                &self.pid,
+                &owner,
+                self.config.lease_ttl(),
+            )?);
+        }
         if let Some(tenure) = live.tenure.as_ref()
             && tenure.fencing_token().is_none()
         {
@@ -653,9 +653,15 @@ impl ReplicatedActor {
     }
 
     fn fold(&self, live: &Live) -> PluginFold {
-        let role = match &live.tenure {
-            Some(tenure) if tenure.fencing_token().is_none() => Role::Observer,
-            _ => Role::Writer,
+        let writing = live
+            .tenure
+            .as_ref()
+            .and_then(Tenure::fencing_token)
+            .is_some();
+        let role = if self.config.single_writer && !writing {
+            Role::Observer
+        } else {
+            Role::Writer
         };
         self.fold_with(&live.plugin, &live.resolver, false, role)
     }

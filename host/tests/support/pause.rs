@@ -41,10 +41,12 @@ impl Gate {
     /// Waits until a call named `call` is waiting at the gate; panics after `max`.
     pub async fn wait_until_waiting(&self, call: &'static str, max: Duration) {
         let mut state = self.state.subscribe();
-        tokio::time::timeout(max, state.wait_for(|state| state.waiting.contains(&call)))
-            .await
-            .unwrap_or_else(|_| panic!("no {call} reached the paused host's gate within {max:?}"))
-            .expect("the gate lives as long as the test");
+        let reached =
+            tokio::time::timeout(max, state.wait_for(|state| state.waiting.contains(&call))).await;
+        if reached.is_err() {
+            let waiting = self.state.borrow().waiting.clone();
+            panic!("no {call} reached the paused host's gate within {max:?}; waiting: {waiting:?}");
+        }
     }
 
     async fn pass(&self, call: &'static str) {
