@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::pause::{Gate, PausableJournal, PausableLease};
-use support::{from_msgpack, msgpack, plugin_bytes};
+use support::{eventually, from_msgpack, msgpack, plugin_bytes};
 use ulid::Ulid;
 use weft::clock::NodeClock;
 use weft::entity::{
@@ -322,16 +322,13 @@ async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_
     assert!(refused.to_string().contains("and a@"), "{refused}");
 
     // b's activation pull is answered before a pauses.
-    let started = Instant::now();
-    while a
-        .metrics()
-        .replication_pulls_answered
-        .load(Ordering::SeqCst)
-        == 0
-    {
-        assert!(started.elapsed() < DEADLINE, "a never answered b's pull");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a answers b's pull", || async {
+        a.metrics()
+            .replication_pulls_answered
+            .load(Ordering::SeqCst)
+            > 0
+    })
+    .await;
     a_gate.pause();
     let in_flight = {
         let a = a.clone();
@@ -339,16 +336,11 @@ async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_
     };
     a_gate.wait_until_waiting("append", DEADLINE).await;
     // Its renewals wait at the gate: the lease expires (and b, contending, may take it at once).
-    let started = Instant::now();
-    while lease
-        .holder(&lease_name("ledger|z"))
-        .await
-        .unwrap()
-        .is_some_and(|holder| holder.owner.starts_with("a@"))
-    {
-        assert!(started.elapsed() < DEADLINE, "a's lease never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a's lease expires", || async {
+        let holder = lease.holder(&lease_name("ledger|z")).await.unwrap();
+        !holder.is_some_and(|holder| holder.owner.starts_with("a@"))
+    })
+    .await;
     // b takes over, once its manager holds the lease.
     let started = Instant::now();
     let reply = loop {
@@ -379,9 +371,8 @@ async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_
     assert_eq!(journal.highest_seq_nr("ledger|z|a").await, Ok(3));
     assert_eq!(journal.highest_seq_nr("ledger|z|b").await, Ok(1));
     // a recovers (its failed write stopped it) and follows b's write.
-    let started = Instant::now();
-    while from_msgpack(&a.state("ledger", "z").await.unwrap().state)["value"] != json!(13) {
-        assert!(started.elapsed() < DEADLINE, "a never followed b's write");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a follows b's write", || async {
+        from_msgpack(&a.state("ledger", "z").await.unwrap().state)["value"] == json!(13)
+    })
+    .await;
 }

@@ -7,12 +7,12 @@ mod support;
 
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::node::{TestNode, config, send_command};
 use support::pause::{Gate, PausableJournal, PausableLease};
 use support::services::Postgres;
 use support::sse::EventStream;
-use support::{from_msgpack, msgpack, plugin_bytes};
+use support::{eventually, from_msgpack, msgpack, plugin_bytes};
 use tokio::sync::broadcast;
 use ulid::Ulid;
 use weft::clock::NodeClock;
@@ -79,22 +79,6 @@ async fn next_notification(notifications: &mut broadcast::Receiver<Notification>
         .await
         .expect("a notification within the deadline")
         .expect("the notification stream is open")
-}
-
-/// Polls `condition` until it holds; panics with `what` after the deadline.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !condition().await {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

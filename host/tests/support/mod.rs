@@ -14,3 +14,24 @@ pub mod services;
 pub mod sse;
 
 pub use plugins::*;
+
+use std::time::{Duration, Instant};
+
+/// How long [`eventually`] waits for a condition.
+pub const EVENTUALLY_MAX: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it holds; panics with `what` after [`EVENTUALLY_MAX`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < EVENTUALLY_MAX,
+            "{what}: not within {EVENTUALLY_MAX:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
