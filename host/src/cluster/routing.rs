@@ -5,6 +5,10 @@
 //! A node that receives a forwarded call runs it locally even if its own view names another
 //! owner: views converge within a few membership rounds, forwarding again could loop, and the
 //! entity's lease (single-writer types) keeps two nodes from writing one entity meanwhile.
+//!
+//! Replicated types are not placed: a command runs on this node's replica, or on a live replica
+//! when this node has none. In lease mode an observing replica's refusal names the holder, and
+//! the command is forwarded there once.
 
 use std::sync::{Arc, OnceLock};
 
@@ -136,26 +140,60 @@ impl Router {
         command: Vec<u8>,
     ) -> Result<CommandReply, RouteError> {
         match self.owner(entity_type, entity_id)? {
-            None => Ok(self.entities.ask(entity_type, entity_id, command).await?),
+            None => self.ask_here(entity_type, entity_id, command).await,
             Some((cluster, owner)) => {
-                let call = Call::Command {
-                    entity_type: entity_type.to_owned(),
-                    entity_id: entity_id.to_owned(),
-                    command,
+                forward_command(cluster, &owner, entity_type, entity_id, command).await
+            }
+        }
+    }
+
+    /// Runs a command on this node. A replicated entity in lease mode whose replica here only
+    /// observes sends it on, once, to the replica its refusal names as the lease holder: clients
+    /// may send commands to any replica.
+    async fn ask_here(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+    ) -> Result<CommandReply, RouteError> {
+        let leased = self.cluster.as_ref().zip(
+            self.entities
+                .replication(entity_type)
+                .filter(|_| self.entities.is_single_writer(entity_type)),
+        );
+        let Some((cluster, replication)) = leased else {
+            return Ok(self.entities.ask(entity_type, entity_id, command).await?);
+        };
+        match self
+            .entities
+            .ask(entity_type, entity_id, command.clone())
+            .await
+        {
+            Err(refusal @ EntityError::NotWriter { .. }) => {
+                let EntityError::NotWriter {
+                    writer: Some(writer),
+                    ..
+                } = &refusal
+                else {
+                    return Err(refusal.into());
                 };
-                match forward(cluster, &owner, entity_type, entity_id, &call).await? {
-                    Answer::Command {
-                        reply,
-                        seq_nr,
-                        plugin,
-                    } => Ok(CommandReply {
-                        reply,
-                        seq_nr,
-                        plugin,
-                    }),
-                    other => Err(mismatch(&owner, entity_type, entity_id, &other)),
+                // A replica's lease owner is `<replica>@<writer id>`.
+                let holder = writer.split_once('@').map(|(replica, _)| replica);
+                let view = cluster.view();
+                let member = view.members.iter().find(|member| {
+                    member.id != view.local.id
+                        && holder == Some(member.name().as_str())
+                        && replication.hosts(member.name().as_str())
+                });
+                match member {
+                    Some(member) => {
+                        forward_command(cluster, member, entity_type, entity_id, command).await
+                    }
+                    // The holder is not a live member (it died, its lease will expire).
+                    None => Err(refusal.into()),
                 }
             }
+            outcome => Ok(outcome?),
         }
     }
 
@@ -248,6 +286,33 @@ impl Router {
         }
         let member = view.member(owner).cloned().ok_or_else(no_owner)?;
         Ok(Some((cluster, member)))
+    }
+}
+
+/// Forwards a command to `owner` and returns its reply.
+async fn forward_command(
+    cluster: &Cluster,
+    owner: &Member,
+    entity_type: &str,
+    entity_id: &str,
+    command: Vec<u8>,
+) -> Result<CommandReply, RouteError> {
+    let call = Call::Command {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        command,
+    };
+    match forward(cluster, owner, entity_type, entity_id, &call).await? {
+        Answer::Command {
+            reply,
+            seq_nr,
+            plugin,
+        } => Ok(CommandReply {
+            reply,
+            seq_nr,
+            plugin,
+        }),
+        other => Err(mismatch(owner, entity_type, entity_id, &other)),
     }
 }
 

@@ -220,6 +220,12 @@ impl EntitySystem {
         Ok(())
     }
 
+    /// Whether the entity type is single-writer (false for unknown types).
+    pub fn is_single_writer(&self, entity_type: &str) -> bool {
+        self.type_config(entity_type)
+            .is_ok_and(|config| config.single_writer)
+    }
+
     /// How the entity type is replicated, if it is.
     pub fn replication(&self, entity_type: &str) -> Option<ReplicationConfig> {
         self.type_config(entity_type).ok()?.replication.clone()
