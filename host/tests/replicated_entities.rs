@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::pause::{Gate, PausableJournal, PausableLease};
+use support::pause::Gate;
 use support::{eventually, from_msgpack, msgpack, plugin_bytes};
 use ulid::Ulid;
 use weft::clock::NodeClock;
@@ -281,14 +281,8 @@ async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_
     let paused = |name: &str, gate: &Arc<Gate>| {
         let system = replica_with_lease(
             name,
-            Arc::new(PausableJournal {
-                inner: journal.clone(),
-                gate: gate.clone(),
-            }),
-            Arc::new(PausableLease {
-                inner: lease.clone(),
-                gate: gate.clone(),
-            }),
+            gate.journal(&journal),
+            gate.lease(&lease),
             &plugins,
             Some(&link),
         );

@@ -9,7 +9,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::node::{TestNode, config, send_command};
-use support::pause::{Gate, PausableJournal, PausableLease};
+use support::pause::Gate;
 use support::services::Postgres;
 use support::sse::EventStream;
 use support::{eventually, from_msgpack, msgpack, plugin_bytes};
@@ -91,14 +91,8 @@ async fn a_zombie_writer_is_fenced_and_becomes_an_observer() {
     let (a_gate, b_gate) = (Gate::new(), Gate::new());
     let paused_host = |gate: &Arc<Gate>, writer_id| {
         host(
-            Arc::new(PausableJournal {
-                inner: journal.clone(),
-                gate: gate.clone(),
-            }),
-            Arc::new(PausableLease {
-                inner: lease.clone(),
-                gate: gate.clone(),
-            }),
+            gate.journal(&journal),
+            gate.lease(&lease),
             writer_id,
             single_writer(1_000, 120),
         )

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::AppState;
 use super::error::ApiError;
@@ -28,52 +28,55 @@ pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let entity = app.entities.metrics();
     let mut text = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    let counters: [(&str, &str, &AtomicU64); 8] = [
+        (
+            "weft_commands_ok_total",
+            "Commands that got a reply.",
+            &entity.commands_ok,
+        ),
+        (
+            "weft_commands_failed_total",
+            "Commands that ended in an error.",
+            &entity.commands_failed,
+        ),
+        (
+            "weft_events_persisted_total",
+            "Events appended to the journal.",
+            &entity.events_persisted,
+        ),
+        (
+            "weft_entity_activations_total",
+            "Entity actors started.",
+            &entity.activations,
+        ),
+        (
+            "weft_entity_passivations_total",
+            "Entity actors stopped.",
+            &entity.passivations,
+        ),
+        (
+            "weft_replicated_events_folded_total",
+            "Events of other replicas folded into this node's replicas.",
+            &entity.replicated_events_folded,
+        ),
+        (
+            "weft_replicated_folds_failed_total",
+            "Events of other replicas whose fold failed (offered again by the next pull).",
+            &entity.replicated_folds_failed,
+        ),
+        (
+            "weft_replication_pulls_answered_total",
+            "Pulls of other replicas answered.",
+            &entity.replication_pulls_answered,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let value = value.load(Ordering::Relaxed);
         let _ = writeln!(
             text,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
-    };
-    counter(
-        "weft_commands_ok_total",
-        "Commands that got a reply.",
-        entity.commands_ok.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_commands_failed_total",
-        "Commands that ended in an error.",
-        entity.commands_failed.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_events_persisted_total",
-        "Events appended to the journal.",
-        entity.events_persisted.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_entity_activations_total",
-        "Entity actors started.",
-        entity.activations.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_entity_passivations_total",
-        "Entity actors stopped.",
-        entity.passivations.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_replicated_events_folded_total",
-        "Events of other replicas folded into this node's replicas.",
-        entity.replicated_events_folded.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_replicated_folds_failed_total",
-        "Events of other replicas whose fold failed (offered again by the next pull).",
-        entity.replicated_folds_failed.load(Ordering::Relaxed),
-    );
-    counter(
-        "weft_replication_pulls_answered_total",
-        "Pulls of other replicas answered.",
-        entity.replication_pulls_answered.load(Ordering::Relaxed),
-    );
+    }
     let _ = writeln!(
         text,
         "# HELP weft_active_entities Entity actors running.\n# TYPE weft_active_entities gauge\nweft_active_entities {}",

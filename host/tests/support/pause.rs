@@ -30,6 +30,22 @@ impl Gate {
         })
     }
 
+    /// `inner`, with every call waiting at this gate while it is closed.
+    pub fn journal(self: &Arc<Self>, inner: &Arc<dyn Journal>) -> Arc<dyn Journal> {
+        Arc::new(PausableJournal {
+            inner: inner.clone(),
+            gate: self.clone(),
+        })
+    }
+
+    /// `inner`, with every call waiting at this gate while it is closed.
+    pub fn lease(self: &Arc<Self>, inner: &Arc<dyn Lease>) -> Arc<dyn Lease> {
+        Arc::new(PausableLease {
+            inner: inner.clone(),
+            gate: self.clone(),
+        })
+    }
+
     pub fn pause(&self) {
         self.state.send_modify(|state| state.paused = true);
     }
