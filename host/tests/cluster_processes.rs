@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, cluster_view, inject_fault, wait_for_members};
+use support::node::get_json;
 use support::services::Postgres;
 use weft::journal::{Journal, PostgresJournal};
 
@@ -242,17 +243,8 @@ async fn a_killed_actor_node_and_a_joining_one_lose_and_duplicate_nothing() {
                 "{pid}: {amount} was never sent"
             );
         }
-        let state: Value = http
-            .get(format!(
-                "{}/entities/counter/e{entity}",
-                gateways[entity % 2]
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/entities/counter/e{entity}", gateways[entity % 2]);
+        let state = get_json(&http, &url).await;
         assert_eq!(
             state["state"]["value"].as_i64(),
             Some(amounts.iter().sum::<i64>()),

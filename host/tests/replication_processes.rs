@@ -13,6 +13,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
+use support::node::get_json;
 use support::services::Postgres;
 use weft::journal::{EventEnvelope, Journal, PostgresJournal};
 
@@ -169,14 +170,7 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     // And the states agree byte for byte, not just in value.
     let mut states = Vec::new();
     for url in &urls {
-        let body: Value = http
-            .get(format!("{url}/entities/tally/t1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = get_json(&http, &format!("{url}/entities/tally/t1")).await;
         states.push((body["state"].clone(), body["seq_nr"].clone()));
     }
     assert!(

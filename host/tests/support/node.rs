@@ -109,6 +109,17 @@ pub async fn upload_plugin(
 
 /// The `weft` binary: cargo names it to integration tests; a benchmark program finds it in the
 /// profile directory above its own (`target/release/examples/x` → `target/release/weft`).
+/// `GET url` on a node, its body as JSON; panics if the node does not answer with JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("the node answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 pub fn weft_binary() -> PathBuf {
     if let Some(path) = option_env!("CARGO_BIN_EXE_weft") {
         return PathBuf::from(path);
