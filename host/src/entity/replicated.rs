@@ -15,10 +15,10 @@
 //!
 //! With `single_writer`, the replicas share one lease (`entity:<type>|<id>`), contended for by
 //! each replica from its first command on: only the holder's replica handles commands and
-//! persists, recording its fencing token on every replica's stream
-//! first, so a paused former holder can never append again; the others observe (they fold the
-//! holder's pushes) and refuse commands naming it. An observer that gains the lease catches up
-//! with every stream before it writes.
+//! persists, recording its fencing token on every replica's stream first, so a paused former
+//! holder can never append again; the others observe (they fold the holder's pushes) and refuse
+//! commands naming it — in a cluster the router forwards such a command to the holder. An
+//! observer that gains the lease catches up with every stream before it writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
