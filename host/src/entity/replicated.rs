@@ -38,7 +38,7 @@ use crate::journal::{EventEnvelope, JournalError, SnapshotEnvelope};
 use crate::plugin::{Context, LeaseLost, PluginVersion, Role, World};
 use crate::replication::{
     EVENTS_PER_MESSAGE_MAX, PluginFold, Replica, ReplicaSnapshot, ReplicationBody,
-    ReplicationMessage, Resolver, Stamp,
+    ReplicationMessage, Resolver, Stamp, order_key,
 };
 
 /// Events read per journal query while catching up.
@@ -180,7 +180,7 @@ impl ReplicatedActor {
                 }
             }
         }
-        events.sort_by(|a, b| total_order(a).cmp(&total_order(b)));
+        events.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
         run_guest(|| {
             for event in events {
                 replica.receive(fold, event)?;
@@ -521,7 +521,7 @@ impl ReplicatedActor {
                 .into_iter()
                 .filter(|event| event.origin_replica != self.name),
         );
-        events.sort_by(|a, b| total_order(a).cmp(&total_order(b)));
+        events.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
         let complete = events.len() <= EVENTS_PER_MESSAGE_MAX;
         events.truncate(EVENTS_PER_MESSAGE_MAX);
         Ok((events, complete))
@@ -699,9 +699,4 @@ impl ReplicatedActor {
                 .seat(&self.entity_type, &self.entity_id, &self.pid)
         }
     }
-}
-
-/// The total order every replica folds in: HLC timestamp, origin replica, origin sequence number.
-fn total_order(event: &EventEnvelope) -> (u64, &str, u64) {
-    (event.timestamp, &event.origin_replica, event.origin_seq_nr)
 }

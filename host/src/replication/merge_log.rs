@@ -41,8 +41,9 @@ pub struct MergeLog {
     state: Vec<u8>,
 }
 
-/// The order every replica folds in.
-fn order_key(event: &EventEnvelope) -> (u64, &str, u64) {
+/// The order every replica folds in: HLC timestamp, origin replica, origin sequence number. Sort
+/// by it wherever events must be in fold order.
+pub fn order_key(event: &EventEnvelope) -> (u64, &str, u64) {
     (event.timestamp, &event.origin_replica, event.origin_seq_nr)
 }
 

@@ -15,7 +15,7 @@ use ulid::Ulid;
 
 use super::causal_buffer::{CausalBuffer, Offer};
 use super::fold::Fold;
-use super::merge_log::MergeLog;
+use super::merge_log::{MergeLog, order_key};
 use crate::journal::EventEnvelope;
 use crate::plugin::PluginError;
 
@@ -170,13 +170,7 @@ impl Replica {
             })
             .cloned()
             .collect();
-        missing.sort_by(|a, b| {
-            (a.timestamp, &a.origin_replica, a.origin_seq_nr).cmp(&(
-                b.timestamp,
-                &b.origin_replica,
-                b.origin_seq_nr,
-            ))
-        });
+        missing.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
         missing
     }
 
