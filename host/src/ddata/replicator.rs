@@ -393,11 +393,7 @@ impl Replicator {
     ) -> Result<RequestId, DdataError> {
         check_key(key)?;
         self.check_capacity(consistency)?;
-        if self.get(key).is_none() && self.entries.len() >= self.config.keys_max {
-            return Err(DdataError::TooManyKeys {
-                max: self.config.keys_max,
-            });
-        }
+        self.check_room_for(key)?;
         self.hlc.clock_mut().set_ms(now_ms);
         self.set_entry(key, Entry::Deleted)?;
         self.queue_delta(key, Entry::Deleted);
@@ -531,12 +527,8 @@ impl Replicator {
         change: impl FnOnce(&mut DataValue, &Writer<'_>) -> Result<DataValue, DdataError>,
     ) -> Result<(), DdataError> {
         check_key(key)?;
+        self.check_room_for(key)?;
         let mut value = match self.get(key) {
-            None if self.entries.len() >= self.config.keys_max => {
-                return Err(DdataError::TooManyKeys {
-                    max: self.config.keys_max,
-                });
-            }
             None => DataValue::empty(kind),
             Some(Entry::Deleted) => {
                 return Err(DdataError::Deleted {
@@ -568,6 +560,16 @@ impl Replicator {
         }
         self.store(key, Entry::Value(value), &encoded);
         self.queue_delta(key, Entry::Value(delta));
+        Ok(())
+    }
+
+    /// Refuses a key this node does not hold yet when it holds `keys_max` already.
+    fn check_room_for(&self, key: &str) -> Result<(), DdataError> {
+        if self.get(key).is_none() && self.entries.len() >= self.config.keys_max {
+            return Err(DdataError::TooManyKeys {
+                max: self.config.keys_max,
+            });
+        }
         Ok(())
     }
 

@@ -191,12 +191,9 @@ impl Simulation {
         consistency: Consistency,
         timeout_ms: u64,
     ) -> Result<RequestId, DdataError> {
-        let now = self.wall_ms();
-        let result =
-            self.replicator_mut(node)
-                .update(key, kind, op, consistency, now + timeout_ms, now);
-        self.drain(node);
-        result
+        self.call(node, timeout_ms, |replicator, deadline, now| {
+            replicator.update(key, kind, op, consistency, deadline, now)
+        })
     }
 
     pub fn delete(
@@ -206,12 +203,9 @@ impl Simulation {
         consistency: Consistency,
         timeout_ms: u64,
     ) -> Result<RequestId, DdataError> {
-        let now = self.wall_ms();
-        let result = self
-            .replicator_mut(node)
-            .delete(key, consistency, now + timeout_ms, now);
-        self.drain(node);
-        result
+        self.call(node, timeout_ms, |replicator, deadline, now| {
+            replicator.delete(key, consistency, deadline, now)
+        })
     }
 
     pub fn read(
@@ -221,10 +215,21 @@ impl Simulation {
         consistency: Consistency,
         timeout_ms: u64,
     ) -> Result<RequestId, DdataError> {
+        self.call(node, timeout_ms, |replicator, deadline, now| {
+            replicator.read(key, consistency, deadline, now)
+        })
+    }
+
+    /// Runs a client call on `node`'s replicator with a deadline `timeout_ms` from now, then
+    /// carries out what it asked for.
+    fn call(
+        &mut self,
+        node: &NodeName,
+        timeout_ms: u64,
+        call: impl FnOnce(&mut Replicator, u64, u64) -> Result<RequestId, DdataError>,
+    ) -> Result<RequestId, DdataError> {
         let now = self.wall_ms();
-        let result = self
-            .replicator_mut(node)
-            .read(key, consistency, now + timeout_ms, now);
+        let result = call(self.replicator_mut(node), now + timeout_ms, now);
         self.drain(node);
         result
     }
