@@ -18,6 +18,9 @@
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
 //! - [`clock`]: the node's hybrid logical clock.
+//! - [`settings`]: range checks for numeric settings.
+//! - [`msgpack`]: MessagePack at the host's edges: checked for one well-formed value, transcoded to
+//!   JSON, without value trees and with a depth limit.
 //! - `simulation` (tests only): what the cluster's and DistributedData's simulators share.
 //! - [`timeline`]: things due at points in time, in order (driver timers, simulator events).
 
@@ -30,10 +33,12 @@ pub mod ddata;
 pub mod entity;
 pub mod journal;
 pub mod lease;
+pub mod msgpack;
 pub mod node;
 pub mod plugin;
 pub mod postgres;
 pub mod replication;
+pub mod settings;
 #[cfg(test)]
 mod simulation;
 pub mod timeline;

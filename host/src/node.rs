@@ -302,8 +302,10 @@ impl PluginDirWatcher {
             tracing::info!("loading plugin {}/{total}: {}", index + 1, path.display());
             self.seen.insert(path.clone(), stamp);
             let plugins = self.plugins.clone();
+            let entities = self.entities.clone();
             let file = path.clone();
-            match tokio::task::spawn_blocking(move || plugins.load_file(&file)).await {
+            let load = move || plugins.load_file(&file, |name| entities.world_needed(name));
+            match tokio::task::spawn_blocking(load).await {
                 Ok(Ok(report)) => {
                     if report.world == World::Entity {
                         self.entities.bind_type_if_unbound(&report.name);

@@ -258,7 +258,11 @@ fn bad_uploads_are_refused_with_a_reason() {
     assert!(reason("truncated", &truncated).contains("not a valid component"));
 
     let wrong_world = registry
-        .load_world("highest-bid", &plugin_bytes("highest-bid"), World::Entity)
+        .load_world(
+            "highest-bid",
+            &plugin_bytes("highest-bid"),
+            Some(World::Entity),
+        )
         .unwrap_err()
         .to_string();
     assert!(

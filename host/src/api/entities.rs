@@ -11,11 +11,14 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::payload::{command_from_body, msgpack_to_json, respond};
+use super::payload::{Document, command_from_body, respond};
 use crate::entity::EntityTypeConfig;
 
 /// Events returned per request at most.
 const EVENTS_PAGE_MAX: usize = 1_000;
+
+/// Payload bytes a page of events carries at most (a single larger event still goes out alone).
+const EVENTS_PAGE_BYTES_MAX: usize = 8 << 20;
 
 pub async fn send_command(
     State(app): State<AppState>,
@@ -28,11 +31,10 @@ pub async fn send_command(
     Ok(respond(
         &headers,
         StatusCode::OK,
-        json!({
-            "reply": msgpack_to_json(&outcome.reply),
-            "seq_nr": outcome.seq_nr,
-            "plugin": outcome.plugin,
-        }),
+        &Document::new()
+            .payload("reply", outcome.reply)
+            .field("seq_nr", outcome.seq_nr)
+            .field("plugin", outcome.plugin),
     ))
 }
 
@@ -45,13 +47,12 @@ pub async fn get_state(
     Ok(respond(
         &headers,
         StatusCode::OK,
-        json!({
-            "entity_type": entity_type,
-            "entity_id": entity_id,
-            "state": msgpack_to_json(&state.state),
-            "seq_nr": state.seq_nr,
-            "plugin": state.plugin,
-        }),
+        &Document::new()
+            .field("entity_type", entity_type)
+            .field("entity_id", entity_id)
+            .payload("state", state.state)
+            .field("seq_nr", state.seq_nr)
+            .field("plugin", state.plugin),
     ))
 }
 
@@ -91,27 +92,37 @@ pub async fn get_events(
             limit,
         )
         .await?;
-    let events: Vec<_> = events
+    // A page ends at its count or once its payloads reach EVENTS_PAGE_BYTES_MAX (after at
+    // least one event): a client reads on from the seq_nr after the last one it got.
+    let mut page_bytes = 0usize;
+    let events: Vec<Document> = events
         .into_iter()
+        .take_while(|event| {
+            let fits = page_bytes == 0 || page_bytes + event.payload.len() <= EVENTS_PAGE_BYTES_MAX;
+            page_bytes += event.payload.len();
+            fits
+        })
         .map(|event| {
-            json!({
-                "seq_nr": event.seq_nr,
-                "writer": event.writer.to_string(),
-                "fencing_token": event.fencing_token,
-                "timestamp": event.timestamp,
-                "origin_replica": event.origin_replica,
-                "origin_seq_nr": event.origin_seq_nr,
-                "version": event.version,
-                "concurrent": event.concurrent,
-                "plugin": event.plugin,
-                "payload": msgpack_to_json(&event.payload),
-            })
+            Document::new()
+                .field("seq_nr", event.seq_nr)
+                .field("writer", event.writer.to_string())
+                .field("fencing_token", event.fencing_token)
+                .field("timestamp", event.timestamp)
+                .field("origin_replica", event.origin_replica)
+                .field("origin_seq_nr", event.origin_seq_nr)
+                .field("version", json!(event.version))
+                .field("concurrent", event.concurrent)
+                .field("plugin", event.plugin)
+                .payload("payload", event.payload)
         })
         .collect();
     Ok(respond(
         &headers,
         StatusCode::OK,
-        json!({"entity_type": entity_type, "entity_id": entity_id, "events": events}),
+        &Document::new()
+            .field("entity_type", entity_type)
+            .field("entity_id", entity_id)
+            .documents("events", events),
     ))
 }
 

@@ -72,7 +72,7 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         EntityError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EntityError::Overloaded { .. } | EntityError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::WriterConflict(_) => StatusCode::CONFLICT,
-        EntityError::Plugin { code, .. } if *code == "unknown_plugin" => {
+        EntityError::Plugin { code, .. } if *code == "unknown_plugin" || *code == "plugin_busy" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -113,6 +113,7 @@ impl From<PluginError> for ApiError {
         let status = match &error {
             PluginError::UnknownPlugin(_) => StatusCode::NOT_FOUND,
             PluginError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PluginError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, error.code(), error.to_string())

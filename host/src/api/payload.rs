@@ -3,13 +3,18 @@
 //! Plugins speak MessagePack with named fields; people and most clients speak JSON. A request
 //! body is JSON unless its `Content-Type` is `application/msgpack`; a response is JSON unless
 //! `Accept` asks for `application/msgpack`.
+//!
+//! A response carrying plugins' payloads (replies, states, events) is a [`Document`]: its
+//! payloads are written straight into the body, transcoded to JSON text or copied as the
+//! MessagePack they are, never decoded into value trees (see [`crate::msgpack`]). So answering
+//! with a payload costs the host a small constant times the payload's size.
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rmpv::Value as Msgpack;
-use serde_json::{Map, Number, Value as Json};
+use serde_json::Value as Json;
 
 use super::error::ApiError;
+use crate::msgpack;
 
 const MSGPACK: &str = "application/msgpack";
 
@@ -19,7 +24,8 @@ fn is_msgpack(value: Option<&header::HeaderValue>) -> bool {
         .is_some_and(|v| v.contains("msgpack"))
 }
 
-/// The command carried by a request body, as MessagePack.
+/// The command carried by a request body, as MessagePack: exactly one well-formed value,
+/// nested at most [`msgpack::DEPTH_MAX`] deep.
 pub fn command_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
@@ -28,19 +34,12 @@ pub fn command_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Ap
         ));
     }
     if is_msgpack(headers.get(header::CONTENT_TYPE)) {
-        let mut reader = body;
-        rmpv::decode::read_value(&mut reader).map_err(|e| {
+        msgpack::check_one_value(body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_msgpack",
-                format!("the body is not MessagePack: {e}"),
+                format!("the body is not one MessagePack value: {e}"),
             )
         })?;
-        if !reader.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_msgpack",
-                format!("{} bytes follow the MessagePack value", reader.len()),
-            ));
-        }
         return Ok(body.to_vec());
     }
     let json: Json = serde_json::from_slice(body).map_err(|e| {
@@ -59,62 +58,139 @@ pub fn json_to_msgpack(json: &Json) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// Decodes MessagePack produced by a plugin into JSON; bytes that are not MessagePack are shown
-/// as an array of numbers rather than lost.
+/// A plugin's MessagePack as a JSON value, for small payloads inside other documents (a
+/// lease-lost notice). Bytes that are not one MessagePack value are shown as an array of numbers
+/// rather than lost.
 pub fn msgpack_to_json(bytes: &[u8]) -> Json {
-    let mut reader = bytes;
-    match rmpv::decode::read_value(&mut reader) {
-        Ok(value) => to_json(&value),
-        Err(_) => Json::Array(bytes.iter().map(|b| Json::from(*b)).collect()),
+    let mut text = Vec::new();
+    write_payload_json(bytes, &mut text);
+    serde_json::from_slice(&text).unwrap_or(Json::Null)
+}
+
+/// One field of a [`Document`].
+enum Field {
+    Json(Json),
+    /// MessagePack written by a plugin.
+    Payload(Vec<u8>),
+    Documents(Vec<Document>),
+}
+
+/// A response document: named fields, some of them plugins' payloads.
+#[derive(Default)]
+pub struct Document {
+    fields: Vec<(&'static str, Field)>,
+}
+
+impl Document {
+    pub fn new() -> Self {
+        Document::default()
+    }
+
+    /// A field with a value the host made.
+    pub fn field(mut self, name: &'static str, value: impl Into<Json>) -> Self {
+        self.fields.push((name, Field::Json(value.into())));
+        self
+    }
+
+    /// A field holding a plugin's MessagePack.
+    pub fn payload(mut self, name: &'static str, bytes: Vec<u8>) -> Self {
+        self.fields.push((name, Field::Payload(bytes)));
+        self
+    }
+
+    /// A field holding a list of documents.
+    pub fn documents(mut self, name: &'static str, documents: Vec<Document>) -> Self {
+        self.fields.push((name, Field::Documents(documents)));
+        self
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (name, field)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_value(&Json::from(*name), out);
+            out.push(b':');
+            match field {
+                Field::Json(value) => write_json_value(value, out),
+                Field::Payload(bytes) => write_payload_json(bytes, out),
+                Field::Documents(documents) => {
+                    out.push(b'[');
+                    for (j, document) in documents.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        document.write_json(out);
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+        out.push(b'}');
+    }
+
+    fn write_msgpack(&self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        rmp::encode::write_map_len(out, self.fields.len() as u32).map_err(encoding_failed)?;
+        for (name, field) in &self.fields {
+            rmp::encode::write_str(out, name).map_err(encoding_failed)?;
+            match field {
+                Field::Json(value) => {
+                    rmp_serde::encode::write_named(out, value).map_err(encoding_failed)?
+                }
+                // A payload that is one well-formed value goes out as it is; anything else (only
+                // events stored before guests' output was checked) as a binary.
+                Field::Payload(bytes) if msgpack::check_one_value(bytes).is_ok() => {
+                    out.extend_from_slice(bytes)
+                }
+                Field::Payload(bytes) => {
+                    rmp::encode::write_bin(out, bytes).map_err(encoding_failed)?
+                }
+                Field::Documents(documents) => {
+                    rmp::encode::write_array_len(out, documents.len() as u32)
+                        .map_err(encoding_failed)?;
+                    for document in documents {
+                        document.write_msgpack(out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-fn to_json(value: &Msgpack) -> Json {
-    match value {
-        Msgpack::Nil => Json::Null,
-        Msgpack::Boolean(b) => Json::Bool(*b),
-        Msgpack::Integer(i) => match (i.as_u64(), i.as_i64()) {
-            (Some(u), _) => Json::from(u),
-            (None, Some(s)) => Json::from(s),
-            (None, None) => Json::Null,
-        },
-        Msgpack::F32(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
-        Msgpack::F64(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        Msgpack::String(s) => Json::String(match s.as_str() {
-            Some(text) => text.to_owned(),
-            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        }),
-        Msgpack::Binary(bytes) => Json::Array(bytes.iter().map(|b| Json::from(*b)).collect()),
-        Msgpack::Array(items) => Json::Array(items.iter().map(to_json).collect()),
-        Msgpack::Map(entries) => Json::Object(
-            entries
-                .iter()
-                .map(|(key, value)| {
-                    let key = match key {
-                        Msgpack::String(s) => s
-                            .as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| key.to_string()),
-                        other => other.to_string(),
-                    };
-                    (key, to_json(value))
-                })
-                .collect::<Map<_, _>>(),
-        ),
-        Msgpack::Ext(kind, data) => serde_json::json!({"ext_type": kind, "data": data}),
+fn write_json_value(value: &Json, out: &mut Vec<u8>) {
+    // Writing a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// A plugin's payload as JSON text; bytes that are not one MessagePack value as an array of
+/// numbers.
+fn write_payload_json(bytes: &[u8], out: &mut Vec<u8>) {
+    if msgpack::write_json(bytes, out).is_err() {
+        write_json_value(&Json::from(bytes.to_vec()), out);
     }
 }
 
-/// A response in the format the client accepts. `json` is the document; MessagePack clients
-/// get the same document encoded with named fields.
-pub fn respond(headers: &HeaderMap, status: StatusCode, json: Json) -> Response {
+fn encoding_failed(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "encoding_failed",
+        error.to_string(),
+    )
+}
+
+/// A response in the format the client accepts.
+pub fn respond(headers: &HeaderMap, status: StatusCode, document: &Document) -> Response {
+    let mut body = Vec::new();
     if is_msgpack(headers.get(header::ACCEPT)) {
-        match json_to_msgpack(&json) {
-            Ok(bytes) => (status, [(header::CONTENT_TYPE, MSGPACK)], bytes).into_response(),
+        match document.write_msgpack(&mut body) {
+            Ok(()) => (status, [(header::CONTENT_TYPE, MSGPACK)], body).into_response(),
             Err(error) => error.into_response(),
         }
     } else {
-        (status, axum::Json(json)).into_response()
+        document.write_json(&mut body);
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
 
@@ -123,11 +199,55 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn json_of(document: &Document) -> Json {
+        let mut out = Vec::new();
+        document.write_json(&mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
     #[test]
-    fn json_round_trips_through_msgpack() {
-        let document = json!({"op": "increment", "by": 3, "tags": ["a", "b"], "ratio": 0.5, "neg": -4, "none": null});
-        let bytes = json_to_msgpack(&document).unwrap();
-        assert_eq!(msgpack_to_json(&bytes), document);
+    fn documents_carry_payloads_in_both_formats() {
+        let reply = json_to_msgpack(&json!({"value": 5, "tags": ["a"]})).unwrap();
+        let event = |n: u64| {
+            Document::new()
+                .field("seq_nr", n)
+                .payload("payload", reply.clone())
+        };
+        let document = Document::new()
+            .field("plugin", "counter@abc")
+            .payload("reply", reply.clone())
+            .payload("garbage", vec![0xc1, 0x01])
+            .documents("events", vec![event(1), event(2)]);
+        let expected = json!({
+            "plugin": "counter@abc",
+            "reply": {"value": 5, "tags": ["a"]},
+            "garbage": [0xc1, 0x01],
+            "events": [{"seq_nr": 1, "payload": {"value": 5, "tags": ["a"]}},
+                       {"seq_nr": 2, "payload": {"value": 5, "tags": ["a"]}}],
+        });
+        assert_eq!(json_of(&document), expected);
+        let mut packed = Vec::new();
+        document.write_msgpack(&mut packed).unwrap();
+        let decoded = rmpv::decode::read_value(&mut &packed[..]).unwrap();
+        let field = |name: &str| {
+            decoded
+                .as_map()
+                .unwrap()
+                .iter()
+                .find(|(key, _)| key.as_str() == Some(name))
+                .unwrap()
+                .1
+                .clone()
+        };
+        let as_json = |value: rmpv::Value| {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, &value).unwrap();
+            msgpack_to_json(&bytes)
+        };
+        assert_eq!(as_json(field("reply")), expected["reply"]);
+        assert_eq!(as_json(field("events")), expected["events"]);
+        // A payload that is not MessagePack goes out as a binary.
+        assert_eq!(field("garbage"), rmpv::Value::Binary(vec![0xc1, 0x01]));
     }
 
     #[test]
@@ -143,18 +263,13 @@ mod tests {
         );
         let mut msgpack_headers = HeaderMap::new();
         msgpack_headers.insert(header::CONTENT_TYPE, MSGPACK.parse().unwrap());
-        assert_eq!(
-            command_from_body(&msgpack_headers, &[0x92, 0x01])
-                .unwrap_err()
-                .code,
-            "invalid_msgpack"
-        );
-        assert_eq!(
-            command_from_body(&msgpack_headers, &[0xc0, 0xc0])
-                .unwrap_err()
-                .code,
-            "invalid_msgpack"
-        );
+        let code = |body: &[u8]| command_from_body(&msgpack_headers, body).unwrap_err().code;
+        assert_eq!(code(&[0x92, 0x01]), "invalid_msgpack");
+        assert_eq!(code(&[0xc0, 0xc0]), "invalid_msgpack");
+        // 400 levels of nested arrays: refused, not a stack overflow.
+        let mut nested = vec![0x91; 400];
+        nested.push(0xc0);
+        assert_eq!(code(&nested), "invalid_msgpack");
         assert_eq!(
             command_from_body(&msgpack_headers, &[0x80]).unwrap(),
             vec![0x80]

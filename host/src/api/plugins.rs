@@ -14,8 +14,10 @@ pub async fn list(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"plugins": app.plugins.list()}))
 }
 
-/// Compiles and checks the upload off the async workers, then swaps it in atomically. An entity
-/// plugin with no entity type bound yet serves the entity type of its own name.
+/// Checks, compiles and checks the upload off the async workers, then swaps it in atomically.
+/// An upload under a name whose bound entity types need the other world is refused with nothing
+/// changed. An entity plugin with no entity type bound yet serves the entity type of its own
+/// name.
 pub async fn upload(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -24,7 +26,8 @@ pub async fn upload(
     let bytes = body?;
     let registry = app.plugins.clone();
     let plugin = name.clone();
-    let report = tokio::task::spawn_blocking(move || registry.load(&plugin, &bytes))
+    let needed = app.entities.world_needed(&name);
+    let report = tokio::task::spawn_blocking(move || registry.load_world(&plugin, &bytes, needed))
         .await
         .map_err(|e| {
             ApiError::new(

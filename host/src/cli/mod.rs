@@ -82,6 +82,15 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
+    /// Compiles one component for a running node (the node starts this itself, so it can stop a
+    /// compile that takes too long).
+    #[command(name = crate::plugin::COMPILE_SUBCOMMAND, hide = true)]
+    CompilePlugin {
+        /// The node's `[limits]`, as JSON: the engine must be configured as the node's.
+        limits: String,
+        input: PathBuf,
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,6 +235,11 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => serve(args).await,
+            Command::CompilePlugin {
+                limits,
+                input,
+                output,
+            } => crate::plugin::run_child_compile(&limits, &input, &output),
             Command::Plugin { command, url } => match command {
                 PluginCommand::Load { file, name } => {
                     client::load_plugin(&url, &file, name.as_deref()).await
@@ -317,6 +331,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(writer_id) = args.writer_id {
         config.node.writer_id = Some(writer_id);
+    }
+    // Compiles run in child processes of this executable, so one that takes too long is stopped.
+    if let Ok(executable) = std::env::current_exe() {
+        crate::plugin::compile_in_child_processes(executable);
     }
     Node::start(config).await?.wait().await
 }

@@ -22,7 +22,7 @@ use super::types::{
 use crate::clock::NodeClock;
 use crate::journal::{EventEnvelope, Journal};
 use crate::lease::Lease;
-use crate::plugin::PluginRegistry;
+use crate::plugin::{PluginRegistry, World};
 use crate::replication::{Peers, ReplicationMessage};
 
 /// A command's outcome.
@@ -118,11 +118,6 @@ pub struct EntitySystem {
     shared: Arc<Shared>,
 }
 
-/// Lease times to live a single-writer type may ask for: below 100 ms the renewals of many
-/// entities would crowd the backend; above a day a crashed writer would block its entities for
-/// longer than anyone waits.
-const LEASE_TTL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=86_400_000;
-
 /// How often a message retries when it keeps finding its actor stopping.
 const SEND_ATTEMPTS_MAX: usize = 8;
 
@@ -194,30 +189,35 @@ impl EntitySystem {
     /// next activation.
     pub fn bind_type(&self, name: &str, config: EntityTypeConfig) -> Result<(), EntityError> {
         validate_name("entity type", name).map_err(EntityError::InvalidName)?;
-        if config.mailbox_capacity == 0 || config.max_batch == 0 {
-            return Err(EntityError::InvalidName(format!(
-                "entity type `{name}`: mailbox_capacity and max_batch must be at least 1"
-            )));
-        }
-        if config.single_writer && !LEASE_TTL_MS_RANGE.contains(&config.lease_ttl_ms) {
-            return Err(EntityError::InvalidName(format!(
-                "entity type `{name}`: lease_ttl_ms {} is outside {} ..= {} ms",
-                config.lease_ttl_ms,
-                LEASE_TTL_MS_RANGE.start(),
-                LEASE_TTL_MS_RANGE.end()
-            )));
-        }
-        if let Some(replication) = &config.replication {
-            replication
-                .validate(name)
-                .map_err(EntityError::InvalidName)?;
-        }
+        config.validate(name).map_err(EntityError::InvalidName)?;
+        self.shared
+            .plugins
+            .set_type_output_limits(name, config.output_limits.clone());
         self.shared
             .types
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), Arc::new(config));
         Ok(())
+    }
+
+    /// The world a plugin loaded as `plugin` must implement for what is bound to that name: an
+    /// entity plugin for the entity types it serves, a resolver for the replicated types naming
+    /// it; `None` when nothing is bound to it.
+    pub fn world_needed(&self, plugin: &str) -> Option<World> {
+        let types = self.shared.types.read().unwrap_or_else(|p| p.into_inner());
+        if types.values().any(|config| config.plugin == plugin) {
+            Some(World::Entity)
+        } else if types.values().any(|config| {
+            config
+                .replication
+                .as_ref()
+                .is_some_and(|replication| replication.resolver == plugin)
+        }) {
+            Some(World::Resolver)
+        } else {
+            None
+        }
     }
 
     /// Whether the entity type is single-writer (false for unknown types).

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::journal::ReplayFilterMode;
+use crate::plugin::OutputLimits;
+use crate::settings::check_ranges;
 
 /// How an entity type is served; the `[entities.<type>]` table of `weft.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub struct EntityTypeConfig {
     /// Replicated across these replicas, each accepting commands and persisting its own stream
     /// (with `single_writer`, only the lease holder's replica writes). `None`: one stream.
     pub replication: Option<ReplicationConfig>,
+    /// What its plugin may hand the host in one call, instead of the node's `[limits.output]`
+    /// (fields left out take the built-in defaults). Log limits stay the node's.
+    pub output_limits: Option<OutputLimits>,
 }
 
 /// The `replication` table of an entity type: `{ replicas = ["a", "b", "c"], resolver = "…" }`.
@@ -109,11 +114,48 @@ impl Default for EntityTypeConfig {
             single_writer: false,
             lease_ttl_ms: 10_000,
             replication: None,
+            output_limits: None,
         }
     }
 }
 
 impl EntityTypeConfig {
+    /// Refuses every numeric setting outside what the code can honour, naming the range, and a
+    /// bad replication table.
+    pub fn validate(&self, entity_type: &str) -> Result<(), String> {
+        check_ranges(
+            &format!("entities.{entity_type}"),
+            &[
+                ("snapshot_every", self.snapshot_every, 0..=1_000_000),
+                // An idle deadline is an `Instant` plus this: a week at most.
+                (
+                    "passivate_after_secs",
+                    self.passivate_after_secs,
+                    0..=604_800,
+                ),
+                // A mailbox is a semaphore's permits; a batch is held in memory at once.
+                (
+                    "mailbox_capacity",
+                    self.mailbox_capacity as u64,
+                    1..=1_000_000,
+                ),
+                ("max_batch", self.max_batch as u64, 1..=10_000),
+                // Below 100 ms the renewals of many entities would crowd the lease backend; above a
+                // day a crashed writer would block its entities for longer than anyone waits.
+                ("lease_ttl_ms", self.lease_ttl_ms, 100..=86_400_000),
+            ],
+        )?;
+        if let Some(replication) = &self.replication {
+            replication.validate(entity_type)?;
+        }
+        if let Some(limits) = &self.output_limits {
+            limits
+                .validate()
+                .map_err(|error| format!("entity type `{entity_type}`: {error}"))?;
+        }
+        Ok(())
+    }
+
     /// The defaults, served by `plugin`.
     pub fn for_plugin(plugin: &str) -> Self {
         EntityTypeConfig {

@@ -1,38 +1,63 @@
-//! The one wasmtime `Engine` of a host, the limits every call runs under, and compilation with an
-//! on-disk cache keyed by content hash.
+//! The one wasmtime `Engine` of a host, the limits every call runs under, and the compiler (see
+//! `compile`) every load goes through.
 //!
 //! CPU is bounded with epoch interruption: a ticker thread advances the engine's epoch every
 //! [`EPOCH_TICK`], and each call gets a deadline of enough ticks to cover its CPU bound. Instances
 //! come from the pooling allocator, whose slots are sized by the memory cap.
 
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::error::PluginError;
+use super::compile::Compiler;
+use super::limits::OutputLimits;
 use super::sandbox::GuestState;
+use crate::settings::check_ranges;
 
 /// How often the epoch advances: the granularity of the CPU bound.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Limits applied to every plugin call.
+/// Limits applied to every plugin call, to the instance pool and to compilation: the
+/// `[limits]` table of `weft.toml` (docs/plugins.md has the table, with what a plugin author sees
+/// when each is exceeded).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeLimits {
-    /// Wall-clock CPU bound of one call, in milliseconds.
+    /// Wall-clock bound of one call, in milliseconds. Host calls count too, and none blocks: a
+    /// guest's sleep passes in the call's virtual time at once.
     pub cpu_per_call_ms: u64,
     /// Linear memory one instance may grow to, in bytes.
     pub memory_per_instance_bytes: usize,
-    /// Instances alive at once across all plugins (pooling allocator slots).
+    /// Instances alive at once across all plugins (pooling allocator slots), busy or idle.
     pub max_instances: u32,
     /// Idle instances kept warm per plugin version.
     pub idle_instances_per_version: usize,
+    /// Idle instances kept warm across all plugin versions.
+    pub idle_instances_max: usize,
+    /// Linear memory idle instances may keep across all plugin versions, in bytes.
+    pub idle_memory_bytes_max: usize,
+    /// An instance idle for this long is dropped, in milliseconds.
+    pub idle_instance_ttl_ms: u64,
+    /// Instances one plugin (all its versions) may have busy at once: no plugin takes every slot.
+    pub busy_instances_per_plugin_max: u32,
+    /// How long a call waits for a free instance slot before it fails, in milliseconds.
+    pub instance_wait_ms: u64,
+    /// Bytes of a component a load accepts.
+    pub component_bytes_max: usize,
+    /// Bytes of one function's body in the component's core modules: larger functions make the
+    /// compiler's time grow faster than their size.
+    pub function_body_bytes_max: usize,
+    /// Wall-clock bound of one compilation, in milliseconds: a longer one is stopped.
+    pub compile_timeout_ms: u64,
+    /// Compilations running at once; further loads wait their turn.
+    pub compiles_at_once: usize,
+    /// Bytes the compile cache may hold on disk; the least recently used artifacts go first.
+    pub compile_cache_bytes_max: u64,
+    /// What a guest may hand the host in one call.
+    pub output: OutputLimits,
 }
 
 impl Default for RuntimeLimits {
@@ -42,11 +67,86 @@ impl Default for RuntimeLimits {
             memory_per_instance_bytes: 256 << 20,
             max_instances: 512,
             idle_instances_per_version: 16,
+            idle_instances_max: 64,
+            idle_memory_bytes_max: 512 << 20,
+            idle_instance_ttl_ms: 60_000,
+            busy_instances_per_plugin_max: 128,
+            instance_wait_ms: 2_000,
+            component_bytes_max: 64 << 20,
+            function_body_bytes_max: 4 << 20,
+            compile_timeout_ms: 60_000,
+            compiles_at_once: 2,
+            compile_cache_bytes_max: 2 << 30,
+            output: OutputLimits::default(),
         }
     }
 }
 
 impl RuntimeLimits {
+    /// Refuses settings outside what the runtime can honour, naming the range.
+    pub fn validate(&self) -> Result<(), String> {
+        check_ranges(
+            "limits",
+            &[
+                ("cpu_per_call_ms", self.cpu_per_call_ms, 1..=600_000),
+                (
+                    "memory_per_instance_bytes",
+                    self.memory_per_instance_bytes as u64,
+                    (1 << 16)..=(4 << 30),
+                ),
+                ("max_instances", u64::from(self.max_instances), 1..=10_000),
+                (
+                    "idle_instances_per_version",
+                    self.idle_instances_per_version as u64,
+                    0..=10_000,
+                ),
+                (
+                    "idle_instances_max",
+                    self.idle_instances_max as u64,
+                    0..=10_000,
+                ),
+                (
+                    "idle_memory_bytes_max",
+                    self.idle_memory_bytes_max as u64,
+                    0..=(64 << 30),
+                ),
+                (
+                    "idle_instance_ttl_ms",
+                    self.idle_instance_ttl_ms,
+                    1..=86_400_000,
+                ),
+                (
+                    "busy_instances_per_plugin_max",
+                    u64::from(self.busy_instances_per_plugin_max),
+                    1..=10_000,
+                ),
+                ("instance_wait_ms", self.instance_wait_ms, 0..=600_000),
+                (
+                    "component_bytes_max",
+                    self.component_bytes_max as u64,
+                    8..=(1 << 30),
+                ),
+                (
+                    "function_body_bytes_max",
+                    self.function_body_bytes_max as u64,
+                    1..=(1 << 30),
+                ),
+                (
+                    "compile_timeout_ms",
+                    self.compile_timeout_ms,
+                    100..=3_600_000,
+                ),
+                ("compiles_at_once", self.compiles_at_once as u64, 1..=64),
+                (
+                    "compile_cache_bytes_max",
+                    self.compile_cache_bytes_max,
+                    0..=(1 << 40),
+                ),
+            ],
+        )?;
+        self.output.validate()
+    }
+
     pub fn cpu_per_call(&self) -> Duration {
         Duration::from_millis(self.cpu_per_call_ms)
     }
@@ -60,59 +160,52 @@ impl RuntimeLimits {
     }
 }
 
-/// The engine, the linker every instance is linked with, and the compile cache.
+/// The engine configuration of a runtime with these limits: the same in a child compile, so
+/// its artifacts load here.
+pub fn engine_config(limits: &RuntimeLimits) -> Config {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(limits.max_instances)
+        .total_core_instances(limits.max_instances.saturating_mul(8))
+        .total_memories(limits.max_instances.saturating_mul(2))
+        .total_tables(limits.max_instances.saturating_mul(4))
+        .max_memory_size(limits.memory_per_instance_bytes)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    config
+}
+
+/// The engine, the linker every instance is linked with, and the compiler with its cache.
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: RuntimeLimits,
-    /// Where compiled components are kept, by content hash; `None` disables the cache.
-    cache_dir: Option<PathBuf>,
-    /// One lock per content hash being compiled: a second load of the same bytes waits for the
-    /// first and then reads its artifact, instead of compiling again (seconds for Python or
-    /// JavaScript components).
-    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    compiler: Compiler,
     /// Stops the epoch ticker when the runtime is dropped.
     ticker_stop: Arc<AtomicBool>,
 }
 
-/// A compiled component and whether it came from the on-disk cache.
-pub struct Compiled {
-    pub component: Component,
-    pub content_hash: String,
-    pub from_cache: bool,
-}
-
 impl PluginRuntime {
+    /// A runtime with these limits (refused, naming the range, when one is outside what the
+    /// runtime can honour), caching compiled plugins in `cache_dir` when given.
     pub fn new(limits: RuntimeLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let mut pooling = PoolingAllocationConfig::default();
-        pooling
-            .total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances.saturating_mul(8))
-            .total_memories(limits.max_instances.saturating_mul(2))
-            .total_tables(limits.max_instances.saturating_mul(4))
-            .max_memory_size(limits.memory_per_instance_bytes)
-            .max_core_instance_size(8 << 20)
-            .max_component_instance_size(8 << 20);
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        limits.validate().map_err(anyhow::Error::msg)?;
+        let engine = Engine::new(&engine_config(&limits)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut linker = Linker::new(&engine);
         super::sandbox::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create cache dir {}: {e}", dir.display()))?;
-        }
+        let compiler = Compiler::new(engine.clone(), limits.clone(), cache_dir)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
         Ok(PluginRuntime {
             engine,
             linker,
             limits,
-            cache_dir,
-            compiling: Mutex::new(HashMap::new()),
+            compiler,
             ticker_stop,
         })
     }
@@ -129,94 +222,8 @@ impl PluginRuntime {
         &self.limits
     }
 
-    /// Compiles `bytes`, or loads the artifact compiled earlier for the same bytes and engine.
-    /// Slow when uncached (milliseconds to seconds): call it off the hot path.
-    pub fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<Compiled, PluginError> {
-        super::validate::check_header(plugin, bytes)?;
-        let content_hash = hex::encode(Sha256::digest(bytes));
-        let Some(cached) = self.cache_path(&content_hash) else {
-            return self.compile_uncached(plugin, bytes, content_hash, None);
-        };
-        let gate = self
-            .compiling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(content_hash.clone())
-            .or_default()
-            .clone();
-        let compiled = {
-            let _turn = gate.lock().unwrap_or_else(|p| p.into_inner());
-            self.load_or_compile(plugin, bytes, content_hash.clone(), &cached)
-        };
-        let mut compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else waits on this hash.
-        if Arc::strong_count(&gate) <= 2 {
-            compiling.remove(&content_hash);
-        }
-        compiled
-    }
-
-    /// The cached artifact at `cached` if it is usable, else a fresh compile written there.
-    fn load_or_compile(
-        &self,
-        plugin: &str,
-        bytes: &[u8],
-        content_hash: String,
-        cached: &Path,
-    ) -> Result<Compiled, PluginError> {
-        if cached.exists() {
-            // SAFETY: the cache directory holds only artifacts this host serialized with an
-            // engine of the same configuration (the file name carries the engine's
-            // compatibility hash); wasmtime checks the header and version again on load.
-            // Like wasmtime's own cache, the directory must not be writable by others.
-            match unsafe { Component::deserialize_file(&self.engine, cached) } {
-                Ok(component) => {
-                    return Ok(Compiled {
-                        component,
-                        content_hash,
-                        from_cache: true,
-                    });
-                }
-                Err(error) => tracing::warn!(
-                    plugin, path = %cached.display(), "ignoring unusable compile cache entry: {error}"
-                ),
-            }
-        }
-        self.compile_uncached(plugin, bytes, content_hash, Some(cached))
-    }
-
-    /// Compiles `bytes`, and writes the artifact to `cache_to` when given.
-    fn compile_uncached(
-        &self,
-        plugin: &str,
-        bytes: &[u8],
-        content_hash: String,
-        cache_to: Option<&Path>,
-    ) -> Result<Compiled, PluginError> {
-        let component =
-            Component::new(&self.engine, bytes).map_err(|error| PluginError::Invalid {
-                plugin: plugin.to_owned(),
-                reason: format!("not a valid component: {error:#}"),
-            })?;
-        if let Some(path) = cache_to
-            && let Err(error) = write_artifact(&component, path)
-        {
-            tracing::warn!(plugin, "cannot write the compile cache: {error}");
-        }
-        Ok(Compiled {
-            component,
-            content_hash,
-            from_cache: false,
-        })
-    }
-
-    fn cache_path(&self, content_hash: &str) -> Option<PathBuf> {
-        let dir = self.cache_dir.as_ref()?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        Some(dir.join(format!("{content_hash}-{:016x}.cwasm", hasher.finish())))
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
     }
 }
 
@@ -224,21 +231,6 @@ impl Drop for PluginRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves half an artifact and a
-/// reader never maps a file being written. The temporary name is unique per write: two hosts
-/// (processes, or runtimes in one process) may write the same artifact at once.
-fn write_artifact(component: &Component, path: &Path) -> anyhow::Result<()> {
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let bytes = component
-        .serialize()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let write = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{write}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {

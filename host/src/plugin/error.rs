@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use super::limits::OutputLimit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The handler refused the command (its own `err`): a normal outcome, not a failure.
@@ -22,6 +24,23 @@ pub enum PluginError {
         cap_bytes: usize,
         requested_bytes: usize,
     },
+
+    /// The guest handed the host more than a limit of `[limits.output]` allows.
+    #[error("{plugin} went over its limit {} = {max}: {actual}", limit.name())]
+    OutputLimitExceeded {
+        plugin: String,
+        limit: OutputLimit,
+        max: usize,
+        actual: String,
+    },
+
+    /// A reply, event or state that is not exactly one well-formed MessagePack value.
+    #[error("{plugin} returned invalid output: {reason}")]
+    InvalidOutput { plugin: String, reason: String },
+
+    /// No instance slot came free within `instance_wait_ms` (all taken, or the plugin's share).
+    #[error("{plugin}: {reason}; retry shortly")]
+    Busy { plugin: String, reason: String },
 
     #[error("{plugin} trapped: {message}")]
     Trapped { plugin: String, message: String },
@@ -55,6 +74,9 @@ impl PluginError {
             PluginError::Rejected { .. } => "command_rejected",
             PluginError::CpuBoundExceeded { .. } => "plugin_cpu_bound_exceeded",
             PluginError::MemoryCapExceeded { .. } => "plugin_memory_cap_exceeded",
+            PluginError::OutputLimitExceeded { limit, .. } => limit.code(),
+            PluginError::InvalidOutput { .. } => "plugin_invalid_output",
+            PluginError::Busy { .. } => "plugin_busy",
             PluginError::Trapped { .. } => "plugin_trapped",
             PluginError::UnknownPlugin(_) => "unknown_plugin",
             PluginError::WrongKind { .. } => "wrong_plugin_kind",

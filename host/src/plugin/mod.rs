@@ -8,20 +8,29 @@
 //!
 //! # Layout
 //! - `bindings`: the host side of the WIT contract, generated from `wit/`.
-//! - `engine`: the one wasmtime `Engine` (pooling allocator, epoch ticker), the limits every call
-//!   runs under, and compilation with an on-disk cache keyed by content hash.
+//! - `engine`: the one wasmtime `Engine` (pooling allocator, epoch ticker) and the limits every
+//!   call runs under.
+//! - `compile`: checks that need no compilation, compiles within a budget (bounded concurrency,
+//!   a time limit enforced on a child process), and the size-capped on-disk cache keyed by
+//!   content hash, written only for accepted plugins.
 //! - `sandbox`: what a guest sees of the world — a locked-down WASI with nothing granted, a
 //!   deterministic clock and random source per call, captured stderr, a memory cap, the `log`
 //!   import.
+//! - `limits`: what a guest may hand the host in one call, and the check of its output.
+//! - `pool`: instance slots shared by every plugin version: idle instances kept within a
+//!   node-wide budget and evicted across versions, a busy share per plugin, bounded waits.
 //! - `validate`: checks a component's exports (its world) and imports (an allow-list) at load.
 //! - `version`: one loaded plugin version: its `InstancePre`, its instance pool, typed calls.
 //! - `registry`: plugins by name, each with its current version; atomic hot swap.
 //! - `error`: what can go wrong, worded for the person who wrote the plugin.
 
 mod bindings;
+mod compile;
 mod engine;
 mod envelope;
 mod error;
+mod limits;
+mod pool;
 mod registry;
 mod sandbox;
 mod validate;
@@ -29,8 +38,10 @@ mod version;
 
 pub use bindings::types::{Context, Envelope, EventMeta, Role, VersionEntry};
 pub use bindings::{Decision, LeaseLost, Resolution};
+pub use compile::{COMPILE_SUBCOMMAND, compile_in_child_processes, run_child_compile};
 pub use engine::{PluginRuntime, RuntimeLimits};
 pub use error::PluginError;
+pub use limits::{OutputLimit, OutputLimits};
 pub use registry::{LoadReport, PluginInfo, PluginRegistry};
 pub use validate::World;
 pub use version::PluginVersion;

@@ -9,12 +9,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::engine::PluginRuntime;
 use super::error::PluginError;
+use super::limits::{OutputLimits, TypeOutputLimits};
+use super::pool::{PoolLimits, PoolUsage};
 use super::validate::World;
-use super::version::PluginVersion;
+use super::version::{InstancePool, PluginVersion, Shared};
 
 /// The outcome of a load.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -44,15 +46,42 @@ pub struct PluginInfo {
 
 pub struct PluginRegistry {
     runtime: Arc<PluginRuntime>,
+    /// The instance slots and entity types' own `[limits.output]`, shared by every version.
+    shared: Arc<Shared>,
     current: RwLock<BTreeMap<String, Arc<PluginVersion>>>,
 }
 
 impl PluginRegistry {
     pub fn new(runtime: Arc<PluginRuntime>) -> Self {
+        let limits = runtime.limits();
+        let pool = InstancePool::new(PoolLimits {
+            slots: limits.max_instances,
+            busy_per_plugin: limits.busy_instances_per_plugin_max,
+            idle_max: limits.idle_instances_max,
+            idle_per_version: limits.idle_instances_per_version,
+            idle_bytes_max: limits.idle_memory_bytes_max,
+            idle_ttl: Duration::from_millis(limits.idle_instance_ttl_ms),
+            wait: Duration::from_millis(limits.instance_wait_ms),
+        });
         PluginRegistry {
             runtime,
+            shared: Arc::new(Shared {
+                pool,
+                type_output_limits: TypeOutputLimits::default(),
+            }),
             current: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Sets (or with `None` clears) what plugins may hand the host in calls for `entity_type`,
+    /// instead of the node's `[limits.output]`.
+    pub fn set_type_output_limits(&self, entity_type: &str, limits: Option<OutputLimits>) {
+        self.shared.type_output_limits.set(entity_type, limits);
+    }
+
+    /// The instance slots in use and idle, for metrics.
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.shared.pool.usage()
     }
 
     pub fn runtime(&self) -> &Arc<PluginRuntime> {
@@ -64,15 +93,15 @@ impl PluginRegistry {
         self.load_checked(name, bytes, None)
     }
 
-    /// Like [`load`](Self::load), but refuses a plugin of another world than `world`, naming
-    /// the export it lacks.
+    /// Like [`load`](Self::load), but refuses a plugin of another world than `needed` (what the
+    /// entity types bound to `name` need), naming the export it lacks, before compiling it.
     pub fn load_world(
         &self,
         name: &str,
         bytes: &[u8],
-        world: World,
+        needed: Option<World>,
     ) -> Result<LoadReport, PluginError> {
-        self.load_checked(name, bytes, Some(world))
+        self.load_checked(name, bytes, needed)
     }
 
     fn load_checked(
@@ -83,31 +112,40 @@ impl PluginRegistry {
     ) -> Result<LoadReport, PluginError> {
         validate_name(name)?;
         let started = Instant::now();
-        let compiled = self.runtime.compile(name, bytes)?;
-        let version = Arc::new(PluginVersion::new(
-            &self.runtime,
-            name,
-            &compiled.component,
-            compiled.content_hash,
-            bytes.len(),
-        )?);
-        if let Some(expected) = expected.filter(|world| *world != version.world()) {
+        let compiler = self.runtime.compiler();
+        // What needs no compilation first: a plugin refused here costs no compile time.
+        let inspected = compiler.inspect(name, bytes)?;
+        if let Some(expected) = expected.filter(|world| *world != inspected.world) {
             return Err(PluginError::Invalid {
                 plugin: name.to_owned(),
                 reason: format!(
-                    "it is a {} plugin: it does not export `{}`, which a {} plugin must",
-                    version.world().name(),
+                    "it is a {} plugin, but what is bound to `{name}` needs a {} plugin \
+                     (exporting `{}`); nothing was changed",
+                    inspected.world.name(),
+                    expected.name(),
                     expected.export(),
-                    expected.name()
                 ),
             });
         }
+        let compiled = compiler.compile(name, bytes, &inspected.content_hash)?;
+        let version = Arc::new(PluginVersion::new(
+            &self.runtime,
+            self.shared.clone(),
+            name,
+            inspected.world,
+            &compiled.component,
+            inspected.content_hash,
+            bytes.len(),
+        )?);
+        let from_cache = compiled.from_cache;
+        // Accepted: only now does the compiled artifact go to the cache.
+        compiled.keep(compiler.cache());
         let report = LoadReport {
             name: name.to_owned(),
             version: version.id().to_owned(),
             content_hash: version.content_hash().to_owned(),
             world: version.world(),
-            from_cache: compiled.from_cache,
+            from_cache,
             load_ms: started.elapsed().as_secs_f64() * 1e3,
             replaced: None,
         };
@@ -131,15 +169,20 @@ impl PluginRegistry {
         Ok(report)
     }
 
-    /// Loads a `.wasm` file, named after its file stem. Blocking.
-    pub fn load_file(&self, path: &Path) -> Result<LoadReport, PluginError> {
+    /// Loads a `.wasm` file, named after its file stem, refusing it when `needed` says its name
+    /// needs another world (see [`load_world`](Self::load_world)). Blocking.
+    pub fn load_file(
+        &self,
+        path: &Path,
+        needed: impl FnOnce(&str) -> Option<World>,
+    ) -> Result<LoadReport, PluginError> {
         let name = path
             .file_stem()
             .and_then(|stem| stem.to_str())
             .ok_or_else(|| PluginError::InvalidName(path.display().to_string()))?;
         let bytes = std::fs::read(path)
             .map_err(|e| PluginError::Host(format!("cannot read {}: {e}", path.display())))?;
-        self.load(name, &bytes)
+        self.load_checked(name, &bytes, needed(name))
     }
 
     /// The current version of `name`.

@@ -5,25 +5,25 @@
 //! network, stdin empty. The clocks read the call's `now` (the HLC timestamp from the call
 //! context) and the random source is seeded from it, so a call replays identically. Stderr goes
 //! to a small bounded buffer, so a guest's panic message reaches the error the user sees. Memory
-//! growth beyond the cap fails the call with a clear error.
+//! growth beyond the cap fails the call with a clear error. A guest's sleep passes in the call's
+//! virtual time at once, so no host call blocks. Log lines are bounded in number and length.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, StoreContextMut};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
 use super::bindings::host::{self, Level};
+use super::limits::OutputLimits;
 
 /// Bytes of stderr kept per call; a guest writing more traps.
 const STDERR_CAPACITY_BYTES: usize = 16 << 10;
-
-/// Log lines a guest may write per call; further lines are dropped with one warning.
-const LOG_LINES_PER_CALL_MAX: u32 = 64;
 
 /// The data of one instance's store.
 pub struct GuestState {
@@ -38,16 +38,20 @@ pub struct GuestState {
     random_state: Arc<AtomicU64>,
     memory: MemoryCap,
     log_lines: u32,
+    /// `[limits.output]`: how many log lines a call may write, and how long each may be.
+    output: OutputLimits,
 }
 
-/// Records the first growth beyond the cap, so the failed call can say what happened.
+/// Records the first growth beyond the cap, so the failed call can say what happened, and the
+/// linear memory the instance holds, so the pool can budget idle instances.
 pub struct MemoryCap {
     pub cap_bytes: usize,
     pub exceeded_by_request: Option<usize>,
+    pub current_bytes: usize,
 }
 
 impl GuestState {
-    pub fn new(plugin: Arc<str>, memory_cap_bytes: usize) -> Self {
+    pub fn new(plugin: Arc<str>, memory_cap_bytes: usize, output: &OutputLimits) -> Self {
         let call_time_ns = Arc::new(AtomicU64::new(0));
         let random_state = Arc::new(AtomicU64::new(0));
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
@@ -62,8 +66,10 @@ impl GuestState {
             memory: MemoryCap {
                 cap_bytes: memory_cap_bytes,
                 exceeded_by_request: None,
+                current_bytes: 0,
             },
             log_lines: 0,
+            output: output.clone(),
         }
     }
 
@@ -93,6 +99,11 @@ impl GuestState {
     pub fn memory_cap(&self) -> &MemoryCap {
         &self.memory
     }
+
+    fn elapsed_pollable(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let elapsed = self.table.push(Elapsed)?;
+        subscribe(&mut self.table, elapsed)
+    }
 }
 
 fn locked_down_wasi(
@@ -114,10 +125,47 @@ fn locked_down_wasi(
         .build()
 }
 
+/// The WASI monotonic clock interface whose sleeps the sandbox replaces; a guest importing any
+/// 0.2 version of it is linked to this one.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
 /// Adds WASI (locked down per store) and the `weft:plugin/host` import to the linker.
+///
+/// WASI's own sleeps (`subscribe-duration`, `subscribe-instant`, then `poll`) wait in real time,
+/// where the CPU bound cannot stop them. Here they pass in the call's virtual time instead: the
+/// call's clock moves forward by the time slept and the pollable is ready at once. So no host
+/// call blocks, a guest that sleeps in a loop is stopped by its CPU bound like any other loop,
+/// and what a guest reads from its clock stays a function of the call's inputs.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, GuestState>, (duration_ns,): (u64,)| {
+            let state = store.data_mut();
+            state.call_time_ns.fetch_add(duration_ns, Ordering::Relaxed);
+            Ok((state.elapsed_pollable()?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, GuestState>, (when_ns,): (u64,)| {
+            let state = store.data_mut();
+            state.call_time_ns.fetch_max(when_ns, Ordering::Relaxed);
+            Ok((state.elapsed_pollable()?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
     super::bindings::add_host_to_linker(linker)
+}
+
+/// A pollable that is ready at once: a sleep that has passed in virtual time.
+struct Elapsed;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Elapsed {
+    async fn ready(&mut self) {}
 }
 
 /// A store whose memory is capped by its [`MemoryCap`].
@@ -139,12 +187,14 @@ impl WasiView for GuestState {
 impl host::Host for GuestState {
     fn log(&mut self, level: Level, msg: String) {
         self.log_lines += 1;
-        if self.log_lines > LOG_LINES_PER_CALL_MAX {
-            if self.log_lines == LOG_LINES_PER_CALL_MAX + 1 {
-                tracing::warn!(plugin = %self.plugin, "guest log limit of {LOG_LINES_PER_CALL_MAX} lines per call reached; dropping the rest");
+        let lines_max = self.output.log_lines_per_call_max;
+        if self.log_lines > lines_max {
+            if self.log_lines == lines_max + 1 {
+                tracing::warn!(plugin = %self.plugin, "guest log limit of {lines_max} lines per call (log_lines_per_call_max) reached; dropping the rest");
             }
             return;
         }
+        let msg = self.output.cut_log_line(msg);
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(target: "weft::guest", plugin, "{msg}"),
@@ -159,7 +209,7 @@ impl host::Host for GuestState {
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -167,6 +217,7 @@ impl ResourceLimiter for MemoryCap {
             self.exceeded_by_request.get_or_insert(desired);
             return Ok(false);
         }
+        self.current_bytes += desired.saturating_sub(current);
         Ok(true)
     }
 

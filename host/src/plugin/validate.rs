@@ -1,8 +1,10 @@
-//! Checks made when a plugin is loaded, before any of its code runs: the bytes are a component,
-//! it exports the interface of the world it claims, and it imports nothing outside an allow-list.
+//! Checks made when a plugin is loaded, before it is compiled: the bytes are a component, it
+//! exports the interface of the world it claims, it imports nothing outside an allow-list, and
+//! none of its functions is too large to compile in reasonable time. All are read from the
+//! binary with `wasmparser`, without compiling anything. (The exports' function types are checked
+//! after compilation, when the version is instantiated once: see `version`.)
 
-use wasmtime::Engine;
-use wasmtime::component::Component;
+use wasmparser::{Parser, Payload};
 
 use super::error::PluginError;
 
@@ -30,14 +32,9 @@ impl World {
         }
     }
 
-    /// Which world a component implements, judged by its exports.
-    pub fn of(plugin: &str, engine: &Engine, component: &Component) -> Result<World, PluginError> {
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        let has = |world: World| exports.iter().any(|name| name == world.export());
+    /// Which world a component implements, judged by the names it exports.
+    fn of(plugin: &str, exports: &[&str]) -> Result<World, PluginError> {
+        let has = |world: World| exports.iter().any(|name| *name == world.export());
         match (has(World::Entity), has(World::Resolver)) {
             (true, false) => Ok(World::Entity),
             (false, true) => Ok(World::Resolver),
@@ -53,7 +50,7 @@ impl World {
                      `entity-plugin` or `resolver-plugin` world of weft:plugin@0.1.0",
                     World::Entity.export(),
                     World::Resolver.export(),
-                    list_or_none(&exports)
+                    list_or_none(exports)
                 ),
             )),
         }
@@ -72,14 +69,72 @@ const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     "wasi:filesystem/",
 ];
 
-/// Refuses components that import anything outside [`ALLOWED_IMPORT_PREFIXES`].
-pub fn check_imports(
+/// The checks that need no compilation; the world the component implements.
+pub fn check_before_compile(
     plugin: &str,
-    engine: &Engine,
-    component: &Component,
-) -> Result<(), PluginError> {
-    let component_type = component.component_type();
-    let forbidden = forbidden_imports(component_type.imports(engine).map(|(name, _)| name));
+    bytes: &[u8],
+    function_body_bytes_max: usize,
+) -> Result<World, PluginError> {
+    check_header(plugin, bytes)?;
+    let outline = outline(bytes)
+        .map_err(|error| invalid(plugin, format!("not a valid component: {error}")))?;
+    if outline.largest_function_body > function_body_bytes_max {
+        return Err(invalid(
+            plugin,
+            format!(
+                "one of its functions has a body of {} bytes, more than \
+                 function_body_bytes_max = {function_body_bytes_max}",
+                outline.largest_function_body
+            ),
+        ));
+    }
+    check_imports(plugin, &outline.imports)?;
+    World::of(plugin, &outline.exports)
+}
+
+/// What the checks read of a component: its own imports and exports (not those of the
+/// components and modules inside it) and its largest function body.
+struct Outline<'a> {
+    imports: Vec<&'a str>,
+    exports: Vec<&'a str>,
+    largest_function_body: usize,
+}
+
+fn outline(bytes: &[u8]) -> wasmparser::Result<Outline<'_>> {
+    let mut outline = Outline {
+        imports: Vec::new(),
+        exports: Vec::new(),
+        largest_function_body: 0,
+    };
+    // Nested modules and components come inline, each up to its own `End`.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    outline.imports.push(import?.name.name);
+                }
+            }
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports {
+                    outline.exports.push(export?.name.name);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                outline.largest_function_body =
+                    outline.largest_function_body.max(body.range().len());
+            }
+            _ => {}
+        }
+    }
+    Ok(outline)
+}
+
+/// Refuses components that import anything outside [`ALLOWED_IMPORT_PREFIXES`].
+fn check_imports(plugin: &str, imports: &[&str]) -> Result<(), PluginError> {
+    let forbidden = forbidden_imports(imports.iter().copied());
     if forbidden.is_empty() {
         return Ok(());
     }
@@ -105,7 +160,7 @@ fn forbidden_imports<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 
 /// Tells a core module, other data and a truncated file apart from a component, before the
 /// compiler does with a less helpful message.
-pub fn check_header(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
+fn check_header(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
     const MAGIC: &[u8] = b"\0asm";
     const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
@@ -135,7 +190,7 @@ fn invalid(plugin: &str, reason: String) -> PluginError {
     }
 }
 
-fn list_or_none(names: &[String]) -> String {
+fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {
         "none".into()
     } else {

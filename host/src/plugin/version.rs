@@ -1,11 +1,18 @@
-//! One loaded plugin version: its `InstancePre`, a pool of warm instances, and typed calls.
+//! One loaded plugin version: its `InstancePre`, its warm instances in the node's pool, and typed
+//! calls whose output is checked at the boundary.
 //!
-//! A call takes an idle instance (or instantiates one from the `InstancePre`, microseconds with
-//! the pooling allocator), arms the CPU deadline, resets the per-call sandbox state, calls, and
-//! puts the instance back. An instance whose call failed is dropped, never reused: a trap leaves
+//! A call takes an idle instance of the version from the pool (or a slot to instantiate one from
+//! the `InstancePre`, microseconds with the pooling allocator), arms the CPU deadline, resets the
+//! per-call sandbox state, calls, checks what the guest returned against `[limits.output]`, and
+//! gives the instance back. An instance whose call failed is dropped, never reused: a trap leaves
 //! it unusable, and the next call starts from a clean one.
+//!
+//! A version is instantiated once when it is made: that links every export the host calls,
+//! the optional hooks included, and so checks their function types against the WIT before the
+//! version can replace anything.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Engine, Store, Trap};
@@ -17,6 +24,8 @@ use super::bindings::{
 };
 use super::engine::{PluginRuntime, RuntimeLimits};
 use super::error::PluginError;
+use super::limits::{OutputLimits, TypeOutputLimits};
+use super::pool::{Checkout, Pool};
 use super::sandbox::{self, GuestState};
 use super::validate::World;
 
@@ -40,9 +49,20 @@ enum Exports {
     Resolver(ResolverPlugin),
 }
 
-struct Instance {
+/// A live instance: what the node's [`Pool`] holds.
+pub struct Instance {
     store: Store<GuestState>,
     exports: Exports,
+}
+
+/// The instance pool every version of a node shares.
+pub type InstancePool = Pool<Instance>;
+
+/// What every version of a registry shares: the instance slots, and entity types' own output
+/// limits.
+pub struct Shared {
+    pub pool: InstancePool,
+    pub type_output_limits: TypeOutputLimits,
 }
 
 /// A plugin version ready to be called. Shared (`Arc`) by every entity using it; a hot swap
@@ -58,21 +78,33 @@ pub struct PluginVersion {
     pre: Pre,
     engine: Engine,
     limits: RuntimeLimits,
-    idle: Mutex<Vec<Instance>>,
+    /// The node's `[limits.output]`, and entity types' own.
+    output_limits: Arc<OutputLimits>,
+    shared: Arc<Shared>,
+    /// Tells this version's instances apart from other versions' in the pool.
+    pool_key: u64,
+}
+
+impl Drop for PluginVersion {
+    fn drop(&mut self) {
+        self.shared.pool.release_version(self.pool_key);
+    }
 }
 
 impl PluginVersion {
-    /// Links a compiled component after checking its world and imports.
+    /// Links a compiled component after checking its world and imports, and instantiates it
+    /// once to check its exports' function types.
     pub(super) fn new(
         runtime: &PluginRuntime,
+        shared: Arc<Shared>,
         name: &str,
+        world: World,
         component: &Component,
         content_hash: String,
         size_bytes: usize,
     ) -> Result<Self, PluginError> {
+        static POOL_KEYS: AtomicU64 = AtomicU64::new(0);
         let engine = runtime.engine();
-        let world = World::of(name, engine, component)?;
-        super::validate::check_imports(name, engine, component)?;
         let instance_pre = runtime
             .linker()
             .instantiate_pre(component)
@@ -95,7 +127,7 @@ impl PluginVersion {
                 world.name()
             ),
         })?;
-        Ok(PluginVersion {
+        let version = PluginVersion {
             id: format!("{name}@{}", &content_hash[..12]).into(),
             name: name.to_owned(),
             content_hash,
@@ -105,8 +137,32 @@ impl PluginVersion {
             pre,
             engine: engine.clone(),
             limits: runtime.limits().clone(),
-            idle: Mutex::new(Vec::new()),
-        })
+            output_limits: Arc::new(runtime.limits().output.clone()),
+            shared,
+            pool_key: POOL_KEYS.fetch_add(1, Ordering::Relaxed),
+        };
+        version.check_export_types()?;
+        Ok(version)
+    }
+
+    /// Instantiates the version once, which types every export the host calls against the WIT,
+    /// and keeps the instance warm.
+    fn check_export_types(&self) -> Result<(), PluginError> {
+        match self.checkout() {
+            Ok(instance) => {
+                self.recycle(instance);
+                Ok(())
+            }
+            Err(PluginError::Trapped { message, .. }) => Err(PluginError::Invalid {
+                plugin: self.name.clone(),
+                reason: format!(
+                    "its exports do not have the function types of the {} world of \
+                     weft:plugin@0.1.0, or its start-up failed: {message}",
+                    self.world.name()
+                ),
+            }),
+            Err(other) => Err(other),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -136,10 +192,12 @@ impl PluginVersion {
 
     /// The initial state of an entity.
     pub fn init(&self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
-        self.call(ctx.now, |store, exports| match exports {
+        let state = self.call(ctx.now, |store, exports| match exports {
             Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
             Exports::Resolver(_) => Err(World::Entity),
-        })
+        })?;
+        self.output_limits(ctx).check_state(&self.id, &state)?;
+        Ok(state)
     }
 
     /// Runs the command handler. A handler's own refusal is [`PluginError::Rejected`].
@@ -156,10 +214,21 @@ impl PluginVersion {
                     .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
                 Exports::Resolver(_) => Err(World::Entity),
             })?;
-        outcome.map_err(|message| PluginError::Rejected {
-            plugin: self.id.to_string(),
-            message,
-        })
+        let output = self.output_limits(ctx);
+        match outcome {
+            Ok(decision) => {
+                output.check_events(&self.id, &decision.events)?;
+                output.check_reply(&self.id, &decision.reply)?;
+                Ok(decision)
+            }
+            Err(message) => {
+                output.check_error_text(&self.id, &message)?;
+                Err(PluginError::Rejected {
+                    plugin: self.id.to_string(),
+                    message,
+                })
+            }
+        }
     }
 
     /// Folds one event into the state.
@@ -169,14 +238,23 @@ impl PluginVersion {
         state: &[u8],
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
-        self.call(ctx.now, |store, exports| match exports {
+        let state = self.call(ctx.now, |store, exports| match exports {
             Exports::Entity { plugin, .. } => {
                 Ok(plugin
                     .weft_plugin_entity()
                     .call_apply_event(store, ctx, &state.to_vec(), event))
             }
             Exports::Resolver(_) => Err(World::Entity),
-        })
+        })?;
+        self.output_limits(ctx).check_state(&self.id, &state)?;
+        Ok(state)
+    }
+
+    /// What a call for the context's entity type may hand the host.
+    fn output_limits(&self, ctx: &Context) -> Arc<OutputLimits> {
+        self.shared
+            .type_output_limits
+            .of(&ctx.entity_type, &self.output_limits)
     }
 
     /// Whether the plugin exports the optional `lease-hooks` interface.
@@ -195,13 +273,17 @@ impl PluginVersion {
         if !self.has_lease_hooks() {
             return Ok(None);
         }
-        self.call(ctx.now, |store, exports| match exports {
+        let notice = self.call(ctx.now, |store, exports| match exports {
             Exports::Entity {
                 hooks: Some(hooks), ..
             } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
             Exports::Entity { hooks: None, .. } => Ok(Ok(None)),
             Exports::Resolver(_) => Err(World::Entity),
-        })
+        })?;
+        if let Some(notice) = &notice {
+            self.output_limits(ctx).check_reply(&self.id, notice)?;
+        }
+        Ok(notice)
     }
 
     /// Asks a resolver what to do with an incoming event concurrent with `concurrent`.
@@ -212,7 +294,7 @@ impl PluginVersion {
         incoming: &Envelope,
         concurrent: &[Envelope],
     ) -> Result<Resolution, PluginError> {
-        self.call(ctx.now, |store, exports| match exports {
+        let resolution = self.call(ctx.now, |store, exports| match exports {
             Exports::Resolver(plugin) => Ok(plugin.weft_plugin_resolver().call_resolve(
                 store,
                 ctx,
@@ -221,7 +303,11 @@ impl PluginVersion {
                 concurrent,
             )),
             Exports::Entity { .. } => Err(World::Resolver),
-        })
+        })?;
+        if let Resolution::Replace(events) = &resolution {
+            self.output_limits(ctx).check_events(&self.id, events)?;
+        }
+        Ok(resolution)
     }
 
     /// Runs `f` on a pooled instance. `f` returns `Err(world)` when the plugin is not of the
@@ -231,10 +317,7 @@ impl PluginVersion {
         now_hlc: u64,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
     ) -> Result<R, PluginError> {
-        let mut instance = match self.take_idle() {
-            Some(instance) => instance,
-            None => self.instantiate()?,
-        };
+        let mut instance = self.checkout()?;
         instance.store.data_mut().begin_call(now_hlc);
         instance
             .store
@@ -257,24 +340,43 @@ impl PluginVersion {
                 self.recycle(instance);
                 Ok(value)
             }
-            // The instance is dropped here: after a trap it must not run again.
-            Ok(Err(error)) => Err(self.classify(&error, instance.store.data(), stderr)),
+            // The instance is dropped: after a trap it must not run again.
+            Ok(Err(error)) => {
+                let error = self.classify(&error, instance.store.data(), stderr);
+                self.shared.pool.checkin(&self.name, self.pool_key, None);
+                Err(error)
+            }
         }
     }
 
-    fn take_idle(&self) -> Option<Instance> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    /// An idle instance of this version from the pool, or a new one in a free slot.
+    fn checkout(&self) -> Result<Instance, PluginError> {
+        match self.shared.pool.checkout(&self.name, self.pool_key) {
+            Ok(Checkout::Idle(instance)) => Ok(instance),
+            Ok(Checkout::Fresh) => self.instantiate().inspect_err(|_| {
+                self.shared.pool.checkin(&self.name, self.pool_key, None);
+            }),
+            Err(exhausted) => Err(PluginError::Busy {
+                plugin: self.id.to_string(),
+                reason: exhausted.to_string(),
+            }),
+        }
     }
 
+    /// Gives a healthy instance back to the pool, with the memory it holds.
     fn recycle(&self, instance: Instance) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.limits.idle_instances_per_version {
-            idle.push(instance);
-        }
+        let bytes = instance.store.data().memory_cap().current_bytes;
+        self.shared
+            .pool
+            .checkin(&self.name, self.pool_key, Some((instance, bytes)));
     }
 
     fn instantiate(&self) -> Result<Instance, PluginError> {
-        let state = GuestState::new(self.id.clone(), self.limits.memory_per_instance_bytes);
+        let state = GuestState::new(
+            self.id.clone(),
+            self.limits.memory_per_instance_bytes,
+            &self.limits.output,
+        );
         let mut store = sandbox::new_store(&self.engine, state);
         // Instantiation runs guest code (constructors): bound it like a call.
         store.set_epoch_deadline(self.limits.epoch_deadline_ticks());
@@ -323,10 +425,13 @@ impl PluginVersion {
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
             .is_some()
         {
-            return PluginError::Host(format!(
-                "{plugin}: all {} instance slots are busy; retry shortly",
-                self.limits.max_instances
-            ));
+            return PluginError::Busy {
+                plugin,
+                reason: format!(
+                    "the pooling allocator has no free slot of the {} instances",
+                    self.limits.max_instances
+                ),
+            };
         }
         let trap = match error.downcast_ref::<Trap>() {
             Some(trap) => trap.to_string(),

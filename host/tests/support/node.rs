@@ -199,6 +199,16 @@ impl ServeProcess {
         ServeProcess { child, url, log }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGINT (Ctrl-C): the node stops cleanly; waits until the process has exited.
     pub fn interrupt(mut self) {
         let pid = self.child.id().to_string();
