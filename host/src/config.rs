@@ -17,9 +17,14 @@
 //! # backend = "memory"           # default: "postgres" when the journal is, else "memory"
 //! # url = "redis://127.0.0.1:6379/"   # for "redis"; "postgres" defaults to the journal's url
 //!
-//! [limits]                       # per plugin call
+//! [limits]                       # plugin calls, the instance pool, compiles (docs/plugins.md)
 //! cpu_per_call_ms = 1000
 //! memory_per_instance_bytes = 268435456
+//! # compile_timeout_ms = 60000
+//!
+//! [limits.output]                # what a guest may hand the host in one call
+//! # reply_bytes_max = 1048576
+//! # state_bytes_max = 16777216
 //!
 //! [cluster]                      # optional: several nodes as one system (docs/cluster.md)
 //! # name = "node-1"              # stable: what placement hashes
@@ -54,6 +59,7 @@ use crate::cluster::ClusterConfig;
 use crate::ddata::DdataConfig;
 use crate::entity::EntityTypeConfig;
 use crate::plugin::RuntimeLimits;
+use crate::settings::check_ranges;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +93,30 @@ pub struct NodeConfig {
     pub max_command_bytes: usize,
     /// Largest plugin upload accepted over HTTP, in bytes.
     pub max_plugin_bytes: usize,
+    /// How long an HTTP command or state read waits for its answer before 504 `ask_timeout`.
+    pub ask_timeout_ms: u64,
+}
+
+impl NodeConfig {
+    /// Refuses numeric settings outside what the node can honour, naming the range.
+    pub fn validate(&self) -> Result<(), String> {
+        check_ranges(
+            "node",
+            &[
+                (
+                    "max_command_bytes",
+                    self.max_command_bytes as u64,
+                    1..=(256 << 20),
+                ),
+                (
+                    "max_plugin_bytes",
+                    self.max_plugin_bytes as u64,
+                    8..=(1 << 30),
+                ),
+                ("ask_timeout_ms", self.ask_timeout_ms, 1..=600_000),
+            ],
+        )
+    }
 }
 
 impl Default for NodeConfig {
@@ -99,6 +129,7 @@ impl Default for NodeConfig {
             compile_cache_dir: None,
             max_command_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
+            ask_timeout_ms: 30_000,
         }
     }
 }

@@ -17,9 +17,11 @@ use std::io::Write;
 /// Nesting levels a value may have: the same as the JSON parser's limit for request bodies.
 pub const DEPTH_MAX: usize = 128;
 
-/// The most JSON text one MessagePack byte can become (a map entry `false: nil`, for one,
-/// becomes `"false":null,`, 13 bytes for 2): the bound on a transcoded payload's size.
-pub const JSON_BYTES_PER_BYTE_MAX: usize = 7;
+/// The most JSON text one MessagePack byte can become: the bound on a transcoded payload's size.
+/// The worst case is a map keyed by one-byte extension values (`{"ext_type":-128,"data":[255]}`,
+/// escaped into a key string, from 3 bytes); an array of nils is 5 bytes per byte, ordinary
+/// documents about 1.
+pub const JSON_BYTES_PER_BYTE_MAX: usize = 12;
 
 /// Why bytes are not exactly one well-formed MessagePack value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,6 +43,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.node.validate().map_err(anyhow::Error::msg)?;
         let data_dir = &config.node.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -135,6 +136,7 @@ impl Node {
                 command_bytes: config.node.max_command_bytes,
                 plugin_bytes: config.node.max_plugin_bytes,
             },
+            ask_timeout: std::time::Duration::from_millis(config.node.ask_timeout_ms),
             started: std::time::Instant::now(),
             shutdown: shutdown_rx.clone(),
         };

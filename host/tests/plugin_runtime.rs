@@ -266,7 +266,7 @@ fn bad_uploads_are_refused_with_a_reason() {
         .unwrap_err()
         .to_string();
     assert!(
-        wrong_world.contains("does not export `weft:plugin/entity@0.1.0`"),
+        wrong_world.contains("it is a resolver plugin, but what is bound to `highest-bid` needs an entity plugin (exporting `weft:plugin/entity@0.1.0`)"),
         "{wrong_world}"
     );
     assert!(registry.list().is_empty(), "nothing refused was installed");

@@ -28,7 +28,7 @@ commands:
   plugins          build every plugin under plugins/ (Rust, Python, JavaScript) into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin, entity, http, lease, languages, cluster, ddata, replication) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, http, lease, languages, cluster, ddata, replication, sandbox) and print its figures
 ";
 
 fn main() {
@@ -116,7 +116,7 @@ fn bench(root: &std::path::Path, args: &[String]) -> Result<()> {
     if matches!(name.as_str(), "lease" | "cluster" | "replication") {
         services::ensure_installed()?;
     }
-    if name == "cluster" || name == "replication" {
+    if matches!(name.as_str(), "cluster" | "replication" | "sandbox") {
         // The benchmark runs `weft serve` processes of the same build.
         process::step("building the weft binary (release build)");
         process::cargo(root)

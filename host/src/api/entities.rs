@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
 
 use super::AppState;
 use super::error::ApiError;
@@ -27,7 +28,8 @@ pub async fn send_command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let command = command_from_body(&headers, &body?)?;
-    let outcome = app.router.ask(&entity_type, &entity_id, command).await?;
+    let ask = app.router.ask(&entity_type, &entity_id, command);
+    let outcome = within(app.ask_timeout, ask).await?;
     Ok(respond(
         &headers,
         StatusCode::OK,
@@ -43,7 +45,7 @@ pub async fn get_state(
     Path((entity_type, entity_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let state = app.router.state(&entity_type, &entity_id).await?;
+    let state = within(app.ask_timeout, app.router.state(&entity_type, &entity_id)).await?;
     Ok(respond(
         &headers,
         StatusCode::OK,
@@ -54,6 +56,24 @@ pub async fn get_state(
             .field("seq_nr", state.seq_nr)
             .field("plugin", state.plugin),
     ))
+}
+
+/// The answer of `call`, or 504 `ask_timeout` once `deadline` has passed.
+async fn within<T, E: Into<ApiError>>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(answer) => answer.map_err(Into::into),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "ask_timeout",
+            format!(
+                "no answer within ask_timeout_ms = {} ms; a command may still be applied",
+                deadline.as_millis()
+            ),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,6 +51,8 @@ pub struct AppState {
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,
+    /// How long a command or state read waits for its answer.
+    pub ask_timeout: std::time::Duration,
     pub started: std::time::Instant,
     /// Becomes true when the node stops: long-lived responses (event streams) end then, so the
     /// graceful shutdown does not wait on them.

@@ -618,6 +618,24 @@ async fn serve_connection(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// A peer's frame body of any bytes, nested arrays included, decodes or is refused: no
+        /// panic, no overflow (frame bodies are at most FRAME_BYTES_MAX and decode into types
+        /// of bounded depth).
+        #[test]
+        fn peer_frames_of_any_bytes_are_refused_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            nesting in 0..5_000usize,
+        ) {
+            let _ = rmp_serde::from_slice::<Frame>(&bytes);
+            let mut nested = vec![0x91u8; nesting];
+            nested.extend(&bytes);
+            let _ = rmp_serde::from_slice::<Frame>(&nested);
+        }
+    }
+
     /// Echoes requests (or refuses `"no"`, or never answers `"hang"`) and counts messages.
     #[derive(Default)]
     struct Echo {

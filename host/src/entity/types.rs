@@ -211,6 +211,48 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Any value, with the edges of the ranges and of the integer types more likely.
+    fn setting() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            0..2_000_000u64,
+            Just(u64::MAX),
+            Just(usize::MAX as u64 >> 3),
+            Just(1u64 << 61),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Settings from the API or weft.toml: refused naming the setting and its range, or
+        /// usable by what builds an actor from them without a panic.
+        #[test]
+        fn settings_are_refused_or_honoured(
+            snapshot_every in setting(), passivate in setting(), mailbox in setting(),
+            batch in setting(), ttl in setting(),
+        ) {
+            let config = EntityTypeConfig {
+                snapshot_every,
+                passivate_after_secs: passivate,
+                mailbox_capacity: mailbox as usize,
+                max_batch: batch as usize,
+                lease_ttl_ms: ttl,
+                ..EntityTypeConfig::for_plugin("counter")
+            };
+            match config.validate("t") {
+                Ok(()) => {
+                    let _mailbox = tokio::sync::Semaphore::new(config.mailbox_capacity);
+                    let now = std::time::Instant::now();
+                    let _ = now + config.passivate_after() + config.lease_ttl();
+                    let _batch: Vec<u8> = Vec::with_capacity(config.max_batch);
+                }
+                Err(error) => prop_assert!(error.contains("is outside"), "{error}"),
+            }
+        }
+    }
 
     fn replication(replicas: &[&str]) -> ReplicationConfig {
         ReplicationConfig {

@@ -323,6 +323,35 @@ mod tests {
         assert!(line.ends_with("(6 more bytes cut)"), "{line}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// The runtime's settings: refused naming the range, or usable without a panic.
+        #[test]
+        fn runtime_settings_are_refused_or_honoured(
+            cpu in proptest::prelude::any::<u64>(), wait in proptest::prelude::any::<u64>(),
+            ttl in 0..u64::MAX, reply in proptest::prelude::any::<usize>(),
+        ) {
+            use crate::plugin::RuntimeLimits;
+            let limits = RuntimeLimits {
+                cpu_per_call_ms: cpu % 1_000_000,
+                instance_wait_ms: wait,
+                idle_instance_ttl_ms: ttl,
+                output: OutputLimits { reply_bytes_max: reply, ..OutputLimits::default() },
+                ..RuntimeLimits::default()
+            };
+            match limits.validate() {
+                Ok(()) => {
+                    let now = std::time::Instant::now();
+                    let _ = now + std::time::Duration::from_millis(limits.instance_wait_ms);
+                    let _ = now + std::time::Duration::from_millis(limits.idle_instance_ttl_ms);
+                    let _ = limits.epoch_deadline_ticks();
+                }
+                Err(error) => proptest::prop_assert!(error.contains("is outside"), "{error}"),
+            }
+        }
+    }
+
     #[test]
     fn settings_outside_their_range_are_refused() {
         assert!(OutputLimits::default().validate().is_ok());

@@ -119,10 +119,10 @@ impl PluginRegistry {
             return Err(PluginError::Invalid {
                 plugin: name.to_owned(),
                 reason: format!(
-                    "it is a {} plugin, but what is bound to `{name}` needs a {} plugin \
+                    "it is {} plugin, but what is bound to `{name}` needs {} plugin \
                      (exporting `{}`); nothing was changed",
-                    inspected.world.name(),
-                    expected.name(),
+                    inspected.world.with_article(),
+                    expected.with_article(),
                     expected.export(),
                 ),
             });

@@ -24,6 +24,14 @@ impl World {
         }
     }
 
+    /// "an entity", "a resolver".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            World::Entity => "an entity",
+            World::Resolver => "a resolver",
+        }
+    }
+
     /// The export that makes a component a plugin of this world.
     pub fn export(self) -> &'static str {
         match self {
