@@ -36,12 +36,13 @@ fn start(root: &std::path::Path) -> node::ServeProcess {
         &config,
         format!(
             "[node]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nplugins_dir = \"{}\"\n\n\
-             [limits]\nmemory_per_instance_bytes = {}\ncompile_timeout_ms = 2000\n\n\
+             [limits]\ncpu_per_call_ms = 5000\nmemory_per_instance_bytes = {}\n\
+             compile_timeout_ms = 2000\n\n\
              [limits.output]\nreply_bytes_max = {}\n",
             root.join("data").display(),
             plugins.display(),
             256 * MIB,
-            64 * MIB,
+            96 * MIB,
         ),
     )
     .expect("write weft.toml");

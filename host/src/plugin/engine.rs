@@ -41,7 +41,9 @@ pub struct RuntimeLimits {
     pub idle_memory_bytes_max: usize,
     /// An instance idle for this long is dropped, in milliseconds.
     pub idle_instance_ttl_ms: u64,
-    /// Instances one plugin (all its versions) may have busy at once: no plugin takes every slot.
+    /// Instances one plugin (all its versions) may have busy at once, so that no plugin takes
+    /// every slot or every core. Default: the machine's cores (at least 2) — calls never block,
+    /// so a plugin gains nothing from more.
     pub busy_instances_per_plugin_max: u32,
     /// How long a call waits for a free instance slot before it fails, in milliseconds.
     pub instance_wait_ms: u64,
@@ -70,7 +72,8 @@ impl Default for RuntimeLimits {
             idle_instances_max: 64,
             idle_memory_bytes_max: 512 << 20,
             idle_instance_ttl_ms: 60_000,
-            busy_instances_per_plugin_max: 128,
+            busy_instances_per_plugin_max: std::thread::available_parallelism()
+                .map_or(2, |cores| cores.get().max(2) as u32),
             instance_wait_ms: 2_000,
             component_bytes_max: 64 << 20,
             function_body_bytes_max: 4 << 20,
