@@ -330,3 +330,51 @@ fn compiled_plugins_are_cached_by_content_hash() {
     let artifacts = std::fs::read_dir(cache.path()).unwrap().count();
     assert_eq!(artifacts, 1);
 }
+
+/// The compile cache keeps within its budget by removing the least recently used artifacts,
+/// and keeps nothing of a refused load.
+#[test]
+fn the_compile_cache_keeps_within_its_budget() {
+    let cache = tempfile::tempdir().unwrap();
+    let artifacts = || {
+        let mut names: Vec<String> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let registry = |budget: u64| {
+        let limits = RuntimeLimits {
+            compile_cache_bytes_max: budget,
+            ..RuntimeLimits::default()
+        };
+        support::registry(limits, Some(cache.path().into()))
+    };
+    let counter = registry(1 << 30)
+        .load("counter", &plugin_bytes("counter"))
+        .unwrap();
+    let one_artifact: u64 = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    // Room for one artifact and a half: the second load evicts the first.
+    let auction = registry(one_artifact * 3 / 2)
+        .load("auction", &plugin_bytes("auction"))
+        .unwrap();
+    let kept = artifacts();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with(&auction.content_hash), "{kept:?}");
+    assert!(!kept[0].starts_with(&counter.content_hash));
+
+    // A refused load (a resolver where an entity plugin is needed is refused before compiling;
+    // wrong function types after) leaves nothing behind.
+    let refusing = registry(1 << 30);
+    refusing
+        .load_world("x", &plugin_bytes("highest-bid"), Some(World::Entity))
+        .unwrap_err();
+    refusing
+        .load("y", &plugin_bytes("hostile-wrong-signatures"))
+        .unwrap_err();
+    assert_eq!(artifacts(), kept);
+}
