@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::hostile::{compile_bomb, peak_rss_bytes, reset_peak_rss};
-use support::node::{ServeProcess, plugins_dir};
+use support::node::{ServeProcess, get_json, plugins_dir};
 use support::plugin_bytes;
 
 const MIB: u64 = 1 << 20;
@@ -102,14 +102,10 @@ state_bytes_max = {state}
 
     /// A hostile command that must be refused with `code`.
     async fn refused(&mut self, id: &str, command: Value, status: u16, code: &str) -> Value {
-        let (got, body) = self.send("hostile", id, command.clone()).await;
-        assert_eq!(
-            (got, body["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{command}: {body}"
-        );
+        let answer = self.send("hostile", id, command).await;
+        assert_error(&answer, status, code, "");
         self.alive_and_counting().await;
-        body
+        answer.1
     }
 
     /// The node runs and the counter answers with the value its model expects.
@@ -141,14 +137,7 @@ state_bytes_max = {state}
 
     async fn events(&self, entity_type: &str, id: &str) -> Value {
         let url = self.url(&format!("/entities/{entity_type}/{id}/events"));
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.http, &url).await
     }
 
     async fn upload(&self, name: &str, bytes: Vec<u8>) -> (u16, Value) {
@@ -164,15 +153,7 @@ state_bytes_max = {state}
     }
 
     async fn plugin_version(&self, name: &str) -> Value {
-        let plugins: Value = self
-            .http
-            .get(self.url("/plugins"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let plugins = get_json(&self.http, &self.url("/plugins")).await;
         plugins["plugins"]
             .as_array()
             .unwrap()
@@ -181,6 +162,18 @@ state_bytes_max = {state}
             .map(|plugin| plugin["version"].clone())
             .unwrap_or(Value::Null)
     }
+}
+
+/// Asserts an error answer: its status, code, and a part of its message.
+fn assert_error(answer: &(u16, Value), status: u16, code: &str, message_part: &str) {
+    let (got, body) = answer;
+    assert_eq!(
+        (*got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(message_part), "{body}");
 }
 
 /// The bound docs/plugins.md states for one call whose payload is `payload` bytes: the
@@ -324,15 +317,7 @@ async fn oversized_and_malformed_output_is_the_plugins_error() {
         )
         .await;
     assert_eq!(status, 200);
-    let state: Value = node
-        .http
-        .get(node.url("/entities/hostile/g"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&node.http, &node.url("/entities/hostile/g")).await;
     assert_eq!(state["state"].as_array().map(Vec::len), Some(8 << 20));
 
     // The classic ones: a loop, a memory hog, a trap.
@@ -390,38 +375,16 @@ async fn loads_are_checked_before_they_replace_anything() {
     let counter = node.plugin_version("counter").await;
 
     // The right names with the wrong function types: refused at load, the counter unchanged.
-    let (status, body) = node
+    let answer = node
         .upload("counter", plugin_bytes("hostile-wrong-signatures"))
         .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (422, Some("invalid_plugin")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("function types"),
-        "{body}"
-    );
+    assert_error(&answer, 422, "invalid_plugin", "function types");
     assert_eq!(node.plugin_version("counter").await, counter);
     node.alive_and_counting().await;
 
     // A resolver under the name of a bound entity plugin: refused before it is compiled.
-    let (status, body) = node.upload("counter", plugin_bytes("highest-bid")).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (422, Some("invalid_plugin")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("needs an entity plugin"),
-        "{body}"
-    );
+    let answer = node.upload("counter", plugin_bytes("highest-bid")).await;
+    assert_error(&answer, 422, "invalid_plugin", "needs an entity plugin");
     assert_eq!(node.plugin_version("counter").await, counter);
     node.alive_and_counting().await;
 
@@ -440,19 +403,8 @@ async fn loads_are_checked_before_they_replace_anything() {
             .await;
         }
     };
-    let ((status, body), ()) = tokio::join!(upload, serving);
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (422, Some("invalid_plugin")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("compile_timeout_ms"),
-        "{body}"
-    );
+    let (answer, ()) = tokio::join!(upload, serving);
+    assert_error(&answer, 422, "invalid_plugin", "compile_timeout_ms");
     assert_eq!(
         cache_entries(&node.cache),
         cached_before,
@@ -560,16 +512,8 @@ async fn hostile_requests_get_400_and_the_node_lives() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "invalid_msgpack");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("nested more than 128"),
-            "{body}"
-        );
+        let answer = (response.status().as_u16(), response.json().await.unwrap());
+        assert_error(&answer, 400, "invalid_msgpack", "nested more than 128");
         node.alive_and_counting().await;
     }
 
@@ -581,15 +525,9 @@ async fn hostile_requests_get_400_and_the_node_lives() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("mailbox_capacity = 2305843009213693952 is outside 1 ..= 1000000"),
-        "{body}"
-    );
+    let answer = (response.status().as_u16(), response.json().await.unwrap());
+    let range = "mailbox_capacity = 2305843009213693952 is outside 1 ..= 1000000";
+    assert_error(&answer, 400, "invalid_name", range);
     let (status, _) = node
         .send("t", "x", json!({"op": "increment", "by": 1}))
         .await;
