@@ -199,6 +199,11 @@ impl ServeProcess {
         ServeProcess { child, url, log }
     }
 
+    /// The process id, e.g. to read its memory from `/proc/{pid}/statm`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGINT (Ctrl-C): the node stops cleanly; waits until the process has exited.
     pub fn interrupt(mut self) {
         let pid = self.child.id().to_string();
