@@ -8,21 +8,12 @@ use std::collections::BTreeSet;
 use weft_crdt::Crdt;
 
 use super::checks::{self, History};
-use super::{Faults, Simulation, for_each_seed};
+use super::{Simulation, for_each_seed, light_faults};
 use crate::cluster::identity::NodeName;
 use crate::ddata::{Consistency, DataValue, DdataError, Entry, Kind, Op, ReplicatorConfig};
 
 /// How long a healed cluster may take to converge before a run fails.
 const CONVERGE_MS_MAX: u64 = 60_000;
-
-fn faults() -> Faults {
-    Faults {
-        drop_per_mille: 50,
-        duplicate_per_mille: 20,
-        delay_ms_min: 1,
-        delay_ms_max: 30,
-    }
-}
 
 /// Adds `element` to the set `key` on `node` at `Local` and records it in `history`.
 fn add(
@@ -92,7 +83,7 @@ fn a_set_grown_past_the_value_limit_by_a_partition_converges_and_takes_removes()
                 delta_tick_bytes_max: 28 * 1024,
                 ..ReplicatorConfig::default()
             };
-            let mut sim = Simulation::new(seed, 3, config, faults());
+            let mut sim = Simulation::new(seed, 3, config, light_faults());
             let names = sim.names();
             let mut history = History::default();
             for index in 0..120 {
@@ -188,7 +179,7 @@ fn keys_created_up_to_the_key_limit_on_both_sides_of_a_partition_converge() {
                 keys_max: KEYS_MAX,
                 ..ReplicatorConfig::default()
             };
-            let mut sim = Simulation::new(seed, 3, config, faults());
+            let mut sim = Simulation::new(seed, 3, config, light_faults());
             let names = sim.names();
             let mut history = History::default();
             // 40 keys, 20 of them deleted: tombstones count against the limit.

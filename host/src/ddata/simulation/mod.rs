@@ -401,6 +401,17 @@ impl Simulation {
     }
 }
 
+/// The faults of the partition scenarios (`quorums`, `limits`): some loss and duplication and
+/// delays of up to 60 ms, so the partitions do the damage.
+pub fn light_faults() -> Faults {
+    Faults {
+        drop_per_mille: 50,
+        duplicate_per_mille: 50,
+        delay_ms_min: 1,
+        delay_ms_max: 60,
+    }
+}
+
 pub fn node_name(index: usize) -> NodeName {
     NodeName::new(format!("node-{index:02}")).expect("a valid node name")
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use weft_crdt::Crdt;
 
 use super::checks::{self, History};
-use super::{Faults, Outcome, Simulation, for_each_seed};
+use super::{Outcome, Simulation, for_each_seed, light_faults};
 use crate::cluster::identity::NodeName;
 use crate::ddata::{Consistency, DataValue, Entry, Kind, Op, ReplicatorConfig, RequestId};
 
@@ -18,15 +18,6 @@ const CALLS_MS: u64 = 15_000;
 
 /// Deadline of every `Majority` call.
 const TIMEOUT_MS: u64 = 1_000;
-
-fn faults() -> Faults {
-    Faults {
-        drop_per_mille: 50,
-        duplicate_per_mille: 50,
-        delay_ms_min: 1,
-        delay_ms_max: 60,
-    }
-}
 
 fn random_node(sim: &mut Simulation) -> NodeName {
     let names = sim.names();
@@ -81,7 +72,7 @@ struct QuorumReport {
 }
 
 fn quorum_run(seed: u64, count: usize) -> Result<QuorumReport, String> {
-    let mut sim = Simulation::new(seed, count, ReplicatorConfig::default(), faults());
+    let mut sim = Simulation::new(seed, count, ReplicatorConfig::default(), light_faults());
     let mut healed_at_ms = None;
     let mut writes: Vec<(NodeName, RequestId, String)> = Vec::new();
     let mut reads: Vec<(NodeName, RequestId, u64)> = Vec::new();
@@ -203,7 +194,7 @@ fn a_majority_read_sees_every_majority_write_acknowledged_before_it_under_partit
 /// acknowledged and was acknowledged itself would be lost to the tombstone: none may be. (A write
 /// that overlapped the delete may be acknowledged: it is ordered before the delete.)
 fn race_run(seed: u64, count: usize) -> Result<(usize, usize), String> {
-    let mut sim = Simulation::new(seed, count, ReplicatorConfig::default(), faults());
+    let mut sim = Simulation::new(seed, count, ReplicatorConfig::default(), light_faults());
     let mut healed_at_ms = None;
     let first = random_node(&mut sim);
     let seed_op = Op::Add {
