@@ -202,3 +202,34 @@ fn call_error(error: DdataCallError) -> ApiError {
     };
     ApiError::new(status, code, error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(error: DdataError) -> (StatusCode, String) {
+        let error = call_error(DdataCallError::Refused(error));
+        (error.status, error.code.into_owned())
+    }
+
+    #[test]
+    fn a_limit_of_the_node_is_503_ddata_unavailable_and_a_bad_request_400() {
+        let unavailable = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ddata_unavailable".to_owned(),
+        );
+        assert_eq!(answer(DdataError::TooManyKeys { max: 1 }), unavailable);
+        assert_eq!(answer(DdataError::TooManyRequests { max: 1 }), unavailable);
+        assert_eq!(
+            answer(DdataError::TooManySubscribers { max: 1 }),
+            unavailable
+        );
+        let invalid = (StatusCode::BAD_REQUEST, "invalid_ddata_request".to_owned());
+        assert_eq!(answer(DdataError::InvalidKey { bytes: 0, max: 1 }), invalid);
+        let deleted = DdataError::Deleted { key: "k".into() };
+        assert_eq!(
+            answer(deleted),
+            (StatusCode::CONFLICT, "key_deleted".to_owned())
+        );
+    }
+}

@@ -9,7 +9,8 @@
 //!
 //! - `durable`: durable keys in the node's SQLite file ([`DdataConfig`]).
 //! - `service`: [`DistributedData`], the task that drives a node's replicator over the cluster
-//!   transport, and its subscribers.
+//!   transport.
+//! - `subscribers`: the bounded watches of subscribed keys.
 //!
 //! `docs/ddata.md` describes the design and the decisions.
 
@@ -18,6 +19,7 @@ mod replicator;
 mod service;
 #[cfg(test)]
 mod simulation;
+mod subscribers;
 mod value;
 
 pub use durable::DdataConfig;
@@ -27,9 +29,10 @@ pub use replicator::{
     Replicator, ReplicatorAction, ReplicatorConfig, ReplicatorStats, RequestId, VALUE_BYTES_MAX,
 };
 pub use service::{
-    DdataCallError, DistributedData, PEER_MESSAGES_QUEUED_MAX, PeerMessage, SUBSCRIBERS_MAX,
-    Subscription, default_kind, entry_to_json, message_channel,
+    DdataCallError, DistributedData, PEER_MESSAGES_QUEUED_MAX, PeerMessage, Subscription,
+    default_kind, entry_to_json, message_channel,
 };
+pub use subscribers::SUBSCRIBERS_MAX;
 pub use value::{DataType, DataValue, Entry, Key, Kind, Op, Writer, digest};
 
 /// What can go wrong in DistributedData. Each variant says what it did to the state.

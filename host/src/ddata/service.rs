@@ -2,12 +2,9 @@
 //! client calls, peer messages over the cluster transport, a tick, membership changes — and keeps
 //! the latest value of every subscribed key for its subscribers, and durable keys on disk.
 //!
-//! The task owns the replicator; [`DistributedData`] is the handle callers use. Subscribers hold a
-//! [`Subscription`]: a watch of the key's latest entry. A watch keeps only the newest value, which
-//! is the coalescing a subscriber wants (the latest value, never an older one after a newer:
-//! entries only grow by merge, and a deletion is final), and bounds what a slow subscriber holds
-//! to one entry. Keys are validated like writes, a node serves at most [`SUBSCRIBERS_MAX`]
-//! subscribers, and a key's watch is freed as soon as its last subscriber leaves.
+//! The task owns the replicator and the [`Subscribers`]; [`DistributedData`] is the handle callers
+//! use. A subscriber holds a [`Subscription`], a watch of the key's latest entry, whose drop frees
+//! the key's watch when it was the last.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,9 +19,8 @@ use weft_crdt::{Crdt, ReplicaId};
 
 use super::DdataError;
 use super::durable::{DdataConfig, DurableStore};
-use super::replicator::{
-    Consistency, Replicator, ReplicatorAction, ReplicatorConfig, RequestId, check_key,
-};
+use super::replicator::{Consistency, Replicator, ReplicatorAction, ReplicatorConfig, RequestId};
+use super::subscribers::{SUBSCRIBERS_MAX, Subscribers};
 use super::value::{DataValue, Entry, Kind, Op};
 use crate::cluster::{Cluster, ClusterView, NodeName, Topic};
 
@@ -34,11 +30,6 @@ const CALLS_QUEUED_MAX: usize = 1024;
 /// Peer messages waiting for the task, at most; beyond that they are dropped (anti-entropy
 /// repairs what they carried).
 pub const PEER_MESSAGES_QUEUED_MAX: usize = 1024;
-
-/// Subscribers one node serves at most, over all keys. Each costs a watch (a key name and one
-/// entry) and an open HTTP connection; past it a subscribe is refused with
-/// [`DdataError::TooManySubscribers`].
-pub const SUBSCRIBERS_MAX: usize = 10_000;
 
 /// How often the replicator is ticked: deltas go out this often, so a local write reaches the
 /// other nodes within about this long.
@@ -152,7 +143,7 @@ impl DistributedData {
             store,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
-            subscribers: BTreeMap::new(),
+            subscribers: Subscribers::new(SUBSCRIBERS_MAX),
         };
         tokio::spawn(async move {
             tokio::select! {
@@ -304,7 +295,7 @@ struct Driver {
     pending_reads: HashMap<RequestId, Waiting<Option<Entry>>>,
     /// Subscribed keys; a key whose subscribers all left is dropped when the last one's
     /// [`Subscription`] is dropped, or by the next tick's sweep.
-    subscribers: BTreeMap<String, watch::Sender<Option<Entry>>>,
+    subscribers: Subscribers,
 }
 
 impl Driver {
@@ -328,7 +319,7 @@ impl Driver {
                 },
                 _ = tick.tick() => {
                     self.replicator.tick(now_ms());
-                    self.subscribers.retain(|_, sender| sender.receiver_count() > 0);
+                    self.subscribers.sweep();
                 }
                 view = membership.changed() => match view {
                     Some(view) => {
@@ -395,39 +386,14 @@ impl Driver {
                 Err(error) => drop(reply.send(Err(error.into()))),
             },
             Call::Subscribe { key, reply } => {
-                let _ = reply.send(self.subscribe(key).map_err(DdataCallError::from));
-            }
-            Call::Unsubscribe { key } => {
-                if self
+                let replicator = &self.replicator;
+                let subscribed = self
                     .subscribers
-                    .get(&key)
-                    .is_some_and(|sender| sender.receiver_count() == 0)
-                {
-                    self.subscribers.remove(&key);
-                }
+                    .subscribe(key.clone(), || replicator.get(&key).cloned());
+                let _ = reply.send(subscribed.map_err(DdataCallError::from));
             }
+            Call::Unsubscribe { key } => self.subscribers.left(&key),
         }
-    }
-
-    /// A new subscriber of `key`, within the key and subscriber limits.
-    fn subscribe(&mut self, key: String) -> Result<watch::Receiver<Option<Entry>>, DdataError> {
-        check_key(&key)?;
-        let subscribers: usize = self
-            .subscribers
-            .values()
-            .map(watch::Sender::receiver_count)
-            .sum();
-        if subscribers >= SUBSCRIBERS_MAX {
-            return Err(DdataError::TooManySubscribers {
-                max: SUBSCRIBERS_MAX,
-            });
-        }
-        let current = self.replicator.get(&key).cloned();
-        let sender = self
-            .subscribers
-            .entry(key)
-            .or_insert_with(|| watch::channel(current).0);
-        Ok(sender.subscribe())
     }
 
     fn wait_write(
@@ -477,13 +443,7 @@ impl Driver {
                     {
                         store.save(&key, &entry);
                     }
-                    if let Some(sender) = self.subscribers.get(&key) {
-                        if sender.receiver_count() == 0 {
-                            self.subscribers.remove(&key);
-                        } else {
-                            sender.send_replace(Some(entry));
-                        }
-                    }
+                    self.subscribers.changed(&key, entry);
                 }
                 ReplicatorAction::WriteDone { request } => {
                     if let Some(waiting) = self.pending_writes.remove(&request) {
