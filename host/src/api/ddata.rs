@@ -140,10 +140,13 @@ pub async fn subscribe(
     Path(key): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let ddata = service(&app)?;
-    let values = ddata.subscribe(&key).await.map_err(call_error)?;
+    let subscription = ddata.subscribe(&key).await.map_err(call_error)?;
+    // The stream owns the subscription: when the client goes, hyper drops the stream, and the
+    // subscription's drop frees the key's watch.
     let events = futures::stream::unfold(
-        (values, app.shutdown, true),
-        |(mut values, mut shutdown, first)| async move {
+        (subscription, app.shutdown, true),
+        |(mut subscription, mut shutdown, first)| async move {
+            let values = subscription.values();
             if !first {
                 tokio::select! {
                     changed = values.changed() => changed.ok()?,
@@ -155,7 +158,7 @@ pub async fn subscribe(
                 None => json!({"value": null}),
             };
             let event = Event::default().event("value").data(data.to_string());
-            Some((Ok(event), (values, shutdown, false)))
+            Some((Ok(event), (subscription, shutdown, false)))
         },
     );
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
@@ -174,7 +177,9 @@ fn service(app: &AppState) -> Result<&DistributedData, ApiError> {
 fn call_error(error: DdataCallError) -> ApiError {
     let status = match &error {
         DdataCallError::Refused(
-            DdataError::TooManyKeys { .. } | DdataError::TooManyRequests { .. },
+            DdataError::TooManyKeys { .. }
+            | DdataError::TooManyRequests { .. }
+            | DdataError::TooManySubscribers { .. },
         ) => StatusCode::SERVICE_UNAVAILABLE,
         DdataCallError::Refused(
             DdataError::WrongKind { .. }
@@ -189,9 +194,42 @@ fn call_error(error: DdataCallError) -> ApiError {
         DdataCallError::Refused(DdataError::WrongKind { .. }) => "wrong_kind",
         DdataCallError::Refused(DdataError::UnsupportedOp { .. }) => "unsupported_op",
         DdataCallError::Refused(DdataError::Deleted { .. }) => "key_deleted",
-        DdataCallError::Refused(_) => "invalid_ddata_request",
         DdataCallError::TimedOut { .. } => "consistency_timeout",
+        // A limit of this node, not a fault of the request: the documented 503 code.
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => "ddata_unavailable",
+        DdataCallError::Refused(_) => "invalid_ddata_request",
         DdataCallError::Unavailable(_) => "ddata_unavailable",
     };
     ApiError::new(status, code, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(error: DdataError) -> (StatusCode, String) {
+        let error = call_error(DdataCallError::Refused(error));
+        (error.status, error.code.into_owned())
+    }
+
+    #[test]
+    fn a_limit_of_the_node_is_503_ddata_unavailable_and_a_bad_request_400() {
+        let unavailable = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ddata_unavailable".to_owned(),
+        );
+        assert_eq!(answer(DdataError::TooManyKeys { max: 1 }), unavailable);
+        assert_eq!(answer(DdataError::TooManyRequests { max: 1 }), unavailable);
+        assert_eq!(
+            answer(DdataError::TooManySubscribers { max: 1 }),
+            unavailable
+        );
+        let invalid = (StatusCode::BAD_REQUEST, "invalid_ddata_request".to_owned());
+        assert_eq!(answer(DdataError::InvalidKey { bytes: 0, max: 1 }), invalid);
+        let deleted = DdataError::Deleted { key: "k".into() };
+        assert_eq!(
+            answer(deleted),
+            (StatusCode::CONFLICT, "key_deleted".to_owned())
+        );
+    }
 }

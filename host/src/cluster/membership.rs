@@ -55,6 +55,7 @@ use rand::seq::IteratorRandom;
 use ulid::Ulid;
 
 use super::identity::{Member, NodeId, NodeName, NodeRole};
+use super::suspicion::AdaptiveSuspicion;
 
 /// A node to announce to when joining: its name (the receiver accepts an announcement only if it is
 /// addressed to its own name) and the address its membership endpoint listens on.
@@ -281,6 +282,8 @@ pub struct Membership {
     up_since: BTreeMap<NodeId, Instant>,
     /// Set by foca's notifications; the view is recomputed from foca's member list when set.
     view_stale: bool,
+    /// The suspicion timeout in effect, lengthened while down verdicts are contradicted.
+    suspicion: AdaptiveSuspicion,
     /// foca declared this node's identity down and it could not renew (or it left): it is no
     /// longer part of its own view.
     defunct: bool,
@@ -320,6 +323,7 @@ impl Membership {
             live: Vec::new(),
             up_since: BTreeMap::new(),
             view_stale: true,
+            suspicion: AdaptiveSuspicion::new(config.suspect_to_down_after, now),
             defunct: false,
             left: false,
             config,
@@ -417,8 +421,25 @@ impl Membership {
             }
             TimerKind::Rejoin => self.rejoin_round(now),
         };
+        let calmer = self.suspicion.tick(now);
+        self.use_suspicion(calmer);
         self.refresh_view(now);
         result
+    }
+
+    /// Hands foca a new suspicion timeout, if there is one; later suspicions use it.
+    fn use_suspicion(&mut self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return;
+        };
+        let config = foca::Config {
+            suspect_to_down_after: timeout,
+            ..self.config.to_foca()
+        };
+        // foca refuses only changes of the probe timing or of enabled periodic tasks, which this
+        // keeps as they are; a refusal would leave the previous timeout in effect.
+        let replaced = self.swim.set_config(config);
+        debug_assert!(replaced.is_ok(), "foca refused the suspicion timeout");
     }
 
     /// Leaves the cluster: tells a few members this node is down, so they do not wait for the
@@ -539,11 +560,19 @@ impl Membership {
         }
         live.sort();
         let before = std::mem::replace(&mut self.live, live);
+        let has_name = |members: &[Member], name: &NodeName| {
+            members.iter().any(|member| member.name() == name)
+        };
+        let mut longer = None;
         for gone in before
             .iter()
             .filter(|m| self.live.binary_search(m).is_err())
         {
             self.up_since.remove(&gone.id);
+            // A newer incarnation replacing an older one is a restart, not a down verdict.
+            if !has_name(&self.live, gone.name()) {
+                self.suspicion.member_down(gone.name(), now);
+            }
             push_bounded(
                 &mut self.actions,
                 MembershipAction::MemberDown(gone.id.clone()),
@@ -555,8 +584,12 @@ impl Membership {
             .filter(|m| before.binary_search(m).is_err())
         {
             self.up_since.insert(new.id.clone(), now);
+            if !has_name(&before, new.name()) {
+                longer = longer.or(self.suspicion.member_up(new.name(), now));
+            }
             push_bounded(&mut self.actions, MembershipAction::MemberUp(new.clone()));
         }
+        self.use_suspicion(longer);
     }
 }
 

@@ -10,6 +10,8 @@
 //!   [`Member`].
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection (the `foca` crate)
 //!   behind a sans-IO interface: packets, timers and the time in, [`MembershipAction`]s out.
+//! - [`suspicion`]: [`AdaptiveSuspicion`], the suspicion timeout lengthened while down verdicts
+//!   are contradicted (a member's traffic arriving later than the timeout).
 //! - [`handoff`]: which active entities a node gives up when its view changes (pure).
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
 //! - [`transport`]: length-prefixed MessagePack frames over TCP between nodes: one-way messages and
@@ -31,6 +33,7 @@ pub mod routing;
 pub mod service;
 #[cfg(test)]
 mod simulation;
+pub mod suspicion;
 pub mod transport;
 
 pub use identity::{IdentityError, Member, NodeId, NodeName, NodeRole};
@@ -44,4 +47,5 @@ pub use routing::{
     NodeInbound, NodeReport, RemoteError, RouteError, Router, hand_off_moved_entities,
 };
 pub use service::{Cluster, ClusterConfig, ClusterView, SeedConfig, packet_channel};
+pub use suspicion::AdaptiveSuspicion;
 pub use transport::{CircuitBreaker, Faults, Inbound, Topic, Transport, TransportError};

@@ -9,7 +9,8 @@
 //!
 //! - `durable`: durable keys in the node's SQLite file ([`DdataConfig`]).
 //! - `service`: [`DistributedData`], the task that drives a node's replicator over the cluster
-//!   transport, and its subscribers.
+//!   transport.
+//! - `subscribers`: the bounded watches of subscribed keys.
 //!
 //! `docs/ddata.md` describes the design and the decisions.
 
@@ -18,18 +19,20 @@ mod replicator;
 mod service;
 #[cfg(test)]
 mod simulation;
+mod subscribers;
 mod value;
 
 pub use durable::DdataConfig;
 pub use replicator::{
-    Consistency, DELTA_TICK_BYTES_MAX, GOSSIP_ROUND_BYTES_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX,
-    PENDING_DELTA_KEYS_MAX, REQUESTS_MAX, Replicator, ReplicatorAction, ReplicatorConfig,
-    ReplicatorStats, RequestId, VALUE_BYTES_MAX,
+    Consistency, DELTA_TICK_BYTES_MAX, ENTRY_MESSAGE_BYTES_MAX, GOSSIP_ROUND_BYTES_MAX,
+    KEY_BYTES_MAX, MERGED_KEYS_MAX, MESSAGE_BYTES_MAX, PENDING_DELTA_KEYS_MAX, REQUESTS_MAX,
+    Replicator, ReplicatorAction, ReplicatorConfig, ReplicatorStats, RequestId, VALUE_BYTES_MAX,
 };
 pub use service::{
-    DdataCallError, DistributedData, PEER_MESSAGES_QUEUED_MAX, PeerMessage, default_kind,
-    entry_to_json, message_channel,
+    DdataCallError, DistributedData, PEER_MESSAGES_QUEUED_MAX, PeerMessage, Subscription,
+    default_kind, entry_to_json, message_channel,
 };
+pub use subscribers::SUBSCRIBERS_MAX;
 pub use value::{DataType, DataValue, Entry, Key, Kind, Op, Writer, digest};
 
 /// What can go wrong in DistributedData. Each variant says what it did to the state.
@@ -59,9 +62,13 @@ pub enum DdataError {
     /// An empty key, or one longer than the limit. Nothing changed.
     #[error("a key must be 1 to {max} bytes long, not {bytes}")]
     InvalidKey { bytes: usize, max: usize },
-    /// The node holds as many keys as it may; only existing keys can be written. Nothing changed.
+    /// Clients created as many keys as this node takes; only existing keys can be written (keys
+    /// merged from peers are still taken). Nothing changed.
     #[error("{max} keys are already held")]
     TooManyKeys { max: usize },
+    /// The node serves as many subscribers as it may. Nothing changed.
+    #[error("{max} subscribers are already served")]
+    TooManySubscribers { max: usize },
     /// Every slot for `Majority`/`All` requests is taken. Nothing changed.
     #[error("{max} requests are already waiting for acks")]
     TooManyRequests { max: usize },

@@ -11,6 +11,11 @@
 //! [`ReplicatorConfig::gossip_interval_ms`] it also runs an anti-entropy round) and
 //! [`Replicator::members_changed`] whenever the live members change.
 //!
+//! `Majority` and `All` are counted over the *membership*: every node this replicator was told
+//! of ([`Replicator::add_members`], and every node that was ever live), reachable or not. A node
+//! cut off from the others therefore cannot satisfy a quorum by itself, and any two majorities
+//! share a node. Gossip and deltas go to the live members only; requests go to every member.
+//!
 //! [`ReplicatorAction::Changed`] comes out for every change of a key, local or merged from a peer.
 //! Coalescing them per subscriber notify interval (a subscriber wants the latest value, not every
 //! step) is the driver's job: it keeps the latest entry per key and flushes on its own timer.
@@ -39,10 +44,17 @@ pub const MESSAGE_BYTES_MAX: usize = 512 * 1024;
 /// them in every anti-entropy round.
 pub const KEY_BYTES_MAX: usize = 256;
 
-/// Largest encoded value a local write may produce. Every value must fit in one message with its
-/// key and the message envelope (a few dozen bytes; 4 KiB is a generous margin), or it could never
-/// be replicated.
+/// Largest encoded value a local write may grow a key to. A value of that size fits in one message
+/// with its key and the message envelope (a few dozen bytes; 4 KiB is a generous margin). The
+/// limit applies to local writes only, never to merges: values that each side of a partition
+/// grew to the limit merge into a larger one, which stays readable, shrinkable and replicated
+/// (alone in a message of up to [`ENTRY_MESSAGE_BYTES_MAX`]).
 pub const VALUE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 4 * 1024;
+
+/// Largest message carrying one entry too large to share a message: a merged value past
+/// [`VALUE_BYTES_MAX`]. The transport's frame limit less a margin for its envelope: a value merged
+/// from up to 8 partition sides that each grew it to the limit still replicates.
+pub const ENTRY_MESSAGE_BYTES_MAX: usize = crate::cluster::transport::FRAME_BYTES_MAX - 64 * 1024;
 
 /// Bytes of anti-entropy traffic (digests sent, full states sent in reply to digests and pulls)
 /// one node sends per gossip round. Two messages' worth: one full message of digests or states and
@@ -62,11 +74,17 @@ pub const PENDING_DELTA_KEYS_MAX: usize = 4096;
 /// node names; a client that starts more gets [`DdataError::TooManyRequests`].
 pub const REQUESTS_MAX: usize = 1024;
 
-/// Keys one node holds at most, tombstones included. Every key costs memory for as long as the node
-/// runs and a digest in every anti-entropy cycle; 100,000 keys of small values is a few hundred MB
-/// at most and one full digest cycle of about 40 rounds. A peer cannot grow the store past it
-/// either: entries for new keys beyond the limit are ignored (and counted).
+/// Keys a client may create on one node, tombstones included. Every key costs memory for as long
+/// as the node runs and a digest in every anti-entropy cycle; 100,000 keys of small values is a
+/// few hundred MB at most and one full digest cycle of about 40 rounds. The limit applies to local
+/// writes only: keys merged from peers are always kept (up to [`MERGED_KEYS_MAX`]), so the two
+/// sides of a partition that each created keys up to the limit still converge to the same keys.
 pub const KEYS_MAX: usize = 100_000;
+
+/// Keys held at most, counting those merged from peers: a bound against a runaway peer, four
+/// times [`KEYS_MAX`] (reached only if four partitioned sides each filled the store separately).
+/// Entries for new keys past it are ignored, counted, and not acked.
+pub const MERGED_KEYS_MAX: usize = 4 * KEYS_MAX;
 
 /// How far ahead of our clock a peer's register timestamp may be and still advance our hybrid
 /// logical clock (a minute: well above NTP-synced skew, small enough that one broken clock cannot
@@ -88,12 +106,14 @@ pub struct ReplicatorConfig {
     /// Default 200 ms: a few tries fit in a typical 1–5 s deadline.
     pub resend_interval_ms: u64,
     pub message_bytes_max: usize,
+    pub entry_message_bytes_max: usize,
     pub value_bytes_max: usize,
     pub gossip_round_bytes_max: usize,
     pub delta_tick_bytes_max: usize,
     pub pending_delta_keys_max: usize,
     pub requests_max: usize,
     pub keys_max: usize,
+    pub merged_keys_max: usize,
 }
 
 impl Default for ReplicatorConfig {
@@ -102,12 +122,14 @@ impl Default for ReplicatorConfig {
             gossip_interval_ms: 1_000,
             resend_interval_ms: 200,
             message_bytes_max: MESSAGE_BYTES_MAX,
+            entry_message_bytes_max: ENTRY_MESSAGE_BYTES_MAX,
             value_bytes_max: VALUE_BYTES_MAX,
             gossip_round_bytes_max: GOSSIP_ROUND_BYTES_MAX,
             delta_tick_bytes_max: DELTA_TICK_BYTES_MAX,
             pending_delta_keys_max: PENDING_DELTA_KEYS_MAX,
             requests_max: REQUESTS_MAX,
             keys_max: KEYS_MAX,
+            merged_keys_max: MERGED_KEYS_MAX,
         }
     }
 }
@@ -118,9 +140,9 @@ impl Default for ReplicatorConfig {
 pub enum Consistency {
     /// This node only: done at once.
     Local,
-    /// More than half of the members, this node included.
+    /// More than half of the members (reachable or not), this node included.
     Majority,
-    /// Every member.
+    /// Every member, unreachable ones included.
     All,
 }
 
@@ -148,6 +170,9 @@ pub enum ReplicatorAction {
     Changed { key: String, entry: Entry },
     /// The write (update or delete) `request` reached its consistency level.
     WriteDone { request: RequestId },
+    /// The write `request` was refused: a replica answered that `key` is deleted. The write is
+    /// lost to the tombstone everywhere, so it is not acknowledged.
+    WriteRefused { request: RequestId, key: String },
     /// The read `request` reached its consistency level: `entry` is the join of what the replicas
     /// that answered held (`None`: no replica knew the key).
     ReadDone {
@@ -171,12 +196,13 @@ pub struct ReplicatorStats {
     pub bytes_sent: u64,
     /// Anti-entropy rounds run.
     pub gossip_rounds: u64,
-    /// Entries left out of a message, or messages not sent, because they alone exceed
-    /// `message_bytes_max` (only a merge of two near-limit values can produce one).
+    /// Entries that alone exceed `message_bytes_max` (only a merge of near-limit values can
+    /// produce one): sent alone in a message of up to `entry_message_bytes_max`, or, past that,
+    /// not sent at all.
     pub entries_oversized: u64,
     /// Deltas not queued because `pending_delta_keys_max` keys were waiting.
     pub deltas_dropped: u64,
-    /// Entries from peers for new keys, ignored because `keys_max` keys are held.
+    /// Entries from peers for new keys, ignored because `merged_keys_max` keys are held.
     pub keys_refused: u64,
 }
 
@@ -184,9 +210,7 @@ pub struct ReplicatorStats {
 #[derive(Debug, Serialize, Deserialize)]
 enum Message {
     /// Eager push of recent changes.
-    Deltas {
-        entries: Vec<(String, Entry)>,
-    },
+    Deltas { entries: Vec<(String, Entry)> },
     /// Anti-entropy: the sender's digests of every key it holds in `(after, through]` (`None`:
     /// unbounded on that side).
     Digests {
@@ -195,27 +219,19 @@ enum Message {
         digests: Vec<(String, u64)>,
     },
     /// Anti-entropy: send me your full state of these keys.
-    Pull {
-        keys: Vec<String>,
-    },
+    Pull { keys: Vec<String> },
     /// Full states, in reply to digests or a pull.
-    Entries {
-        entries: Vec<(String, Entry)>,
-    },
+    Entries { entries: Vec<(String, Entry)> },
     /// A write at `Majority`/`All`: merge `entry` and ack.
     Write {
         request: RequestId,
         key: String,
         entry: Entry,
     },
-    WriteAck {
-        request: RequestId,
-    },
+    /// `deleted`: the key is deleted here, so a value written to it is lost.
+    WriteAck { request: RequestId, deleted: bool },
     /// A read at `Majority`/`All`: answer with your entry.
-    Read {
-        request: RequestId,
-        key: String,
-    },
+    Read { request: RequestId, key: String },
     ReadReply {
         request: RequestId,
         key: String,
@@ -233,7 +249,9 @@ struct Stored {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RequestKind {
+    /// An update: refused if a replica answers that the key is deleted.
     Write,
+    Delete,
     Read,
 }
 
@@ -244,7 +262,8 @@ struct Pending {
     needed: usize,
     /// Replicas that acked, this node included.
     acks: usize,
-    /// Peers asked and not yet answered (the members when the request started).
+    /// Members asked and not yet answered (every member when the request started, reachable or
+    /// not).
     waiting: BTreeSet<NodeName>,
     deadline_ms: u64,
     resend_at_ms: u64,
@@ -256,7 +275,11 @@ pub struct Replicator {
     replica: ReplicaId,
     config: ReplicatorConfig,
     hlc: Hlc<ManualClock>,
+    /// The live members other than this node: gossip and deltas go to them.
     peers: BTreeSet<NodeName>,
+    /// Every member other than this node, live or not: `Majority` and `All` are counted over
+    /// them, so a node that lost sight of the others cannot reach a quorum alone.
+    members: BTreeSet<NodeName>,
     entries: BTreeMap<String, Stored>,
     /// Changes not pushed yet, joined per key.
     pending_deltas: BTreeMap<String, Entry>,
@@ -283,6 +306,7 @@ impl Replicator {
             config,
             hlc: Hlc::new(ManualClock::new(now_ms), HLC_DRIFT_MS_MAX),
             peers: BTreeSet::new(),
+            members: BTreeSet::new(),
             entries: BTreeMap::new(),
             pending_deltas: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -397,7 +421,7 @@ impl Replicator {
         self.hlc.clock_mut().set_ms(now_ms);
         self.set_entry(key, Entry::Deleted)?;
         self.queue_delta(key, Entry::Deleted);
-        Ok(self.start_request(RequestKind::Write, key, consistency, deadline_ms, now_ms))
+        Ok(self.start_request(RequestKind::Delete, key, consistency, deadline_ms, now_ms))
     }
 
     /// Reads `key` at `consistency`: [`ReplicatorAction::ReadDone`] (at once for `Local`) or
@@ -414,13 +438,23 @@ impl Replicator {
         Ok(self.start_request(RequestKind::Read, key, consistency, deadline_ms, now_ms))
     }
 
-    /// The live members other than this node changed to `peers`. Requests already started keep
-    /// the member count they started with.
+    /// The live members changed to `peers` (this node among them or not). Every one of them also
+    /// joins the membership quorums are counted over; a member that is no longer live stays in
+    /// it. Requests already started keep the member count they started with.
     pub fn members_changed(&mut self, peers: impl IntoIterator<Item = NodeName>) {
         self.peers = peers
             .into_iter()
             .filter(|peer| *peer != self.node)
             .collect();
+        self.members.extend(self.peers.iter().cloned());
+    }
+
+    /// Adds `names` (this node among them or not) to the membership quorums are counted over,
+    /// live or not: the cluster's configured nodes, known before any of them is seen.
+    pub fn add_members(&mut self, names: impl IntoIterator<Item = NodeName>) {
+        let node = self.node.clone();
+        self.members
+            .extend(names.into_iter().filter(|name| *name != node));
     }
 
     /// Merges `entry` into `key` as if a peer had sent it (a durable key reloaded from this node's
@@ -451,10 +485,10 @@ impl Replicator {
         bytes: &[u8],
         now_ms: u64,
     ) -> Result<(), DdataError> {
-        if bytes.len() > self.config.message_bytes_max {
+        if bytes.len() > self.config.entry_message_bytes_max {
             return Err(DdataError::MessageTooLarge {
                 bytes: bytes.len(),
-                max: self.config.message_bytes_max,
+                max: self.config.entry_message_bytes_max,
             });
         }
         let message: Message = rmp_serde::from_slice(bytes)?;
@@ -479,10 +513,15 @@ impl Replicator {
                 key,
                 entry,
             } => {
+                // Only a key this node holds is acked: a new key past the limit is not kept.
                 self.merge_remote(&key, &entry)?;
-                self.send(from, &Message::WriteAck { request })?;
+                let deleted = match self.get(&key) {
+                    Some(held) => held.is_deleted(),
+                    None => return Ok(()),
+                };
+                self.send(from, &Message::WriteAck { request, deleted })?;
             }
-            Message::WriteAck { request } => self.acked(request, RequestKind::Write, from),
+            Message::WriteAck { request, deleted } => self.write_acked(request, from, deleted),
             Message::Read { request, key } => {
                 let entry = self.get(&key).cloned();
                 self.send(
@@ -502,12 +541,12 @@ impl Replicator {
                 let expected = self
                     .requests
                     .get(&request)
-                    .is_some_and(|pending| pending.key == key);
+                    .is_some_and(|pending| pending.kind == RequestKind::Read && pending.key == key);
                 if expected {
                     if let Some(entry) = entry {
                         self.merge_remote(&key, &entry)?;
                     }
-                    self.acked(request, RequestKind::Read, from);
+                    self.acked(request, from);
                 }
             }
         }
@@ -551,7 +590,10 @@ impl Replicator {
         };
         let delta = change(&mut value, &writer)?;
         let encoded = encode(&Entry::Value(value.clone()))?;
-        if encoded.len() > self.config.value_bytes_max {
+        // Only growth past the limit is refused: a merged value already over it still takes
+        // writes that do not grow it (removes).
+        let before = self.entries.get(key).map_or(0, |stored| stored.bytes);
+        if encoded.len() > self.config.value_bytes_max && encoded.len() > before {
             return Err(DdataError::ValueTooLarge {
                 key: key.to_owned(),
                 bytes: encoded.len(),
@@ -563,7 +605,8 @@ impl Replicator {
         Ok(())
     }
 
-    /// Refuses a key this node does not hold yet when it holds `keys_max` already.
+    /// Refuses a key this node does not hold yet when it holds `keys_max` already (keys merged
+    /// from peers included).
     fn check_room_for(&self, key: &str) -> Result<(), DdataError> {
         if self.get(key).is_none() && self.entries.len() >= self.config.keys_max {
             return Err(DdataError::TooManyKeys {
@@ -575,7 +618,7 @@ impl Replicator {
 
     /// Refuses a request that would need a slot when all are taken, before anything changes.
     fn check_capacity(&self, consistency: Consistency) -> Result<(), DdataError> {
-        let needs_slot = consistency.needed(self.peers.len() + 1) > 1;
+        let needs_slot = consistency.needed(self.members.len() + 1) > 1;
         if needs_slot && self.requests.len() >= self.config.requests_max {
             return Err(DdataError::TooManyRequests {
                 max: self.config.requests_max,
@@ -595,13 +638,13 @@ impl Replicator {
         self.next_request = self.next_request.wrapping_add(1);
         let request = RequestId(self.next_request);
         // Every caller checked `check_capacity` before changing anything.
-        let needed = consistency.needed(self.peers.len() + 1);
+        let needed = consistency.needed(self.members.len() + 1);
         let pending = Pending {
             kind,
             key: key.to_owned(),
             needed,
             acks: 1,
-            waiting: self.peers.clone(),
+            waiting: self.members.clone(),
             deadline_ms,
             resend_at_ms: now_ms.saturating_add(self.config.resend_interval_ms),
         };
@@ -617,7 +660,7 @@ impl Replicator {
     /// Sends the request to every peer that has not answered yet.
     fn ask(&mut self, request: RequestId, pending: &Pending) {
         let message = match pending.kind {
-            RequestKind::Write => match self.get(&pending.key) {
+            RequestKind::Write | RequestKind::Delete => match self.get(&pending.key) {
                 Some(entry) => Message::Write {
                     request,
                     key: pending.key.clone(),
@@ -636,24 +679,49 @@ impl Replicator {
         }
     }
 
-    fn acked(&mut self, request: RequestId, kind: RequestKind, from: &NodeName) {
+    /// A member acked the write `request`; `deleted`: it holds the key's tombstone. An update
+    /// acked that way is lost to the tombstone on every node, so it is refused, never
+    /// acknowledged: a `Majority` update after a `Majority` delete always meets a member that
+    /// holds the tombstone.
+    fn write_acked(&mut self, request: RequestId, from: &NodeName, deleted: bool) {
+        let Some(pending) = self.requests.get(&request) else {
+            return;
+        };
+        if pending.kind == RequestKind::Read {
+            return;
+        }
+        let key = pending.key.clone();
+        if deleted {
+            // The tombstone is news here at the latest now; the update is gone.
+            let _ = self.set_entry(&key, Entry::Deleted);
+        }
+        self.acked(request, from);
+    }
+
+    /// A member answered `request`; once `needed` did, it is done. An update whose key turned
+    /// out deleted is refused instead.
+    fn acked(&mut self, request: RequestId, from: &NodeName) {
         let Some(pending) = self.requests.get_mut(&request) else {
             return; // Done, timed out, or a duplicate: nothing to do.
         };
-        if pending.kind != kind || !pending.waiting.remove(from) {
+        if !pending.waiting.remove(from) {
             return;
         }
         pending.acks += 1;
-        if pending.acks >= pending.needed
-            && let Some(pending) = self.requests.remove(&request)
-        {
+        let (kind, done) = (pending.kind, pending.acks >= pending.needed);
+        let key = pending.key.clone();
+        if kind == RequestKind::Write && self.get(&key).is_some_and(Entry::is_deleted) {
+            self.requests.remove(&request);
+            self.actions
+                .push(ReplicatorAction::WriteRefused { request, key });
+        } else if done && let Some(pending) = self.requests.remove(&request) {
             self.finish(request, &pending);
         }
     }
 
     fn finish(&mut self, request: RequestId, pending: &Pending) {
         let action = match pending.kind {
-            RequestKind::Write => ReplicatorAction::WriteDone { request },
+            RequestKind::Write | RequestKind::Delete => ReplicatorAction::WriteDone { request },
             RequestKind::Read => ReplicatorAction::ReadDone {
                 request,
                 key: pending.key.clone(),
@@ -852,11 +920,12 @@ impl Replicator {
     ) -> Result<(), DdataError> {
         let limit = self.round_bytes_left.min(self.config.message_bytes_max);
         let mut batch = Vec::new();
+        let mut oversized = Vec::new();
         let mut bytes = ENVELOPE_BYTES;
         for (key, stored) in keys.filter_map(|key| self.entries.get_key_value(key)) {
             let cost = key.len() + stored.bytes + 8;
             if cost + ENVELOPE_BYTES > self.config.message_bytes_max {
-                self.stats.entries_oversized += 1;
+                oversized.push((key.clone(), stored.entry.clone()));
                 continue;
             }
             if bytes + cost > limit {
@@ -865,11 +934,24 @@ impl Replicator {
             bytes += cost;
             batch.push((key.clone(), stored.entry.clone()));
         }
-        if batch.is_empty() {
-            return Ok(());
+        if !batch.is_empty() {
+            let sent = self.send(to, &Message::Entries { entries: batch })?;
+            self.round_bytes_left = self.round_bytes_left.saturating_sub(sent);
         }
-        let sent = self.send(to, &Message::Entries { entries: batch })?;
-        self.round_bytes_left = self.round_bytes_left.saturating_sub(sent);
+        // A merged value over the message limit goes alone, while the round has budget left: a
+        // replica that never received it would stay different for good.
+        for entry in oversized {
+            self.stats.entries_oversized += 1;
+            if self.round_bytes_left == 0 {
+                break;
+            }
+            let message = Message::Entries {
+                entries: vec![entry],
+            };
+            if let Ok(sent) = self.send(to, &message) {
+                self.round_bytes_left = self.round_bytes_left.saturating_sub(sent);
+            }
+        }
         Ok(())
     }
 
@@ -882,7 +964,7 @@ impl Replicator {
         }
         let mut merged = match self.get(key) {
             Some(ours) => ours.clone(),
-            None if self.entries.len() >= self.config.keys_max => {
+            None if self.entries.len() >= self.config.merged_keys_max => {
                 self.stats.keys_refused += 1;
                 return Ok(());
             }
@@ -926,11 +1008,12 @@ impl Replicator {
     /// sent.
     fn send(&mut self, to: &NodeName, message: &Message) -> Result<usize, DdataError> {
         let bytes = rmp_serde::to_vec(message)?;
-        if bytes.len() > self.config.message_bytes_max {
+        // Messages are packed to `message_bytes_max`; only one oversized entry alone goes past it.
+        if bytes.len() > self.config.entry_message_bytes_max {
             self.stats.entries_oversized += 1;
             return Err(DdataError::MessageTooLarge {
                 bytes: bytes.len(),
-                max: self.config.message_bytes_max,
+                max: self.config.entry_message_bytes_max,
             });
         }
         let size = bytes.len();
@@ -948,7 +1031,7 @@ fn encode(entry: &Entry) -> Result<Vec<u8>, DdataError> {
     Ok(rmp_serde::to_vec(entry)?)
 }
 
-fn check_key(key: &str) -> Result<(), DdataError> {
+pub(super) fn check_key(key: &str) -> Result<(), DdataError> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
         return Err(DdataError::InvalidKey {
             bytes: key.len(),
@@ -1105,6 +1188,7 @@ mod tests {
         // A message over the limit is refused unread.
         let small = ReplicatorConfig {
             message_bytes_max: 16,
+            entry_message_bytes_max: 16,
             ..ReplicatorConfig::default()
         };
         let mut strict = replicator(2, small);
@@ -1143,9 +1227,10 @@ mod tests {
     }
 
     #[test]
-    fn the_number_of_keys_is_bounded_for_clients_and_peers() {
+    fn clients_create_keys_up_to_the_limit_and_peers_keys_merge_past_it() {
         let config = ReplicatorConfig {
             keys_max: 2,
+            merged_keys_max: 3,
             ..ReplicatorConfig::default()
         };
         let mut node = replicator(0, config);
@@ -1160,14 +1245,20 @@ mod tests {
         ));
         node.update("a", Kind::GCounter, &one, Consistency::Local, 0, 1_000)
             .expect("an existing key can still be written");
+        // Peers' keys are merged past `keys_max` (so replicas never differ for good), up to
+        // `merged_keys_max`.
         let message = Message::Entries {
-            entries: vec![("d".into(), Entry::Deleted)],
+            entries: vec![("d".into(), Entry::Deleted), ("e".into(), Entry::Deleted)],
         };
         let bytes = rmp_serde::to_vec(&message).expect("encodes");
         node.handle_message(&name(1), &bytes, 1_000)
             .expect("a valid message");
-        assert_eq!(node.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(node.keys().collect::<Vec<_>>(), ["a", "b", "d"]);
         assert_eq!(node.stats().keys_refused, 1);
+        assert!(matches!(
+            node.update("c", Kind::GCounter, &one, Consistency::Local, 0, 1_000),
+            Err(DdataError::TooManyKeys { max: 2 })
+        ));
     }
 
     #[test]
@@ -1211,6 +1302,79 @@ mod tests {
         );
         node.read("a", Consistency::Majority, 6_000, 5_000)
             .expect("the slot is free again");
+    }
+
+    #[test]
+    fn quorums_count_members_the_view_lost_and_requests_still_go_to_them() {
+        let mut node = replicator(0, ReplicatorConfig::default());
+        node.add_members([name(0), name(2)]);
+        node.members_changed([name(0), name(1)]);
+        // The failure detector gave up on both peers: the view is this node alone.
+        node.members_changed([name(0)]);
+        let one = Op::Increment { by: 1 };
+        let write = node
+            .update(
+                "a",
+                Kind::GCounter,
+                &one,
+                Consistency::Majority,
+                2_000,
+                1_000,
+            )
+            .expect("a free slot");
+        let asked: BTreeSet<NodeName> = node
+            .drain_actions()
+            .filter_map(|action| match action {
+                ReplicatorAction::Send { to, .. } => Some(to),
+                ReplicatorAction::WriteDone { .. } => panic!("a majority of one"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, BTreeSet::from([name(1), name(2)]));
+        node.tick(2_000);
+        assert!(node.drain_actions().any(|action| action
+            == ReplicatorAction::TimedOut {
+                request: write,
+                acks: 1,
+                needed: 2
+            }));
+    }
+
+    #[test]
+    fn an_update_acked_by_a_holder_of_the_tombstone_is_refused_and_takes_it() {
+        let mut node = replicator(0, ReplicatorConfig::default());
+        node.members_changed([name(1), name(2)]);
+        let add = Op::Add {
+            element: "x".into(),
+        };
+        let write = node
+            .update(
+                "cart",
+                Kind::ORSet,
+                &add,
+                Consistency::Majority,
+                5_000,
+                1_000,
+            )
+            .expect("a free slot");
+        node.drain_actions().for_each(drop);
+        let ack = rmp_serde::to_vec(&Message::WriteAck {
+            request: write,
+            deleted: true,
+        })
+        .expect("encodes");
+        node.handle_message(&name(1), &ack, 1_001)
+            .expect("a valid message");
+        let actions: Vec<ReplicatorAction> = node.drain_actions().collect();
+        assert!(
+            actions.contains(&ReplicatorAction::WriteRefused {
+                request: write,
+                key: "cart".into()
+            }),
+            "{actions:?}"
+        );
+        assert!(!actions.contains(&ReplicatorAction::WriteDone { request: write }));
+        assert_eq!(node.get("cart"), Some(&Entry::Deleted));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! client calls, peer messages over the cluster transport, a tick, membership changes — and keeps
 //! the latest value of every subscribed key for its subscribers, and durable keys on disk.
 //!
-//! The task owns the replicator; [`DistributedData`] is the handle callers use. Subscribers hold a
-//! watch of the key's latest entry: a watch keeps only the newest value, which is the coalescing a
-//! subscriber wants (the latest value, never an older one after a newer: entries only grow by
-//! merge, and a deletion is final).
+//! The task owns the replicator and the [`Subscribers`]; [`DistributedData`] is the handle callers
+//! use. A subscriber holds a [`Subscription`], a watch of the key's latest entry, whose drop frees
+//! the key's watch when it was the last.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -20,8 +20,9 @@ use weft_crdt::{Crdt, ReplicaId};
 use super::DdataError;
 use super::durable::{DdataConfig, DurableStore};
 use super::replicator::{Consistency, Replicator, ReplicatorAction, ReplicatorConfig, RequestId};
+use super::subscribers::{SUBSCRIBERS_MAX, Subscribers};
 use super::value::{DataValue, Entry, Kind, Op};
-use crate::cluster::{Cluster, Topic};
+use crate::cluster::{Cluster, ClusterView, NodeName, Topic};
 
 /// Client calls waiting for the task, at most: beyond that callers are told to retry.
 const CALLS_QUEUED_MAX: usize = 1024;
@@ -83,8 +84,10 @@ enum Call {
     },
     Subscribe {
         key: String,
-        reply: oneshot::Sender<watch::Receiver<Option<Entry>>>,
+        reply: oneshot::Sender<Result<watch::Receiver<Option<Entry>>, DdataCallError>>,
     },
+    /// A subscriber of `key` left: free the key's watch if it was the last.
+    Unsubscribe { key: String },
 }
 
 /// The handle on a node's DistributedData. Cheap to clone.
@@ -107,6 +110,14 @@ impl DistributedData {
         let node = view.local.name().clone();
         let replica = ReplicaId::incarnation(node.as_str(), &Ulid::new().to_string());
         let mut replicator = Replicator::new(node, replica, ReplicatorConfig::default(), now_ms());
+        // The seeds are members from the start, reachable or not: quorums count them.
+        let seeds = &cluster.config().seeds;
+        replicator.add_members(seeds.iter().map(|seed| seed.name.clone()));
+        let mut addresses: BTreeMap<NodeName, SocketAddr> = seeds
+            .iter()
+            .map(|seed| (seed.name.clone(), seed.addr))
+            .collect();
+        remember_addresses(&mut addresses, &view);
         replicator.members_changed(view.members.iter().map(|member| member.name().clone()));
         let store = if config.durable_keys.is_empty() {
             None
@@ -127,11 +138,12 @@ impl DistributedData {
         let driver = Driver {
             replicator,
             cluster,
+            addresses,
             config,
             store,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
-            subscribers: BTreeMap::new(),
+            subscribers: Subscribers::new(SUBSCRIBERS_MAX),
         };
         tokio::spawn(async move {
             tokio::select! {
@@ -209,19 +221,20 @@ impl DistributedData {
             .unwrap_or(Err(DdataCallError::Unavailable("stopped")))
     }
 
-    /// A watch of `key`'s latest entry on this node, starting with the current one.
-    pub async fn subscribe(
-        &self,
-        key: &str,
-    ) -> Result<watch::Receiver<Option<Entry>>, DdataCallError> {
-        let (reply, answer) = oneshot::channel();
-        self.call(Call::Subscribe {
+    /// A watch of `key`'s latest entry on this node, starting with the current one. Dropping the
+    /// [`Subscription`] frees it.
+    pub async fn subscribe(&self, key: &str) -> Result<Subscription, DdataCallError> {
+        let values = self
+            .ask(|reply| Call::Subscribe {
+                key: key.to_owned(),
+                reply,
+            })
+            .await?;
+        Ok(Subscription {
+            values: Some(values),
             key: key.to_owned(),
-            reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| DdataCallError::Unavailable("stopped"))
+            calls: self.calls.clone(),
+        })
     }
 
     fn call(&self, call: Call) -> Result<(), DdataCallError> {
@@ -229,6 +242,35 @@ impl DistributedData {
             mpsc::error::TrySendError::Full(_) => DdataCallError::Unavailable("overloaded"),
             mpsc::error::TrySendError::Closed(_) => DdataCallError::Unavailable("stopped"),
         })
+    }
+}
+
+/// One subscriber of a key: the watch of its latest entry. Dropping it tells the service, which
+/// frees the key's watch when this was its last subscriber.
+pub struct Subscription {
+    /// Always `Some` until dropped: taken in `drop` so the receiver is gone before the service
+    /// counts what is left.
+    values: Option<watch::Receiver<Option<Entry>>>,
+    key: String,
+    calls: mpsc::Sender<Call>,
+}
+
+impl Subscription {
+    /// The watch of the key's latest entry (`None`: the key is not known here).
+    pub fn values(&mut self) -> &mut watch::Receiver<Option<Entry>> {
+        self.values
+            .as_mut()
+            .expect("a subscription holds its watch until dropped")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.values.take());
+        // A full queue loses the notice; the tick's sweep frees the watch then.
+        let _ = self.calls.try_send(Call::Unsubscribe {
+            key: std::mem::take(&mut self.key),
+        });
     }
 }
 
@@ -243,13 +285,17 @@ struct Waiting<T> {
 struct Driver {
     replicator: Replicator,
     cluster: Cluster,
+    /// The last known transport address of every member, live or not: requests at `Majority`
+    /// and `All` go to every member, also those the failure detector has given up on.
+    addresses: BTreeMap<NodeName, SocketAddr>,
     config: DdataConfig,
     /// Where durable keys are written; `None` when none is configured.
     store: Option<DurableStore>,
     pending_writes: HashMap<RequestId, Waiting<()>>,
     pending_reads: HashMap<RequestId, Waiting<Option<Entry>>>,
-    /// Subscribed keys; a key whose subscribers all left is dropped at its next change.
-    subscribers: BTreeMap<String, watch::Sender<Option<Entry>>>,
+    /// Subscribed keys; a key whose subscribers all left is dropped when the last one's
+    /// [`Subscription`] is dropped, or by the next tick's sweep.
+    subscribers: Subscribers,
 }
 
 impl Driver {
@@ -271,11 +317,17 @@ impl Driver {
                     Some((from, bytes)) => self.message(&from, &bytes),
                     None => return,
                 },
-                _ = tick.tick() => self.replicator.tick(now_ms()),
+                _ = tick.tick() => {
+                    self.replicator.tick(now_ms());
+                    self.subscribers.sweep();
+                }
                 view = membership.changed() => match view {
-                    Some(view) => self.replicator.members_changed(
-                        view.members.iter().map(|member| member.name().clone()),
-                    ),
+                    Some(view) => {
+                        remember_addresses(&mut self.addresses, &view);
+                        self.replicator.members_changed(
+                            view.members.iter().map(|member| member.name().clone()),
+                        );
+                    }
                     None => return,
                 },
             }
@@ -334,13 +386,13 @@ impl Driver {
                 Err(error) => drop(reply.send(Err(error.into()))),
             },
             Call::Subscribe { key, reply } => {
-                let current = self.replicator.get(&key).cloned();
-                let sender = self
+                let replicator = &self.replicator;
+                let subscribed = self
                     .subscribers
-                    .entry(key)
-                    .or_insert_with(|| watch::channel(current).0);
-                let _ = reply.send(sender.subscribe());
+                    .subscribe(key.clone(), || replicator.get(&key).cloned());
+                let _ = reply.send(subscribed.map_err(DdataCallError::from));
             }
+            Call::Unsubscribe { key } => self.subscribers.left(&key),
         }
     }
 
@@ -376,16 +428,10 @@ impl Driver {
         for action in actions {
             match action {
                 ReplicatorAction::Send { to, bytes } => {
-                    let view = self.cluster.view();
-                    let Some(member) = view.members.iter().find(|member| *member.name() == to)
-                    else {
+                    let Some(addr) = self.addresses.get(&to).copied() else {
                         continue;
                     };
-                    let (transport, name, addr) = (
-                        self.cluster.transport().clone(),
-                        to.to_string(),
-                        member.addr,
-                    );
+                    let (transport, name) = (self.cluster.transport().clone(), to.to_string());
                     tokio::spawn(async move {
                         // Fire and forget: anti-entropy repairs what is lost.
                         let _ = transport.send(&name, addr, Topic::Ddata, bytes).await;
@@ -397,17 +443,17 @@ impl Driver {
                     {
                         store.save(&key, &entry);
                     }
-                    if let Some(sender) = self.subscribers.get(&key) {
-                        if sender.receiver_count() == 0 {
-                            self.subscribers.remove(&key);
-                        } else {
-                            sender.send_replace(Some(entry));
-                        }
-                    }
+                    self.subscribers.changed(&key, entry);
                 }
                 ReplicatorAction::WriteDone { request } => {
                     if let Some(waiting) = self.pending_writes.remove(&request) {
                         let _ = waiting.reply.send(Ok(()));
+                    }
+                }
+                ReplicatorAction::WriteRefused { request, key } => {
+                    if let Some(waiting) = self.pending_writes.remove(&request) {
+                        let error = DdataCallError::Refused(DdataError::Deleted { key });
+                        let _ = waiting.reply.send(Err(error));
                     }
                 }
                 ReplicatorAction::ReadDone { request, entry, .. } => {
@@ -430,6 +476,13 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Keeps the address of every member of `view` (a restarted member may have a new one).
+fn remember_addresses(addresses: &mut BTreeMap<NodeName, SocketAddr>, view: &ClusterView) {
+    for member in &view.members {
+        addresses.insert(member.name().clone(), member.addr);
     }
 }
 

@@ -199,7 +199,7 @@ impl ServeProcess {
         ServeProcess { child, url, log }
     }
 
-    /// The process id.
+    /// The process id, e.g. to read its memory from `/proc/{pid}/status`.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

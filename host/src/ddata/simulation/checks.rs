@@ -116,11 +116,15 @@ pub fn counters_exact(sim: &Simulation, history: &History) -> Result<(), String>
 }
 
 /// On every node that is up, every set holds only elements that were added, and every element
-/// added and never removed.
+/// added and never removed (deleted sets are for [`deletes_hold`]).
 pub fn sets_sound(sim: &Simulation, history: &History) -> Result<(), String> {
     let nothing = BTreeSet::new();
     for name in up_nodes(sim) {
-        for (key, added) in &history.added {
+        let live_sets = history
+            .added
+            .iter()
+            .filter(|(key, _)| !history.deleted.contains(*key));
+        for (key, added) in live_sets {
             let elements = match sim.get(name, key) {
                 Some(Entry::Value(DataValue::ORSet(set))) => set.value(),
                 Some(Entry::Value(DataValue::GSet(set))) => set.value(),

@@ -1,7 +1,8 @@
 //! A deterministic simulator for [`Replicator`]s: virtual time in milliseconds, one seeded
 //! generator, and an in-memory network between named nodes that drops, duplicates, delays (and so
-//! reorders) messages, and partitions that heal. Nodes can be taken down (they neither tick nor
-//! receive) and brought back with their state. Each node is driven as a real driver would: feed
+//! reorders) messages, and partitions that heal. During a partition every node's live view
+//! follows it, as the failure detector's would: each node sees only its own side as live. Nodes can
+//! be taken down (they neither tick nor receive) and brought back with their state. Each node is driven as a real driver would: feed
 //! the input, drain every action.
 //!
 //! Everything follows from the seed: a failing run prints it and replays with
@@ -9,6 +10,8 @@
 //! [`checks`], which only reads the simulation.
 
 pub mod checks;
+mod limits;
+mod quorums;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -42,8 +45,13 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     WriteDone,
+    /// A replica holds the key's tombstone: the write is lost, so it is not acknowledged.
+    WriteRefused,
     ReadDone(Option<Entry>),
-    TimedOut { acks: usize, needed: usize },
+    TimedOut {
+        acks: usize,
+        needed: usize,
+    },
 }
 
 pub struct SimNode {
@@ -81,6 +89,8 @@ pub struct Simulation {
     groups: Option<BTreeMap<NodeName, usize>>,
     pub stats: Stats,
     pub outcomes: BTreeMap<(NodeName, RequestId), Outcome>,
+    /// When each outcome came, in virtual milliseconds.
+    pub finished_ms: BTreeMap<(NodeName, RequestId), u64>,
 }
 
 impl Simulation {
@@ -102,6 +112,7 @@ impl Simulation {
             groups: None,
             stats: Stats::default(),
             outcomes: BTreeMap::new(),
+            finished_ms: BTreeMap::new(),
         };
         let names: Vec<NodeName> = (0..count).map(node_name).collect();
         for name in &names {
@@ -136,6 +147,18 @@ impl Simulation {
 
     pub fn random_per_mille(&mut self, per_mille: u32) -> bool {
         self.rng.random_range(0..1000) < per_mille
+    }
+
+    /// Splits the nodes in two random, non-empty groups.
+    pub fn random_split(&mut self) -> Vec<Vec<NodeName>> {
+        let mut names = self.names();
+        for index in (1..names.len()).rev() {
+            let other = usize::try_from(self.random_range(0..index as u64 + 1)).unwrap_or(0);
+            names.swap(index, other);
+        }
+        let cut = usize::try_from(self.random_range(1..names.len() as u64)).unwrap_or(1);
+        let right = names.split_off(cut);
+        vec![names, right]
     }
 
     /// Runs every event up to and including `until_ms`.
@@ -247,7 +270,7 @@ impl Simulation {
     }
 
     /// Splits the nodes into `groups`; nodes in different groups cannot talk until [`Self::heal`].
-    /// A node in no group is alone.
+    /// A node in no group is alone. Every node's live view shrinks to its own group.
     pub fn partition(&mut self, groups: &[Vec<NodeName>]) {
         let mut by_node = BTreeMap::new();
         for (index, group) in groups.iter().enumerate() {
@@ -258,11 +281,24 @@ impl Simulation {
         for (index, name) in self.nodes.keys().enumerate() {
             by_node.entry(name.clone()).or_insert(groups.len() + index);
         }
+        for (name, node) in &mut self.nodes {
+            let side = by_node.get(name);
+            let live = by_node
+                .iter()
+                .filter(|(_, group)| Some(*group) == side)
+                .map(|(other, _)| other.clone());
+            node.replicator.members_changed(live);
+        }
         self.groups = Some(by_node);
     }
 
+    /// Ends the partition: every node sees every other as live again.
     pub fn heal(&mut self) {
         self.groups = None;
+        let names = self.names();
+        for node in self.nodes.values_mut() {
+            node.replicator.members_changed(names.iter().cloned());
+        }
     }
 
     fn replicator_mut(&mut self, node: &NodeName) -> &mut Replicator {
@@ -299,26 +335,26 @@ impl Simulation {
             None => return,
         };
         for action in actions {
-            match action {
-                ReplicatorAction::Send { to, bytes } => self.send(node, to, bytes),
-                ReplicatorAction::Changed { .. } => {}
-                ReplicatorAction::WriteDone { request } => {
-                    self.outcomes
-                        .insert((node.clone(), request), Outcome::WriteDone);
+            let (request, outcome) = match action {
+                ReplicatorAction::Send { to, bytes } => {
+                    self.send(node, to, bytes);
+                    continue;
                 }
+                ReplicatorAction::Changed { .. } => continue,
+                ReplicatorAction::WriteDone { request } => (request, Outcome::WriteDone),
+                ReplicatorAction::WriteRefused { request, .. } => (request, Outcome::WriteRefused),
                 ReplicatorAction::ReadDone { request, entry, .. } => {
-                    self.outcomes
-                        .insert((node.clone(), request), Outcome::ReadDone(entry));
+                    (request, Outcome::ReadDone(entry))
                 }
                 ReplicatorAction::TimedOut {
                     request,
                     acks,
                     needed,
-                } => {
-                    self.outcomes
-                        .insert((node.clone(), request), Outcome::TimedOut { acks, needed });
-                }
-            }
+                } => (request, Outcome::TimedOut { acks, needed }),
+            };
+            self.outcomes.insert((node.clone(), request), outcome);
+            self.finished_ms
+                .insert((node.clone(), request), self.now_ms);
         }
     }
 
@@ -362,6 +398,17 @@ impl Simulation {
 
     fn push(&mut self, at_ms: u64, kind: EventKind) {
         self.events.push(at_ms, kind);
+    }
+}
+
+/// The faults of the partition scenarios (`quorums`, `limits`): some loss and duplication and
+/// delays of up to 60 ms, so the partitions do the damage.
+pub fn light_faults() -> Faults {
+    Faults {
+        drop_per_mille: 50,
+        duplicate_per_mille: 50,
+        delay_ms_min: 1,
+        delay_ms_max: 60,
     }
 }
 

@@ -60,18 +60,6 @@ fn random_op(sim: &mut Simulation, kind: Kind) -> Op {
     }
 }
 
-/// Splits the nodes in two random, non-empty groups.
-fn random_split(sim: &mut Simulation) -> Vec<Vec<NodeName>> {
-    let mut names = sim.names();
-    for index in (1..names.len()).rev() {
-        let other = usize::try_from(sim.random_range(0..index as u64 + 1)).unwrap_or(0);
-        names.swap(index, other);
-    }
-    let cut = usize::try_from(sim.random_range(1..names.len() as u64)).unwrap_or(1);
-    let right = names.split_off(cut);
-    vec![names, right]
-}
-
 fn random_run(seed: u64, count: usize) -> Result<Report, String> {
     let mut sim = Simulation::new(seed, count, ReplicatorConfig::default(), Faults::none());
     sim.faults = random_faults(&mut sim);
@@ -88,7 +76,7 @@ fn random_run(seed: u64, count: usize) -> Result<Report, String> {
                 healed_at_ms = None;
             }
             None if sim.random_per_mille(8) => {
-                let groups = random_split(&mut sim);
+                let groups = sim.random_split();
                 sim.partition(&groups);
                 healed_at_ms = Some(sim.now_ms() + sim.random_range(1_000..4_000));
             }
