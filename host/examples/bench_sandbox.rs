@@ -16,6 +16,8 @@
 
 #[path = "../tests/support/hostile.rs"]
 mod hostile;
+#[path = "../tests/support/memory.rs"]
+mod memory;
 #[path = "../tests/support/node.rs"]
 mod node;
 #[path = "../tests/support/plugins.rs"]
@@ -79,13 +81,13 @@ async fn rss_per_payload(http: &reqwest::Client, node: &node::ServeProcess) {
     ] {
         let mut cells = Vec::new();
         for msgpack in [false, true] {
-            hostile::reset_peak_rss(node.pid());
-            let before = hostile::peak_rss_bytes(node.pid());
+            memory::reset_peak_rss(node.pid());
+            let before = memory::peak_rss_bytes(node.pid());
             let command = json!({"op": "reply", "shape": shape, "bytes": mib * MIB});
             let (status, body) =
                 send(http, &node.url, "/entities/hostile/r", command, msgpack).await;
             assert_eq!(status, 200);
-            let growth = hostile::peak_rss_bytes(node.pid()).saturating_sub(before);
+            let growth = memory::peak_rss_bytes(node.pid()).saturating_sub(before);
             cells.push(format!(
                 "+{} MiB ({:.1} MiB per MiB; body {} MiB)",
                 growth / MIB,

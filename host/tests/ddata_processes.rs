@@ -11,6 +11,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
+use support::memory::rss_bytes;
 use support::node::ServeProcess;
 use support::rng::SplitMix64;
 use support::services::Postgres;
@@ -478,17 +479,6 @@ async fn majority_pairs(
         }
         log.reads_checked += 1;
     }
-}
-
-/// The resident set of process `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("the resident field");
-    pages * 4096
 }
 
 /// Subscribes to `count` distinct keys on `url` (`concurrency` at a time), reading each one's

@@ -10,7 +10,8 @@ mod support;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::hostile::{compile_bomb, peak_rss_bytes, reset_peak_rss};
+use support::hostile::compile_bomb;
+use support::memory::{peak_rss_bytes, reset_peak_rss};
 use support::node::{ServeProcess, get_json, plugins_dir};
 use support::plugin_bytes;
 
