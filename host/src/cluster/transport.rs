@@ -235,8 +235,10 @@ struct Connection {
 /// The outbound connection to one peer and its breaker.
 struct Peer {
     addr: SocketAddr,
-    /// The peer's node name, learned from the caller; faults are keyed by it.
-    name: String,
+    /// The peer's node name, learned from the callers; faults are keyed by it. A caller that
+    /// knows only the address (a seed, before membership names it) names it by the address, and
+    /// the first caller that knows the node's name replaces that.
+    name: Mutex<String>,
     writer: tokio::sync::Mutex<Option<Connection>>,
     pending: Arc<Pending>,
     breaker: Mutex<CircuitBreaker>,
@@ -354,12 +356,20 @@ impl Transport {
 
     fn peer(&self, name: &str, addr: SocketAddr) -> Arc<Peer> {
         let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(&addr)
+            && name.parse::<SocketAddr>().is_err()
+        {
+            let mut known = peer.name.lock().unwrap_or_else(|p| p.into_inner());
+            if *known != name {
+                *known = name.to_owned();
+            }
+        }
         peers
             .entry(addr)
             .or_insert_with(|| {
                 Arc::new(Peer {
                     addr,
-                    name: name.to_owned(),
+                    name: Mutex::new(name.to_owned()),
                     writer: tokio::sync::Mutex::new(None),
                     pending: Arc::new(Mutex::new(HashMap::new())),
                     breaker: Mutex::new(CircuitBreaker::default()),
@@ -370,7 +380,8 @@ impl Transport {
 
     /// Writes `frame` on the peer's connection, dialing it first if needed.
     async fn send_frame(&self, peer: &Peer, frame: &Frame) -> Result<(), TransportError> {
-        let Some(delay) = self.inner.faults.admit(&peer.name) else {
+        let name = peer.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(delay) = self.inner.faults.admit(&name) else {
             return Ok(()); // dropped on the "network": the caller finds out as it would there
         };
         if !delay.is_zero() {
@@ -754,6 +765,38 @@ mod tests {
         assert!(
             matches!(unanswered, Err(TransportError::Timeout { .. })),
             "{unanswered:?}"
+        );
+    }
+
+    /// A peer first dialed by its address (a seed, before membership names it) is cut off by a
+    /// partition of its node name once a caller names it.
+    #[tokio::test]
+    async fn a_peer_first_known_by_its_address_is_partitioned_by_its_name() {
+        let (a, _) = node("a").await;
+        let (b, _) = node("b").await;
+        let by_address = b.local_addr().to_string();
+        let first = a
+            .request(&by_address, b.local_addr(), b"x".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(first, Ok(b"echo:x".to_vec()));
+        a.faults().partition(&["b"]);
+        let cut = briefly(&a, &b).await;
+        assert!(
+            matches!(cut, Err(TransportError::Timeout { .. })),
+            "{cut:?}"
+        );
+        // Still cut when a later caller knows only the address again.
+        let by_address_again = a
+            .request(
+                &by_address,
+                b.local_addr(),
+                b"x".to_vec(),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(
+            matches!(by_address_again, Err(TransportError::Timeout { .. })),
+            "{by_address_again:?}"
         );
     }
 
