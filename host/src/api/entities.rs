@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::payload::{command_from_body, msgpack_to_json, respond};
+use super::payload::{command_from_body, msgpack_to_json, respond, respond_with_bytes};
 use crate::entity::EntityTypeConfig;
 
 /// Events returned per request at most.
@@ -42,16 +42,22 @@ pub async fn get_state(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let state = app.router.state(&entity_type, &entity_id).await?;
-    Ok(respond(
+    let mut document = json!({
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "state": msgpack_to_json(&state.state),
+        "seq_nr": state.seq_nr,
+        "plugin": state.plugin,
+    });
+    if let Some(replica) = &state.replica {
+        document["replica"] = json!(replica);
+    }
+    // MessagePack clients also get the state's exact bytes, to compare replicas byte for byte.
+    Ok(respond_with_bytes(
         &headers,
         StatusCode::OK,
-        json!({
-            "entity_type": entity_type,
-            "entity_id": entity_id,
-            "state": msgpack_to_json(&state.state),
-            "seq_nr": state.seq_nr,
-            "plugin": state.plugin,
-        }),
+        document,
+        ("state_raw", &state.state),
     ))
 }
 

@@ -118,6 +118,44 @@ pub fn respond(headers: &HeaderMap, status: StatusCode, json: Json) -> Response 
     }
 }
 
+/// As [`respond`], and MessagePack clients get one more field, `key`, holding `bytes` exactly
+/// (a MessagePack binary), which JSON cannot carry.
+pub fn respond_with_bytes(
+    headers: &HeaderMap,
+    status: StatusCode,
+    json: Json,
+    (key, bytes): (&str, &[u8]),
+) -> Response {
+    if !is_msgpack(headers.get(header::ACCEPT)) {
+        return respond(headers, status, json);
+    }
+    let document = json_to_msgpack(&json).and_then(|encoded| {
+        let mut value = rmpv::decode::read_value(&mut encoded.as_slice()).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding_failed",
+                e.to_string(),
+            )
+        })?;
+        if let Msgpack::Map(entries) = &mut value {
+            entries.push((Msgpack::from(key), Msgpack::Binary(bytes.to_vec())));
+        }
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &value).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding_failed",
+                e.to_string(),
+            )
+        })?;
+        Ok(out)
+    });
+    match document {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, MSGPACK)], bytes).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

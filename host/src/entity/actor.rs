@@ -364,6 +364,7 @@ impl Actor {
                         state: committed.state.clone(),
                         seq_nr: committed.seq_nr,
                         plugin: committed.plugin.clone(),
+                        replica: None,
                     }));
                 }
                 Message::Command { reply, .. } if refusal.is_some() => {

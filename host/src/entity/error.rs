@@ -66,14 +66,19 @@ pub enum EntityError {
         replicas: Vec<String>,
     },
 
-    /// This replica's own persisted events still wait for their causal past from the other
-    /// replicas (it restarted with a journal of its own): it writes again once it pulled them.
+    /// The replica does not hold everything it knows exists yet: its own persisted events, or
+    /// events it received, wait for their causal past, or (for a state read) it has not heard
+    /// from every other replica since it was activated. It writes and answers again once its
+    /// pulls brought what is missing.
     #[error(
-        "replica {persistence_id} is catching up with the other replicas ({waiting} events wait for their causal past); retry shortly"
+        "replica {persistence_id} is catching up with the other replicas ({waiting} events wait for their causal past{}); retry shortly",
+        unheard_list(unheard)
     )]
     CatchingUp {
         persistence_id: String,
         waiting: usize,
+        /// The replicas it has not heard from since it was activated.
+        unheard: Vec<String>,
     },
 
     /// The entity stopped while the message was queued (another writer wrote its stream), again
@@ -121,6 +126,14 @@ impl From<JournalError> for EntityError {
             JournalError::StaleFencingToken { .. } => EntityError::Fenced(error.to_string()),
             other => EntityError::Journal(other.to_string()),
         }
+    }
+}
+
+fn unheard_list(unheard: &[String]) -> String {
+    if unheard.is_empty() {
+        String::new()
+    } else {
+        format!("; not heard from {} since activation", unheard.join(", "))
     }
 }
 

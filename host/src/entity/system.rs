@@ -42,6 +42,35 @@ pub struct EntityState {
     pub state: Vec<u8>,
     pub seq_nr: u64,
     pub plugin: String,
+    /// For a replica of a replicated entity: how it folds, and what it could not fold.
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// How a replica folds: shown with its state, so a reader knows which resolver decided it and
+/// which events it is missing because they could not be folded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica that answered.
+    pub replica: String,
+    /// The resolver: `last-writer-wins`, `first-writer-wins`, or a resolver plugin's id
+    /// (`name@version`).
+    pub resolver: String,
+    /// Events of other replicas whose fold failed, set aside until the plugin or resolver
+    /// changes: the state lacks them and everything causally after them.
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// An event a replica could not fold (its entity plugin or resolver trapped or ran past its
+/// bound), with the plugin's error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParkedEvent {
+    /// The replica's stream: `<type>|<id>|<replica>`.
+    pub stream: String,
+    pub origin_replica: String,
+    pub origin_seq_nr: u64,
+    /// The error's stable code (`plugin_trapped`, `plugin_cpu_bound_exceeded`, ...).
+    pub code: String,
+    pub error: String,
 }
 
 /// Host-wide settings of the entity system.
@@ -73,6 +102,8 @@ pub struct EntityMetrics {
     pub replicated_folds_failed: AtomicU64,
     /// Pulls of other replicas this node's replicas answered.
     pub replication_pulls_answered: AtomicU64,
+    /// Events of other replicas set aside after their fold failed (each parked once).
+    pub replicated_events_parked: AtomicU64,
 }
 
 struct ActorHandle {
@@ -94,6 +125,8 @@ pub(super) struct Shared {
     /// Where replicated entities send the other replicas their events; unset outside a
     /// cluster (a lone replica keeps its events to itself).
     pub peers: OnceLock<Arc<dyn Peers>>,
+    /// The events this node's active replicas have parked, by replica stream.
+    pub parked: Mutex<BTreeMap<String, Vec<ParkedEvent>>>,
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
     active: Mutex<HashMap<String, ActorHandle>>,
     generations: AtomicU64,
@@ -144,6 +177,7 @@ impl EntitySystem {
                 clock,
                 metrics: EntityMetrics::default(),
                 peers: OnceLock::new(),
+                parked: Mutex::new(BTreeMap::new()),
                 types: RwLock::new(BTreeMap::new()),
                 active: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
@@ -290,6 +324,12 @@ impl EntitySystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// The events this node's active replicas could not fold and set aside, with the errors.
+    pub fn parked(&self) -> Vec<ParkedEvent> {
+        let parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+        parked.values().flatten().cloned().collect()
     }
 
     /// The active entities of this host, as `(entity type, entity id)`.

@@ -32,6 +32,10 @@ pub trait Fold {
     ) -> Result<Resolution, PluginError>;
 }
 
+/// The built-in resolvers' names, as entity types name them.
+pub const LAST_WRITER_WINS: &str = "last-writer-wins";
+pub const FIRST_WRITER_WINS: &str = "first-writer-wins";
+
 /// Who decides about concurrent events, per entity type.
 #[derive(Clone)]
 pub enum Resolver {
@@ -41,6 +45,17 @@ pub enum Resolver {
     FirstWriterWins,
     /// A resolver plugin, in any language.
     Plugin(Arc<PluginVersion>),
+}
+
+impl Resolver {
+    /// The built-in's name, or the resolver plugin's id (`name@version`).
+    pub fn name(&self) -> &str {
+        match self {
+            Resolver::LastWriterWins => LAST_WRITER_WINS,
+            Resolver::FirstWriterWins => FIRST_WRITER_WINS,
+            Resolver::Plugin(plugin) => plugin.id(),
+        }
+    }
 }
 
 /// An entity plugin's `apply-event` with a [`Resolver`].

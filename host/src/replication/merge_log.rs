@@ -4,8 +4,8 @@
 //! The order is (HLC timestamp, origin replica, origin sequence number). States are cached every
 //! [`CHECKPOINT_EVERY`] events, so a late event costs a re-fold from the checkpoint before it,
 //! not from the beginning. A fold that fails (the plugin traps) leaves the log exactly as it was.
-//! [`MergeLog::compact`] folds the causally stable prefix (events every replica has seen: nothing
-//! can sort before them or be concurrent with them any more) into the base state.
+//! [`MergeLog::compact`] folds the causally stable prefix (nothing that can still arrive, and
+//! nothing held after it, can sort before it or be concurrent with it) into the base state.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +33,9 @@ struct Folded {
 pub struct MergeLog {
     /// The state before `events[0]` (everything compacted folded in).
     base: Vec<u8>,
+    /// Compacted events that were applied and that some event held is concurrent with, in fold
+    /// order: a re-fold of that event must still count them as concurrent.
+    settled: Vec<EventEnvelope>,
     /// Delivered events in total order, with how each was folded.
     events: Vec<Folded>,
     /// `checkpoints[k]` is the state before `events[(k + 1) * CHECKPOINT_EVERY]`.
@@ -56,9 +59,16 @@ fn causally_before(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> bool
 impl MergeLog {
     /// A log whose events will be folded onto `base` (the initial state or a snapshot's).
     pub fn new(base: Vec<u8>) -> Self {
+        Self::with_settled(base, Vec::new())
+    }
+
+    /// A log over a compacted `base` whose `settled` events (a snapshot's) the events to come
+    /// may still be concurrent with.
+    pub fn with_settled(base: Vec<u8>, settled: Vec<EventEnvelope>) -> Self {
         MergeLog {
             state: base.clone(),
             base,
+            settled,
             events: Vec::new(),
             checkpoints: Vec::new(),
         }
@@ -67,6 +77,11 @@ impl MergeLog {
     /// The state before the events held: the initial state with everything compacted folded in.
     pub fn base(&self) -> &[u8] {
         &self.base
+    }
+
+    /// Compacted events that events held are concurrent with, in fold order.
+    pub fn settled(&self) -> &[EventEnvelope] {
+        &self.settled
     }
 
     /// The state after every delivered event.
@@ -121,6 +136,7 @@ impl MergeLog {
         pending.insert(position - start, event);
         let mut refolded = MergeLog {
             base: self.base.clone(),
+            settled: self.settled.clone(),
             events: self.events[..start].to_vec(),
             checkpoints: self.checkpoints[..kept_checkpoints].to_vec(),
             state: Vec::new(),
@@ -145,10 +161,14 @@ impl MergeLog {
         mut event: EventEnvelope,
         index: usize,
     ) -> Result<Folded, PluginError> {
-        let concurrent: Vec<&EventEnvelope> = self.events[..index]
+        let applied = self.events[..index]
             .iter()
             .filter(|folded| folded.outcome == Outcome::Applied)
-            .map(|folded| &folded.event)
+            .map(|folded| &folded.event);
+        let concurrent: Vec<&EventEnvelope> = self
+            .settled
+            .iter()
+            .chain(applied)
             .filter(|earlier| !causally_before(&earlier.version, &event.version))
             .collect();
         event.concurrent = !concurrent.is_empty();
@@ -183,9 +203,14 @@ impl MergeLog {
         }
     }
 
-    /// Folds into the base state the leading events that every replica has seen (`stable`: the
-    /// lowest delivered counter per replica across all replicas). Returns how many were folded.
-    /// Only whole checkpoint intervals are compacted, so no fold is needed.
+    /// Folds into the base state the leading events that are causally stable here. `stable` is
+    /// a version vector such that every event this replica has not delivered yet is causally
+    /// after every event it covers (see [`Replica::compact`](super::Replica::compact)): nothing
+    /// that can still arrive sorts before such an event or is concurrent with it. Events held
+    /// after the prefix may be concurrent with it, though, and a rewind folds them again: the
+    /// prefix's applied events they do not causally follow stay visible to those folds (the
+    /// settled events) until every event held follows them. Only whole checkpoint intervals are
+    /// compacted, so no fold is needed. Returns how many events were folded into the base.
     pub fn compact(&mut self, stable: &BTreeMap<String, u64>) -> usize {
         let prefix = self
             .events
@@ -193,12 +218,22 @@ impl MergeLog {
             .take_while(|folded| causally_before(&folded.event.version, stable))
             .count();
         let prefix = prefix - prefix % CHECKPOINT_EVERY;
-        if prefix == 0 {
-            return 0;
+        if prefix > 0 {
+            self.base = self.checkpoints[prefix / CHECKPOINT_EVERY - 1].clone();
+            self.settled.extend(
+                self.events
+                    .drain(..prefix)
+                    .filter(|folded| folded.outcome == Outcome::Applied)
+                    .map(|folded| folded.event),
+            );
+            self.checkpoints.drain(..prefix / CHECKPOINT_EVERY);
         }
-        self.base = self.checkpoints[prefix / CHECKPOINT_EVERY - 1].clone();
-        self.events.drain(..prefix);
-        self.checkpoints.drain(..prefix / CHECKPOINT_EVERY);
+        let events = &self.events;
+        self.settled.retain(|settled| {
+            events
+                .iter()
+                .any(|held| !causally_before(&settled.version, &held.event.version))
+        });
         prefix
     }
 }
@@ -386,11 +421,47 @@ mod tests {
         let state = log.state().to_vec();
         let stable: BTreeMap<String, u64> = [("a".to_string(), 50)].into();
         assert_eq!(log.compact(&stable), CHECKPOINT_EVERY);
+        assert!(log.settled().is_empty(), "every event held follows them");
         assert_eq!(log.len(), 70 - CHECKPOINT_EVERY);
         assert_eq!(log.state(), state);
         // A later event still folds onto the right state.
         log.insert(&fold, event("a", 71, 710, &[("a", 71)], "a71"))
             .unwrap();
         assert!(log.state().ends_with(b"a70,a71"));
+    }
+
+    #[test]
+    fn compacted_events_stay_concurrent_for_the_events_held_after_them() {
+        let fold = Concat::new();
+        let every = CHECKPOINT_EVERY as u64;
+        let a_events =
+            (1..=every).map(|seq| event("a", seq, seq * 10, &[("a", seq)], &format!("a{seq:02}")));
+        // b1 saw no a (and loses to them: "0b" < "a.."); c1 saw every a, not b1, and sorts
+        // before it: it arrives late and makes b1 fold again ("0b" > "0a": only the a's beat it).
+        let b1 = event("b", 1, every * 10 + 5, &[("b", 1)], "0b");
+        let b0 = event("c", 1, every * 10 + 1, &[("a", every), ("c", 1)], "0a");
+        let mut compacted = MergeLog::new(Vec::new());
+        let mut whole = MergeLog::new(Vec::new());
+        for event in a_events.chain([b1]) {
+            compacted.insert(&fold, event.clone()).unwrap();
+            whole.insert(&fold, event).unwrap();
+        }
+        let stable: BTreeMap<String, u64> = [("a".to_string(), every)].into();
+        assert_eq!(compacted.compact(&stable), CHECKPOINT_EVERY);
+        assert_eq!(
+            compacted.settled().len(),
+            CHECKPOINT_EVERY,
+            "b1 is concurrent with every a"
+        );
+        // c1 sorts before b1: b1 is folded again, and must still see the a's as concurrent.
+        compacted.insert(&fold, b0.clone()).unwrap();
+        whole.insert(&fold, b0).unwrap();
+        assert_eq!(compacted.state(), whole.state());
+        assert!(
+            !String::from_utf8_lossy(whole.state()).contains("0b"),
+            "b1 lost to the a's"
+        );
+        let flags = |log: &MergeLog| log.events().map(|e| e.concurrent).collect::<Vec<_>>();
+        assert_eq!(flags(&compacted), flags(&whole)[CHECKPOINT_EVERY..]);
     }
 }
