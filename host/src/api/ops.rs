@@ -32,7 +32,7 @@ pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let entity = app.entities.metrics();
     let mut text = String::new();
-    let counters: [(&str, &str, &AtomicU64); 9] = [
+    let counters: [(&str, &str, &AtomicU64); 10] = [
         (
             "weft_commands_ok_total",
             "Commands that got a reply.",
@@ -77,6 +77,11 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             "weft_replicated_events_parked_total",
             "Events of other replicas parked because their fold failed (see /health).",
             &entity.replicated_events_parked,
+        ),
+        (
+            "weft_replicated_events_compacted_total",
+            "Events folded into replicas' compacted base states.",
+            &entity.replicated_events_compacted,
         ),
     ];
     for (name, help, value) in counters {

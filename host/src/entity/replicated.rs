@@ -671,6 +671,10 @@ impl ReplicatedActor {
             .replica
             .compact(&self.replication.replicas, &live.peers_seen);
         if compacted > 0 {
+            self.shared
+                .metrics
+                .replicated_events_compacted
+                .fetch_add(compacted as u64, Ordering::Relaxed);
             tracing::trace!(entity = %self.pid, compacted, "compacted stable events");
         }
     }

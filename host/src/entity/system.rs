@@ -104,6 +104,8 @@ pub struct EntityMetrics {
     pub replication_pulls_answered: AtomicU64,
     /// Events of other replicas set aside after their fold failed (each parked once).
     pub replicated_events_parked: AtomicU64,
+    /// Events folded into replicas' compacted base states.
+    pub replicated_events_compacted: AtomicU64,
 }
 
 struct ActorHandle {
