@@ -13,7 +13,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
-use support::node::get_json;
+use support::node::{ServeProcess, get_json};
 use support::services::Postgres;
 use weft::journal::{EventEnvelope, Journal, PostgresJournal};
 
@@ -85,6 +85,46 @@ async fn wait_for_value(http: &reqwest::Client, urls: &[&str], path: &str, expec
     }
 }
 
+/// Starts nodes a, b and c (fault injection on, `extra` in their configs) on a fresh database
+/// of `postgres`, and waits until each sees all three.
+async fn three_replicas(
+    postgres: &Postgres,
+    extra: &str,
+) -> (TestCluster, Vec<ServeProcess>, reqwest::Client) {
+    let cluster = TestCluster {
+        fault_injection: true,
+        extra: extra.to_owned(),
+        ..TestCluster::new(postgres, "a").await
+    };
+    let nodes: Vec<_> = REPLICAS
+        .iter()
+        .map(|name| cluster.start(name, "actor"))
+        .collect();
+    let http = reqwest::Client::new();
+    for node in &nodes {
+        wait_for_members(&http, &node.url, &REPLICAS).await;
+    }
+    (cluster, nodes, http)
+}
+
+/// The value of counter `name` on a node's `/metrics`.
+async fn counter(http: &reqwest::Client, url: &str, name: &str) -> u64 {
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no counter {name}"))
+        .parse()
+        .unwrap()
+}
+
 async fn stream(journal: &PostgresJournal, pid: &str, replica: &str) -> Vec<EventEnvelope> {
     journal
         .read(&format!("{pid}|{replica}"), 1, 10_000)
@@ -95,20 +135,8 @@ async fn stream(journal: &PostgresJournal, pid: &str, replica: &str) -> Vec<Even
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     let postgres = Postgres::start();
-    let cluster = TestCluster {
-        fault_injection: true,
-        extra: REPLICATED_TYPES.to_owned(),
-        ..TestCluster::new(&postgres, "a").await
-    };
-    let nodes: Vec<_> = REPLICAS
-        .iter()
-        .map(|name| cluster.start(name, "actor"))
-        .collect();
+    let (cluster, nodes, http) = three_replicas(&postgres, REPLICATED_TYPES).await;
     let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
-    let http = reqwest::Client::new();
-    for url in &urls {
-        wait_for_members(&http, url, &REPLICAS).await;
-    }
 
     // Concurrent increments at every replica: replica i adds i + 1, ten times.
     let mut writers = Vec::new();
@@ -128,15 +156,7 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     wait_for_value(&http, &urls, "tally/t1", 60).await;
 
     // Cut c off from a and b; both sides keep writing.
-    inject_fault(
-        &http,
-        urls[2],
-        json!({"fault": "partition", "from": ["a", "b"]}),
-    )
-    .await;
-    for url in &urls[..2] {
-        inject_fault(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
-    }
+    cut_off_c(&http, &urls).await;
     wait_for_members(&http, urls[0], &["a", "b"]).await;
     wait_for_members(&http, urls[2], &["c"]).await;
     for _ in 0..5 {
@@ -179,20 +199,7 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     );
     assert_eq!(states[0].1, json!(40));
     // c folded a's partition-time events after the heal (and at most every event of a and b).
-    let metrics = http
-        .get(format!("{}/metrics", urls[2]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let folded: u64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("weft_replicated_events_folded_total "))
-        .expect("the replication counter")
-        .parse()
-        .unwrap();
+    let folded = counter(&http, urls[2], "weft_replicated_events_folded_total").await;
     assert!((5..=25).contains(&folded), "{folded}");
     // The cluster view shows each node's replica, not a placed owner.
     let view = cluster_view(&http, urls[1]).await.unwrap();
@@ -312,6 +319,28 @@ async fn command(http: &reqwest::Client, url: &str, path: &str, command: Value) 
     assert_eq!(response.status(), 200, "{command}");
 }
 
+/// Partitions c from a and b, both ways, through the transport's fault seam.
+async fn cut_off_c(http: &reqwest::Client, urls: &[&str]) {
+    inject_fault(
+        http,
+        urls[2],
+        json!({"fault": "partition", "from": ["a", "b"]}),
+    )
+    .await;
+    for url in &urls[..2] {
+        inject_fault(http, url, json!({"fault": "partition", "from": ["c"]})).await;
+    }
+}
+
+/// `rounds` rounds of an increment at every node (by the round's number).
+async fn increment_everywhere(http: &reqwest::Client, urls: &[&str], path: &str, rounds: i64) {
+    for round in 1..=rounds {
+        for url in urls {
+            command(http, url, path, json!({"op": "increment", "by": round})).await;
+        }
+    }
+}
+
 /// The state's exact bytes and the events folded, as a MessagePack client reads them; `None`
 /// while the replica refuses the read (catching up) or is unreachable.
 async fn raw_state(http: &reqwest::Client, url: &str, path: &str) -> Option<(Vec<u8>, u64)> {
@@ -360,44 +389,13 @@ fn model_value(events: &[EventEnvelope]) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
     let postgres = Postgres::start();
-    let cluster = TestCluster {
-        fault_injection: true,
-        extra: TILL.to_owned(),
-        ..TestCluster::new(&postgres, "a").await
-    };
-    let nodes: Vec<_> = REPLICAS
-        .iter()
-        .map(|name| cluster.start(name, "actor"))
-        .collect();
+    let (cluster, nodes, http) = three_replicas(&postgres, TILL).await;
     let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
-    let http = reqwest::Client::new();
-    for url in &urls {
-        wait_for_members(&http, url, &REPLICAS).await;
-    }
     let path = "till/t";
     // Enough history everywhere for whole checkpoint intervals to compact.
-    for round in 0..14 {
-        for url in &urls {
-            command(
-                &http,
-                url,
-                path,
-                json!({"op": "increment", "by": round + 1}),
-            )
-            .await;
-        }
-    }
+    increment_everywhere(&http, &urls, path, 14).await;
 
-    // c is cut off; both sides reset and increment, interleaved.
-    inject_fault(
-        &http,
-        urls[2],
-        json!({"fault": "partition", "from": ["a", "b"]}),
-    )
-    .await;
-    for url in &urls[..2] {
-        inject_fault(&http, url, json!({"fault": "partition", "from": ["c"]})).await;
-    }
+    cut_off_c(&http, &urls).await;
     // Each side resets (c after a), then a and b increment on top: the last reset, in the
     // total order, is c's, which a and b have not seen.
     command(&http, urls[0], path, json!({"op": "reset"})).await;
@@ -420,17 +418,7 @@ async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
     }
     // Increments only from here on: the value still shows where each side's resets were
     // folded, rather than a later reset hiding it.
-    for round in 0..6 {
-        for url in &urls {
-            command(
-                &http,
-                url,
-                path,
-                json!({"op": "increment", "by": round + 1}),
-            )
-            .await;
-        }
-    }
+    increment_everywhere(&http, &urls, path, 6).await;
     inject_fault(&http, urls[1], json!({"fault": "heal"})).await;
     for url in &urls {
         wait_for_members(&http, url, &REPLICAS).await;
@@ -473,21 +461,7 @@ async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
     // The replicas compacted on the way (or the test would not test compaction).
     let mut compacted = Vec::new();
     for url in &urls {
-        let metrics = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let count: u64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("weft_replicated_events_compacted_total "))
-            .expect("the compaction counter")
-            .parse()
-            .unwrap();
-        compacted.push(count);
+        compacted.push(counter(&http, url, "weft_replicated_events_compacted_total").await);
     }
     println!(
         "events: {}, compacted per replica: {compacted:?}",
