@@ -23,7 +23,7 @@ use weft::entity::{Notification, lease_name};
 use weft::journal::{EventEnvelope, InMemoryJournal, Journal};
 use weft::lease::{InMemoryLease, Lease};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
-use weft::replication::{Peers, ReplicationBody, ReplicationMessage};
+use weft::replication::{CONFIG_EVENT, Peers, ReplicationBody, ReplicationMessage};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -486,4 +486,73 @@ async fn a_resolver_that_loops_or_traps_parks_the_event_and_the_replica_keeps_se
             1
         );
     }
+}
+
+/// A resolver change under load: replica a records it (a configuration event in its own stream,
+/// at its point of a's history) while both replicas write; a folds on with the new build, its
+/// value still the exact sum of every increment (the change itself changes no state); b, which
+/// lacks that build, folds everything before the change, stops at it and says so (the change is
+/// parked with `plugin_version_missing`), and still takes commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_build_stops_there() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let with_build = plugins();
+    with_build
+        .load("bids", &plugin_bytes("highest-bid"))
+        .unwrap();
+    let bids = with_build.get("bids").unwrap().id().to_owned();
+    let link = Arc::new(Link::default());
+    let a = replica("a", journal.clone(), &with_build, Some(&link));
+    let b = replica("b", journal.clone(), &plugins(), Some(&link));
+    let b_writes = b.clone();
+    let b_writer = tokio::spawn(async move {
+        for _ in 0..20 {
+            b_writes.ask("tally", "x", increment(10)).await.unwrap();
+        }
+    });
+    for _ in 0..10 {
+        a.ask("tally", "x", increment(1)).await.unwrap();
+    }
+    let changed = a.change_resolver("tally", "x", "bids").await.unwrap();
+    assert_eq!(from_msgpack(&changed.reply), json!({"resolver": bids}));
+    for _ in 0..10 {
+        a.ask("tally", "x", increment(1)).await.unwrap();
+    }
+    b_writer.await.unwrap();
+    b.ask("tally", "x", increment(1000)).await.unwrap();
+
+    // The change is in a's stream, at its point of a's history.
+    let stream = journal.read("tally|x|a", 1, 100).await.unwrap();
+    let configs: Vec<&EventEnvelope> = stream
+        .iter()
+        .filter(|event| event.plugin == CONFIG_EVENT)
+        .collect();
+    assert_eq!(configs.len(), 1);
+    assert_eq!((configs[0].origin_seq_nr, stream.len()), (11, 21));
+    assert_eq!(changed.seq_nr, 11);
+    // a: every increment counts, folded on with the new build.
+    wait_for_value(&[&a], 1_220).await;
+    let status = a.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(
+        (status.resolver.as_str(), status.parked.len()),
+        (bids.as_str(), 0)
+    );
+    // b: everything before the change, nothing of a's after it, and it says why.
+    wait_for_value(&[&b], 10 + 200 + 1_000).await;
+    let status = b.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(status.resolver, "last-writer-wins");
+    let [parked] = status.parked.as_slice() else {
+        panic!("{:?}", status.parked)
+    };
+    assert_eq!(
+        (
+            parked.origin_replica.as_str(),
+            parked.origin_seq_nr,
+            parked.code.as_str()
+        ),
+        ("a", 11, "plugin_version_missing")
+    );
+    assert!(parked.error.contains(&bids), "{}", parked.error);
+    assert_eq!(b.parked(), status.parked);
+    b.ask("tally", "x", increment(1)).await.unwrap();
 }

@@ -62,6 +62,32 @@ pub async fn get_state(
 }
 
 #[derive(Debug, Deserialize)]
+pub struct ResolverChange {
+    /// A built-in resolver's name or a loaded resolver plugin's name.
+    resolver: String,
+}
+
+/// Records a change of a replicated entity's resolver in this node's replica's stream: every
+/// replica switches at that point of the total order (docs/replication.md).
+pub async fn change_resolver(
+    State(app): State<AppState>,
+    Path((entity_type, entity_id)): Path<(String, String)>,
+    body: Result<Json<ResolverChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(change) =
+        body.map_err(|error| ApiError::bad_request("invalid_json", error.body_text()))?;
+    let outcome = app
+        .entities
+        .change_resolver(&entity_type, &entity_id, &change.resolver)
+        .await?;
+    Ok(Json(json!({
+        "config": msgpack_to_json(&outcome.reply),
+        "seq_nr": outcome.seq_nr,
+        "replica": app.entities.settings().replica,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     #[serde(default = "first_seq_nr")]
     from: u64,

@@ -69,8 +69,9 @@ fn refuse_bound_resolver(app: &AppState, name: &str) -> Result<(), ApiError> {
         format!(
             "`{name}` is the resolver of the replicated entity types {}: a new build would \
              re-decide events already folded, at a different moment on each replica, and the \
-             replicas would diverge. A resolver change needs an activation point every replica \
-             agrees on, which is not built yet (docs/replication.md, Decisions and limits)",
+             replicas would diverge. Load the new build under a new name and change each entity's \
+             resolver with PUT /entities/{{type}}/{{id}}/resolver: the change then takes effect \
+             at one point of the history on every replica (docs/replication.md)",
             bound.join(", ")
         ),
     ))

@@ -55,6 +55,10 @@ pub enum EntityError {
     #[error("lease: {0}")]
     Lease(String),
 
+    /// A change only replicated entities take (their resolver) was asked of another.
+    #[error("entity {0} is not replicated: only a replicated entity's resolver can change")]
+    NotReplicated(String),
+
     /// The entity type is replicated, and this node hosts none of its replicas.
     #[error(
         "entity type `{entity_type}` is replicated on {}, and this node is replica `{replica}`: send the command to one of them",
@@ -103,6 +107,7 @@ impl EntityError {
             EntityError::Lease(_) => "lease_unavailable",
             EntityError::Fenced(_) => "stale_fencing_token",
             EntityError::NotAReplica { .. } => "not_a_replica",
+            EntityError::NotReplicated(_) => "not_replicated",
             EntityError::CatchingUp { .. } => "replica_catching_up",
         }
     }

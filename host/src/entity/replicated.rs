@@ -38,8 +38,8 @@ use super::types::{
 use crate::journal::{EventEnvelope, JournalError, SnapshotEnvelope};
 use crate::plugin::{Context, LeaseLost, PluginError, PluginVersion, Role, World};
 use crate::replication::{
-    EVENTS_PER_MESSAGE_MAX, PluginFold, Replica, ReplicaSnapshot, ReplicationBody,
-    ReplicationMessage, Resolver, Stamp, order_key,
+    CONFIG_EVENT, EVENTS_PER_MESSAGE_MAX, FoldConfig, PluginFold, Replica, ReplicaSnapshot,
+    ReplicationBody, ReplicationMessage, Resolver, Stamp, order_key,
 };
 
 /// Events read per journal query while catching up.
@@ -450,7 +450,7 @@ impl ReplicatedActor {
                         plugin: live.plugin.id().to_owned(),
                         replica: Some(ReplicaStatus {
                             replica: self.name.clone(),
-                            resolver: live.resolver.name().to_owned(),
+                            resolver: self.resolver_in_effect(live),
                             parked: live.parked.values().cloned().collect(),
                         }),
                     }));
@@ -476,7 +476,7 @@ impl ReplicatedActor {
     async fn turn(&self, live: &mut Live, batch: Vec<Message>) -> Result<(), JournalError> {
         let has_commands = batch
             .iter()
-            .any(|message| matches!(message, Message::Command { .. }));
+            .any(|message| matches!(message, Message::Command { .. } | Message::Configure { .. }));
         let refusal = if has_commands {
             self.ready_to_write(live).await.err()
         } else {
@@ -489,9 +489,20 @@ impl ReplicatedActor {
         let mut pending: Vec<Pending> = Vec::new();
         for message in batch {
             match message {
-                Message::Command { reply, .. } if refusal.is_some() => {
+                Message::Command { reply, .. } | Message::Configure { reply, .. }
+                    if refusal.is_some() =>
+                {
                     let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
                 }
+                Message::Configure { resolver, reply } => match self.configure(live, &resolver) {
+                    Ok((new_events, outcome)) => {
+                        events.extend(new_events);
+                        pending.push(Pending { reply, outcome });
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
                 Message::Command { command, reply } => match self.handle(live, &command) {
                     Ok((new_events, outcome)) => {
                         events.extend(new_events);
@@ -552,6 +563,42 @@ impl ReplicatedActor {
             plugin: plugin.id().to_owned(),
         };
         Ok((events, outcome))
+    }
+
+    /// Records a change of resolver: a configuration event naming the build of `name` loaded
+    /// here, stamped and folded like this replica's own events (persisted with the turn).
+    fn configure(
+        &self,
+        live: &mut Live,
+        name: &str,
+    ) -> Result<(Vec<EventEnvelope>, CommandReply), EntityError> {
+        let config = FoldConfig {
+            resolver: self.resolver_named(name)?.name().to_owned(),
+        };
+        let fold = self.fold(live);
+        let stamp = Stamp {
+            now: self.shared.clock.now(),
+            plugin: CONFIG_EVENT.to_owned(),
+            fencing_token: fencing_token(&live.tenure),
+        };
+        let replica = &mut live.replica;
+        let events = run_guest(|| replica.emit(&fold, vec![config.encode()], &stamp))?;
+        tracing::info!(entity = %self.pid, replica = %self.name, resolver = %config.resolver, "resolver change recorded");
+        let outcome = CommandReply {
+            reply: config.encode(),
+            seq_nr: replica.seen().get(&self.name).copied().unwrap_or(0),
+            plugin: CONFIG_EVENT.to_owned(),
+        };
+        Ok((events, outcome))
+    }
+
+    /// The resolver this replica folds with now: the last configuration event's, or the entity
+    /// type's.
+    fn resolver_in_effect(&self, live: &Live) -> String {
+        live.replica
+            .config()
+            .and_then(|config| FoldConfig::decode(config).ok())
+            .map_or_else(|| live.resolver.name().to_owned(), |config| config.resolver)
     }
 
     /// Appends the turn's events to this replica's stream in one write, pushes them to the other
@@ -769,7 +816,12 @@ impl ReplicatedActor {
 
     /// The resolver the entity type names: a built-in, or a loaded resolver plugin.
     fn resolver(&self) -> Result<Resolver, EntityError> {
-        match self.replication.resolver.as_str() {
+        self.resolver_named(&self.replication.resolver)
+    }
+
+    /// The resolver `name` names: a built-in, or the loaded build of a resolver plugin.
+    fn resolver_named(&self, name: &str) -> Result<Resolver, EntityError> {
+        match name {
             LAST_WRITER_WINS => Ok(Resolver::LastWriterWins),
             FIRST_WRITER_WINS => Ok(Resolver::FirstWriterWins),
             name => {
@@ -813,6 +865,7 @@ impl ReplicatedActor {
     ) -> PluginFold {
         let ctx = self.context(0, recovery_running, role);
         PluginFold::new(plugin.clone(), resolver.clone(), ctx)
+            .with_registry(self.shared.plugins.clone())
     }
 
     fn context(&self, now: u64, recovery_running: bool, role: Role) -> Context {

@@ -389,6 +389,28 @@ impl EntitySystem {
         outcome
     }
 
+    /// Changes the resolver a replicated entity folds with, from this point of its history on:
+    /// this node's replica records the change (naming the build loaded here) as an event of its
+    /// own stream, and every replica switches at that event's position in the total order.
+    pub async fn change_resolver(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        resolver: &str,
+    ) -> Result<CommandReply, EntityError> {
+        if self.replication(entity_type).is_none() {
+            return Err(EntityError::NotReplicated(persistence_id(
+                entity_type,
+                entity_id,
+            )));
+        }
+        self.request(entity_type, entity_id, |reply| Message::Configure {
+            resolver: resolver.to_owned(),
+            reply,
+        })
+        .await
+    }
+
     /// The entity's current state (recovering it if it is not active).
     pub async fn state(
         &self,

@@ -15,7 +15,7 @@ use ulid::Ulid;
 
 use super::causal_buffer::{CausalBuffer, Offer};
 use super::fold::Fold;
-use super::merge_log::{MergeLog, order_key};
+use super::merge_log::{MergeLog, Position, order_key};
 use crate::journal::EventEnvelope;
 use crate::plugin::PluginError;
 
@@ -28,6 +28,9 @@ pub const WAITING_EVENTS_MAX: usize = 4_096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSnapshot {
     pub base: Vec<u8>,
+    /// The configuration in effect at the base (the last configuration event compacted).
+    #[serde(default)]
+    pub base_config: Option<Vec<u8>>,
     pub events: Vec<EventEnvelope>,
     /// Compacted events that `events` may be concurrent with (a re-fold still counts them).
     #[serde(default)]
@@ -78,7 +81,11 @@ impl Replica {
         snapshot: ReplicaSnapshot,
         fold: &impl Fold,
     ) -> Result<Self, PluginError> {
-        let mut log = MergeLog::with_settled(snapshot.base, snapshot.settled);
+        let base = Position {
+            state: snapshot.base,
+            config: snapshot.base_config,
+        };
+        let mut log = MergeLog::restored(base, snapshot.settled);
         let mut latest = snapshot.latest;
         for event in snapshot.events {
             note_latest(&mut latest, &event);
@@ -102,6 +109,12 @@ impl Replica {
     /// The state after every event folded so far.
     pub fn state(&self) -> &[u8] {
         self.log.state()
+    }
+
+    /// The configuration in effect after every event folded (a configuration event's payload;
+    /// `None`: the entity type's).
+    pub fn config(&self) -> Option<&[u8]> {
+        self.log.config()
     }
 
     /// Per origin replica, the highest origin sequence number folded in.
@@ -241,7 +254,8 @@ impl Replica {
 
     pub fn snapshot(&self) -> ReplicaSnapshot {
         ReplicaSnapshot {
-            base: self.log.base().to_vec(),
+            base: self.log.base().state.clone(),
+            base_config: self.log.base().config.clone(),
             events: self.log.events().cloned().collect(),
             settled: self.log.settled().to_vec(),
             seen: self.seen().clone(),
