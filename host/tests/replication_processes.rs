@@ -4,6 +4,10 @@
 //! - Every replica takes commands at once, concurrently; cut off by a partition (the transport's
 //!   fault seam) both sides go on writing; after the heal every replica folds to the same state,
 //!   the sum of every acknowledged increment. A gateway, hosting no replica, forwards to one.
+//! - Conflicting resets on both sides of a partition, healed while one node's traffic is held
+//!   back 1.5 s, replicas compacting: every replica ends with the model's state bytes.
+//! - A resolver change under load: the nodes with the new build fold on with it; a node
+//!   without it stops at the change and says so (state, `/health`, `/cluster`).
 //! - In lease mode only the lease holder's replica persists; the others observe and forward the
 //!   commands they get to the holder. Killed with SIGKILL, the holder is replaced by another
 //!   replica, which writes on from everything the old one wrote, with a higher fencing token.
@@ -13,7 +17,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
-use support::node::{ServeProcess, get_json};
+use support::node::{ServeProcess, get_json, upload_plugin};
 use support::services::Postgres;
 use weft::journal::{EventEnvelope, Journal, PostgresJournal};
 
@@ -468,4 +472,83 @@ async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
         events.len()
     );
     assert!(compacted.iter().any(|count| *count > 0), "{compacted:?}");
+}
+
+/// A resolver change under load across processes: a and b load a new resolver build (`bids`),
+/// c does not. While every node writes, a records the change. a and b fold on with it and agree,
+/// byte for byte, on the exact sum of every increment (the change itself changes no state); the
+/// change is one event of a's stream, and b says it folds with the new build. c stops at the
+/// change and says so — its state read, `/health` and `/cluster` name the parked change with
+/// `plugin_version_missing` — and still takes commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_change_under_load_stops_a_node_without_the_build_and_it_says_so() {
+    let postgres = Postgres::start();
+    let (cluster, nodes, http) = three_replicas(&postgres, REPLICATED_TYPES).await;
+    let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
+    let mut bids = Value::Null;
+    for url in &urls[..2] {
+        let report = upload_plugin(&http, url, "bids", support::plugin_bytes("highest-bid")).await;
+        bids = report["version"].clone();
+    }
+    let path = "tally/r1";
+    increment_everywhere(&http, &urls, path, 3).await;
+    let response = http
+        .put(format!("{}/entities/{path}/resolver", urls[0]))
+        .json(&json!({"resolver": "bids"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let changed: Value = response.json().await.unwrap();
+    assert_eq!(changed["config"]["resolver"], bids, "{changed}");
+    increment_everywhere(&http, &urls, path, 3).await;
+    let total = 3 * (1 + 2 + 3) * 2;
+
+    // a and b: every increment, the same bytes, the new resolver.
+    wait_for_value(&http, &urls[..2], path, total).await;
+    let mut raw = Vec::new();
+    for url in &urls[..2] {
+        raw.push(raw_state(&http, url, path).await.expect("a state").0);
+        let state = get_json(&http, &format!("{url}/entities/{path}")).await;
+        assert_eq!(state["replica"]["resolver"], bids, "{state}");
+    }
+    assert_eq!(raw[0], raw[1]);
+    // The change: one event of a's stream, at the point a recorded it.
+    let journal = PostgresJournal::open(&cluster.database).await.unwrap();
+    let configs: Vec<EventEnvelope> = stream(&journal, "tally|r1", "a")
+        .await
+        .into_iter()
+        .filter(|event| event.plugin == weft::replication::CONFIG_EVENT)
+        .collect();
+    assert_eq!(configs.len(), 1);
+    assert_eq!(json!(configs[0].origin_seq_nr), changed["seq_nr"]);
+
+    // c: stopped at the change, saying so everywhere it is asked.
+    let parked_change = |parked: &Value| {
+        parked.as_array().is_some_and(|parked| {
+            parked.iter().any(|event| {
+                event["origin_replica"] == "a"
+                    && event["origin_seq_nr"] == changed["seq_nr"]
+                    && event["code"] == "plugin_version_missing"
+            })
+        })
+    };
+    let c_state = format!("{}/entities/{path}", urls[2]);
+    let started = Instant::now();
+    while !parked_change(&get_json(&http, &c_state).await["replica"]["parked"]) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "c does not report the change it cannot fold"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = get_json(&http, &format!("{}/health", urls[2])).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(parked_change(&health["parked_events"]), "{health}");
+    let view = cluster_view(&http, urls[2]).await.unwrap();
+    assert!(parked_change(&view["parked_events"]), "{view}");
+    assert!(value(&http, urls[2], path).await.unwrap() < total);
+    increment(&http, urls[2], path, 1)
+        .await
+        .expect("c still takes commands");
 }
