@@ -492,7 +492,7 @@ async fn a_resolver_that_loops_or_traps_parks_the_event_and_the_replica_keeps_se
 /// at its point of a's history) while both replicas write; a folds on with the new build, its
 /// value still the exact sum of every increment (the change itself changes no state); b, which
 /// lacks that build, folds everything before the change, stops at it and says so (the change is
-/// parked with `plugin_version_missing`), and still takes commands.
+/// parked with `plugin_version_missing`), still takes commands, and folds on once it loads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_build_stops_there() {
     let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
@@ -503,7 +503,8 @@ async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_b
     let bids = with_build.get("bids").unwrap().id().to_owned();
     let link = Arc::new(Link::default());
     let a = replica("a", journal.clone(), &with_build, Some(&link));
-    let b = replica("b", journal.clone(), &plugins(), Some(&link));
+    let without_build = plugins();
+    let b = replica("b", journal.clone(), &without_build, Some(&link));
     let b_writes = b.clone();
     let b_writer = tokio::spawn(async move {
         for _ in 0..20 {
@@ -555,4 +556,16 @@ async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_b
     assert!(parked.error.contains(&bids), "{}", parked.error);
     assert_eq!(b.parked(), status.parked);
     b.ask("tally", "x", increment(1)).await.unwrap();
+
+    // Once b loads that build, it folds on from the change: both hold everything.
+    without_build
+        .load("bids", &plugin_bytes("highest-bid"))
+        .unwrap();
+    wait_for_value(&[&a, &b], 1_221).await;
+    let status = b.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(
+        (status.resolver.as_str(), status.parked.len()),
+        (bids.as_str(), 0)
+    );
+    assert!(b.parked().is_empty());
 }

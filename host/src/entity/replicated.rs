@@ -80,6 +80,9 @@ struct Live {
     /// Events whose fold failed, by (origin, origin seq nr): not folded again until the entity
     /// plugin changes or the replica is activated again.
     parked: Parked,
+    /// The plugin builds loaded when the parked events were last offered: once they change, the
+    /// parked events are offered again (the missing build may have been loaded).
+    parked_with: Vec<String>,
     tenure: Option<Tenure>,
 }
 
@@ -184,6 +187,7 @@ impl ReplicatedActor {
                 BTreeSet::new()
             },
             reads: Vec::new(),
+            parked_with: self.loaded_builds(),
             parked,
             tenure: None,
         })
@@ -268,6 +272,36 @@ impl ReplicatedActor {
         }
     }
 
+    /// The ids of the plugin builds loaded on this node.
+    fn loaded_builds(&self) -> Vec<String> {
+        let mut builds: Vec<String> = self
+            .shared
+            .plugins
+            .list()
+            .into_iter()
+            .map(|plugin| plugin.version)
+            .collect();
+        builds.sort();
+        builds
+    }
+
+    /// Offers the parked events again (the next pull brings them) once the loaded plugin builds
+    /// changed since they were last offered: the build a configuration event names, or a fixed
+    /// resolver, may be there now. (A load between activation and the first park costs one
+    /// needless retry.)
+    fn retry_parked_after_a_load(&self, live: &mut Live) {
+        if live.parked.is_empty() {
+            return;
+        }
+        let builds = self.loaded_builds();
+        if builds != live.parked_with {
+            tracing::info!(entity = %self.pid, replica = %self.name, parked = live.parked.len(), "plugins changed: offering parked events again");
+            live.parked.clear();
+            live.parked_with = builds;
+            self.publish_parked(&live.parked);
+        }
+    }
+
     fn parked_event(
         &self,
         (origin_replica, origin_seq_nr): (String, u64),
@@ -316,6 +350,7 @@ impl ReplicatedActor {
                     continue;
                 }
                 _ = pull.tick() => {
+                    self.retry_parked_after_a_load(live);
                     self.pull_from_all(live);
                     self.compact(live);
                     continue;
