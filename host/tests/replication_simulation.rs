@@ -335,9 +335,10 @@ fn the_python_resolver_converges_exactly_as_the_rust_one() {
 /// Order-sensitive replication under compaction, snapshots, restarts and delayed, lossy heals,
 /// checked against a model.
 ///
-/// Replicas write `add`, `set` and `reset` events and fold them with a fold whose state is an
-/// order-sensitive digest of every payload applied (any two orders differ) and whose resolver
-/// decides from the state and the concurrent events. Pulls carry the asker's seen-vector, which
+/// Replicas write `add`, `set` and `reset` events, and now and then a resolver change (a
+/// configuration event), and fold them with a fold whose state is an order-sensitive digest of
+/// every payload applied (any two orders differ) and whose resolver decides from the state and
+/// the concurrent events — or keeps everything, after a change saying so. Pulls carry the asker's seen-vector, which
 /// the answering replica keeps as that replica's report for compaction, exactly as the driver
 /// does; replicas compact, snapshot and restart (restore the last snapshot, then fold every
 /// stream of a shared journal after it) at random; after a heal one replica's traffic is held
@@ -351,7 +352,9 @@ mod ordered {
     use ulid::Ulid;
     use weft::journal::EventEnvelope;
     use weft::plugin::PluginError;
-    use weft::replication::{Fold, Replica, ReplicaSnapshot, Resolution, Stamp, order_key};
+    use weft::replication::{
+        CONFIG_EVENT, Fold, Replica, ReplicaSnapshot, Resolution, Stamp, order_key,
+    };
 
     const PID: &str = "ledger|1";
     const STEPS: usize = 400;
@@ -403,10 +406,26 @@ mod ordered {
                 Resolution::Keep
             })
         }
+
+        /// After a configuration event saying `keep`, every concurrent event is kept; after one
+        /// saying `default`, the resolver above decides again.
+        fn resolve_under(
+            &self,
+            config: Option<&[u8]>,
+            state: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            match config {
+                Some(b"keep") => Ok(Resolution::Keep),
+                _ => self.resolve(state, incoming, concurrent),
+            }
+        }
     }
 
     /// The model: the union of `events` folded in the documented total order, the resolver
-    /// asked about each event that applied events before it are concurrent with.
+    /// asked about each event that applied events before it are concurrent with, under the
+    /// configuration of the last configuration event before it.
     pub fn model(fold: &impl Fold, events: &[EventEnvelope]) -> Vec<u8> {
         let mut sorted: Vec<EventEnvelope> = events.to_vec();
         sorted.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
@@ -417,15 +436,21 @@ mod ordered {
                 .all(|(r, c)| *c <= later.version.get(r).copied().unwrap_or(0))
         };
         let mut state = initial();
+        let mut config: Option<Vec<u8>> = None;
         let mut applied: Vec<EventEnvelope> = Vec::new();
         for mut event in sorted {
+            if event.plugin == CONFIG_EVENT {
+                config = Some(event.payload);
+                continue;
+            }
             let concurrent: Vec<&EventEnvelope> =
                 applied.iter().filter(|e| !covers(&event, e)).collect();
             event.concurrent = !concurrent.is_empty();
             let resolution = if concurrent.is_empty() {
                 Resolution::Keep
             } else {
-                fold.resolve(&state, &event, &concurrent).unwrap()
+                fold.resolve_under(config.as_deref(), &state, &event, &concurrent)
+                    .unwrap()
             };
             match resolution {
                 Resolution::Keep => state = fold.apply(&state, &event).unwrap(),
@@ -535,15 +560,18 @@ mod ordered {
             });
         }
 
+        /// One event of `writer`: mostly `add`, `set` or `reset`; now and then a resolver change.
         fn write(&mut self, writer: usize) {
-            let payload = match self.rng.below(10) {
-                0 | 1 => "reset".to_owned(),
-                2..=4 => format!("set {}", self.rng.below(20)),
-                _ => format!("add {}", 1 + self.rng.below(9)),
+            let (plugin, payload) = match self.rng.below(40) {
+                0 => (CONFIG_EVENT, "keep".to_owned()),
+                1 => (CONFIG_EVENT, "default".to_owned()),
+                2..=9 => ("ledger@1", "reset".to_owned()),
+                10..=21 => ("ledger@1", format!("set {}", self.rng.below(20))),
+                _ => ("ledger@1", format!("add {}", 1 + self.rng.below(9))),
             };
             let stamp = Stamp {
                 now: (self.now_ms + self.skew_ms[writer]) << 16,
-                plugin: "ledger@1".into(),
+                plugin: plugin.into(),
                 fencing_token: 0,
             };
             let events = self.nodes[writer]
