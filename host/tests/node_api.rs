@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::node::{TestNode, config};
 use support::plugin_bytes;
+use weft::entity::{EntityTypeConfig, ReplicationConfig};
 
 /// Sends `request` and checks that it fails with `status`, `code` and a message containing
 /// `fragment`.
@@ -239,4 +240,56 @@ async fn the_plugins_directory_is_watched() {
         "a new entity plugin serves its own type"
     );
     node.shutdown().await.unwrap();
+}
+
+/// A new build of a resolver that a replicated entity type folds with would re-decide the
+/// history each replica holds, at a different moment on each: the upload is refused with the
+/// reason and the loaded build stays; a resolver no type uses still hot-loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_build_of_a_resolver_in_use_is_refused_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = config(root.path(), &["counter", "highest-bid"]);
+    config.entities.insert(
+        "tally".into(),
+        EntityTypeConfig {
+            replication: Some(ReplicationConfig {
+                replicas: vec!["a".into(), "b".into()],
+                resolver: "highest-bid".into(),
+                pull_interval_ms: 1_000,
+            }),
+            ..EntityTypeConfig::for_plugin("counter")
+        },
+    );
+    let TestNode {
+        node: _node,
+        url,
+        http,
+    } = TestNode::start(config).await;
+    let version = |plugins: &Value| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|plugin| plugin["name"] == "highest-bid")
+            .map(|plugin| plugin["version"].clone())
+    };
+    let before = version(&support::node::get_json(&http, &format!("{url}/plugins")).await);
+    expect_error(
+        http.put(format!("{url}/plugins/highest-bid"))
+            .body(plugin_bytes("highest-bid-py")),
+        StatusCode::CONFLICT,
+        "resolver_bound",
+        "tally",
+    )
+    .await;
+    let after = version(&support::node::get_json(&http, &format!("{url}/plugins")).await);
+    assert_eq!(after, before);
+    assert!(before.is_some());
+    support::node::upload_plugin(
+        &http,
+        &url,
+        "hostile-resolver",
+        plugin_bytes("hostile-resolver"),
+    )
+    .await;
 }

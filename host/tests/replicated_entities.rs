@@ -20,10 +20,10 @@ use weft::entity::{
     EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings,
 };
 use weft::entity::{Notification, lease_name};
-use weft::journal::{InMemoryJournal, Journal};
+use weft::journal::{EventEnvelope, InMemoryJournal, Journal};
 use weft::lease::{InMemoryLease, Lease};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
-use weft::replication::{Peers, ReplicationMessage};
+use weft::replication::{CONFIG_EVENT, Peers, ReplicationBody, ReplicationMessage};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -120,8 +120,13 @@ fn increment(by: i64) -> Vec<u8> {
     msgpack(&json!({"op": "increment", "by": by}))
 }
 
+/// The counter's value, or `"catching up"` while the replica refuses reads as catching up.
 async fn value(system: &EntitySystem) -> Value {
-    from_msgpack(&system.state("tally", "x").await.unwrap().state)["value"].clone()
+    match system.state("tally", "x").await {
+        Ok(state) => from_msgpack(&state.state)["value"].clone(),
+        Err(EntityError::CatchingUp { .. }) => json!("catching up"),
+        Err(error) => panic!("state read failed: {error}"),
+    }
 }
 
 async fn wait_for_value(systems: &[&EntitySystem], expected: i64) {
@@ -205,7 +210,12 @@ async fn a_replica_with_its_own_journal_refuses_commands_until_pulls_bring_what_
         "{refused:?}"
     );
     assert_eq!(refused.code(), "replica_catching_up");
-    assert_eq!(value(&restarted).await, json!(0));
+    // Nor does it show its partial state (0: b's event is missing) as current.
+    let read = restarted.state("tally", "x").await.unwrap_err();
+    assert!(
+        matches!(&read, EntityError::CatchingUp { waiting: 1, unheard, .. } if unheard == &["b"]),
+        "{read:?}"
+    );
 
     // Reconnected, its pulls bring b's event; then it writes on.
     link.cut.store(false, Ordering::SeqCst);
@@ -369,4 +379,193 @@ async fn a_paused_lease_holder_is_fenced_on_its_own_stream_when_another_replica_
         from_msgpack(&a.state("ledger", "z").await.unwrap().state)["value"] == json!(13)
     })
     .await;
+}
+
+/// Replica `b`'s event `seq` as it would arrive after a heal: it saw only its own earlier
+/// events, and its timestamp sorts it after `after` (so the resolver is asked about it).
+fn event_of_b(seq: u64, after: &EventEnvelope, payload: Value) -> EventEnvelope {
+    EventEnvelope {
+        persistence_id: "tally|x|b".into(),
+        seq_nr: seq,
+        origin_replica: "b".into(),
+        origin_seq_nr: seq,
+        version: [("b".to_string(), seq)].into(),
+        timestamp: after.timestamp + seq,
+        concurrent: false,
+        payload: msgpack(&payload),
+        ..after.clone()
+    }
+}
+
+/// A resolver that loops, or traps, on an event that arrives after a heal: the replica parks the
+/// event with the plugin's error (the state and the node's parked list show it, each failing
+/// event folded once however often it is offered again), and goes on answering reads and
+/// writes; the events after the parked one wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_loops_or_traps_parks_the_event_and_the_replica_keeps_serving() {
+    let limits = RuntimeLimits {
+        cpu_per_call_ms: 200,
+        ..RuntimeLimits::default()
+    };
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(
+        PluginRuntime::new(limits, None).unwrap(),
+    )));
+    for name in ["counter", "hostile-resolver"] {
+        plugins.load(name, &plugin_bytes(name)).unwrap();
+    }
+    for (hostile, code) in [
+        ("spin", "plugin_cpu_bound_exceeded"),
+        ("trap", "plugin_trapped"),
+    ] {
+        let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+        let link = Arc::new(Link::default());
+        let a = replica("a", journal.clone(), &plugins, Some(&link));
+        a.bind_type("tally", tally("hostile-resolver")).unwrap();
+        a.ask("tally", "x", increment(1)).await.unwrap();
+        let own = journal.read("tally|x|a", 1, 1).await.unwrap().remove(0);
+        // The heal: b's events arrive, and arrive again with every pull answer.
+        let poisoned = event_of_b(
+            1,
+            &own,
+            json!({"type": "incremented", "by": 10, "hostile": hostile}),
+        );
+        let after = event_of_b(2, &own, json!({"type": "incremented", "by": 100}));
+        let offers = 5;
+        for _ in 0..offers {
+            let body = ReplicationBody::Events {
+                events: vec![poisoned.clone(), after.clone()],
+                complete: true,
+            };
+            let message = ReplicationMessage {
+                entity_type: "tally".into(),
+                entity_id: "x".into(),
+                body,
+            };
+            a.replicate("b", message).await;
+        }
+        // Reads and writes answer (the deadline is the test's; no fold of the poisoned event
+        // runs again to make them wait).
+        let written = tokio::time::timeout(DEADLINE, a.ask("tally", "x", increment(2)))
+            .await
+            .expect("a write answers")
+            .unwrap();
+        assert_eq!(written.seq_nr, 2);
+        let state = tokio::time::timeout(DEADLINE, a.state("tally", "x"))
+            .await
+            .expect("a read answers")
+            .unwrap();
+        assert_eq!(from_msgpack(&state.state)["value"], json!(3), "{hostile}");
+        let status = state.replica.expect("a replica's status");
+        assert_eq!(
+            status.resolver,
+            plugins.get("hostile-resolver").unwrap().id()
+        );
+        assert_eq!(status.parked.len(), 1, "{hostile}: {:?}", status.parked);
+        let parked = &status.parked[0];
+        assert_eq!(
+            (
+                parked.origin_replica.as_str(),
+                parked.origin_seq_nr,
+                parked.code.as_str()
+            ),
+            ("b", 1, code)
+        );
+        assert!(
+            parked.error.contains("hostile-resolver"),
+            "{}",
+            parked.error
+        );
+        // The node reports it (`/health` shows this list), and counts one failed fold.
+        assert_eq!(a.parked(), status.parked);
+        assert_eq!(
+            a.metrics().replicated_folds_failed.load(Ordering::SeqCst),
+            1
+        );
+        assert_eq!(
+            a.metrics().replicated_events_parked.load(Ordering::SeqCst),
+            1
+        );
+    }
+}
+
+/// A resolver change under load: replica a records it (a configuration event in its own stream,
+/// at its point of a's history) while both replicas write; a folds on with the new build, its
+/// value still the exact sum of every increment (the change itself changes no state); b, which
+/// lacks that build, folds everything before the change, stops at it and says so (the change is
+/// parked with `plugin_version_missing`), still takes commands, and folds on once it loads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_build_stops_there() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let with_build = plugins();
+    with_build
+        .load("bids", &plugin_bytes("highest-bid"))
+        .unwrap();
+    let bids = with_build.get("bids").unwrap().id().to_owned();
+    let link = Arc::new(Link::default());
+    let a = replica("a", journal.clone(), &with_build, Some(&link));
+    let without_build = plugins();
+    let b = replica("b", journal.clone(), &without_build, Some(&link));
+    let b_writes = b.clone();
+    let b_writer = tokio::spawn(async move {
+        for _ in 0..20 {
+            b_writes.ask("tally", "x", increment(10)).await.unwrap();
+        }
+    });
+    for _ in 0..10 {
+        a.ask("tally", "x", increment(1)).await.unwrap();
+    }
+    let changed = a.change_resolver("tally", "x", "bids").await.unwrap();
+    assert_eq!(from_msgpack(&changed.reply), json!({"resolver": bids}));
+    for _ in 0..10 {
+        a.ask("tally", "x", increment(1)).await.unwrap();
+    }
+    b_writer.await.unwrap();
+    b.ask("tally", "x", increment(1000)).await.unwrap();
+
+    // The change is in a's stream, at its point of a's history.
+    let stream = journal.read("tally|x|a", 1, 100).await.unwrap();
+    let configs: Vec<&EventEnvelope> = stream
+        .iter()
+        .filter(|event| event.plugin == CONFIG_EVENT)
+        .collect();
+    assert_eq!(configs.len(), 1);
+    assert_eq!((configs[0].origin_seq_nr, stream.len()), (11, 21));
+    assert_eq!(changed.seq_nr, 11);
+    // a: every increment counts, folded on with the new build.
+    wait_for_value(&[&a], 1_220).await;
+    let status = a.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(
+        (status.resolver.as_str(), status.parked.len()),
+        (bids.as_str(), 0)
+    );
+    // b: everything before the change, nothing of a's after it, and it says why.
+    wait_for_value(&[&b], 10 + 200 + 1_000).await;
+    let status = b.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(status.resolver, "last-writer-wins");
+    let [parked] = status.parked.as_slice() else {
+        panic!("{:?}", status.parked)
+    };
+    assert_eq!(
+        (
+            parked.origin_replica.as_str(),
+            parked.origin_seq_nr,
+            parked.code.as_str()
+        ),
+        ("a", 11, "plugin_version_missing")
+    );
+    assert!(parked.error.contains(&bids), "{}", parked.error);
+    assert_eq!(b.parked(), status.parked);
+    b.ask("tally", "x", increment(1)).await.unwrap();
+
+    // Once b loads that build, it folds on from the change: both hold everything.
+    without_build
+        .load("bids", &plugin_bytes("highest-bid"))
+        .unwrap();
+    wait_for_value(&[&a, &b], 1_221).await;
+    let status = b.state("tally", "x").await.unwrap().replica.unwrap();
+    assert_eq!(
+        (status.resolver.as_str(), status.parked.len()),
+        (bids.as_str(), 0)
+    );
+    assert!(b.parked().is_empty());
 }

@@ -331,3 +331,507 @@ fn the_python_resolver_converges_exactly_as_the_rust_one() {
         assert_eq!(converged(&python), converged(&rust), "seed {seed}");
     }
 }
+
+/// Order-sensitive replication under compaction, snapshots, restarts and delayed, lossy heals,
+/// checked against a model.
+///
+/// Replicas write `add`, `set` and `reset` events, and now and then a resolver change (a
+/// configuration event), and fold them with a fold whose state is an order-sensitive digest of
+/// every payload applied (any two orders differ) and whose resolver decides from the state and
+/// the concurrent events — or keeps everything, after a change saying so. Pulls carry the asker's seen-vector, which
+/// the answering replica keeps as that replica's report for compaction, exactly as the driver
+/// does; replicas compact, snapshot and restart (restore the last snapshot, then fold every
+/// stream of a shared journal after it) at random; after a heal one replica's traffic is held
+/// back ~1.5 s. The checker folds the union of every event written in the documented total order
+/// (HLC timestamp, origin, origin seq nr), asking the resolver whenever applied events before
+/// one are concurrent with it, and compares every replica with that, byte for byte.
+mod ordered {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::support::rng::SplitMix64;
+    use ulid::Ulid;
+    use weft::journal::EventEnvelope;
+    use weft::plugin::PluginError;
+    use weft::replication::{
+        CONFIG_EVENT, Fold, Replica, ReplicaSnapshot, Resolution, Stamp, order_key,
+    };
+
+    const PID: &str = "ledger|1";
+    const STEPS: usize = 400;
+    /// How long one replica's traffic is held back after a heal.
+    const SLOW_HEAL_MS: u64 = 1_500;
+
+    /// State: `value/digest`, the digest an FNV hash over every payload applied, in order.
+    pub struct Ledger;
+
+    fn parse(state: &[u8]) -> (i64, u64) {
+        let text = std::str::from_utf8(state).expect("utf-8 state");
+        let (value, digest) = text.split_once('/').expect("value/digest");
+        (value.parse().unwrap(), digest.parse().unwrap())
+    }
+
+    pub fn initial() -> Vec<u8> {
+        b"0/14695981039346656037".to_vec()
+    }
+
+    impl Fold for Ledger {
+        fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError> {
+            let (value, digest) = parse(state);
+            let payload = std::str::from_utf8(&event.payload).unwrap();
+            let value = match payload.split_once(' ') {
+                Some(("add", by)) => value + by.parse::<i64>().unwrap(),
+                Some(("set", to)) => to.parse().unwrap(),
+                _ => 0,
+            };
+            let digest = event.payload.iter().chain(b";").fold(digest, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            });
+            Ok(format!("{value}/{digest}").into_bytes())
+        }
+
+        /// A `set` concurrent with a `reset` becomes `add 1`; otherwise an incoming event is
+        /// dropped while the value is odd and kept while it is even.
+        fn resolve(
+            &self,
+            state: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            let resets = concurrent.iter().any(|event| event.payload == b"reset");
+            Ok(if incoming.payload.starts_with(b"set") && resets {
+                Resolution::Replace(vec![b"add 1".to_vec()])
+            } else if parse(state).0 % 2 != 0 {
+                Resolution::Drop
+            } else {
+                Resolution::Keep
+            })
+        }
+
+        /// After a configuration event saying `keep`, every concurrent event is kept; after one
+        /// saying `default`, the resolver above decides again.
+        fn resolve_under(
+            &self,
+            config: Option<&[u8]>,
+            state: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            match config {
+                Some(b"keep") => Ok(Resolution::Keep),
+                _ => self.resolve(state, incoming, concurrent),
+            }
+        }
+    }
+
+    /// The model: the union of `events` folded in the documented total order, the resolver
+    /// asked about each event that applied events before it are concurrent with, under the
+    /// configuration of the last configuration event before it.
+    pub fn model(fold: &impl Fold, events: &[EventEnvelope]) -> Vec<u8> {
+        let mut sorted: Vec<EventEnvelope> = events.to_vec();
+        sorted.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        let covers = |later: &EventEnvelope, earlier: &EventEnvelope| {
+            earlier
+                .version
+                .iter()
+                .all(|(r, c)| *c <= later.version.get(r).copied().unwrap_or(0))
+        };
+        let mut state = initial();
+        let mut config: Option<Vec<u8>> = None;
+        let mut applied: Vec<EventEnvelope> = Vec::new();
+        for mut event in sorted {
+            if event.plugin == CONFIG_EVENT {
+                config = Some(event.payload);
+                continue;
+            }
+            let concurrent: Vec<&EventEnvelope> =
+                applied.iter().filter(|e| !covers(&event, e)).collect();
+            event.concurrent = !concurrent.is_empty();
+            let resolution = if concurrent.is_empty() {
+                Resolution::Keep
+            } else {
+                fold.resolve_under(config.as_deref(), &state, &event, &concurrent)
+                    .unwrap()
+            };
+            match resolution {
+                Resolution::Keep => state = fold.apply(&state, &event).unwrap(),
+                Resolution::Drop => continue,
+                Resolution::Replace(payloads) => {
+                    for payload in payloads {
+                        let replacement = EventEnvelope {
+                            payload,
+                            ..event.clone()
+                        };
+                        state = fold.apply(&state, &replacement).unwrap();
+                    }
+                }
+            }
+            applied.push(event);
+        }
+        state
+    }
+
+    enum Body {
+        Push(EventEnvelope),
+        /// A pull: the sender's seen-vector.
+        Pull(BTreeMap<String, u64>),
+        Answer(Vec<EventEnvelope>),
+    }
+
+    struct InFlight {
+        at_ms: u64,
+        from: usize,
+        to: usize,
+        body: Body,
+    }
+
+    struct Node {
+        replica: Replica,
+        /// Per other replica, the seen-vector of its last pull that arrived here.
+        reports: BTreeMap<String, BTreeMap<String, u64>>,
+        saved: Option<ReplicaSnapshot>,
+    }
+
+    pub struct Run<'f, F: Fold> {
+        fold: &'f F,
+        rng: SplitMix64,
+        names: Vec<String>,
+        nodes: Vec<Node>,
+        /// Every event written, per origin in order: the shared journal.
+        journal: Vec<Vec<EventEnvelope>>,
+        in_flight: Vec<InFlight>,
+        sides: Option<Vec<bool>>,
+        now_ms: u64,
+        skew_ms: Vec<u64>,
+        drop_per_mille: u64,
+        /// (replica, until): this replica's messages are held back until then.
+        slow: Option<(usize, u64)>,
+        pub compacted: usize,
+        pub restarts: usize,
+    }
+
+    impl<'f, F: Fold> Run<'f, F> {
+        pub fn new(seed: u64, fold: &'f F) -> Self {
+            let mut rng = SplitMix64(seed);
+            let count = 3 + rng.below(3) as usize;
+            let names: Vec<String> = (0..count).map(|i| format!("r{i}")).collect();
+            let nodes = names
+                .iter()
+                .map(|name| Node {
+                    replica: Replica::new(name, PID, Ulid::new(), initial()),
+                    reports: BTreeMap::new(),
+                    saved: None,
+                })
+                .collect();
+            let skew_ms = (0..count).map(|_| rng.below(50)).collect();
+            let drop_per_mille = rng.below(301);
+            Run {
+                fold,
+                rng,
+                names,
+                nodes,
+                journal: vec![Vec::new(); count],
+                in_flight: Vec::new(),
+                sides: None,
+                now_ms: 0,
+                skew_ms,
+                drop_per_mille,
+                slow: None,
+                compacted: 0,
+                restarts: 0,
+            }
+        }
+
+        fn send(&mut self, from: usize, to: usize, body: Body, lossy: bool) {
+            let cut = self.sides.as_ref().is_some_and(|s| s[from] != s[to]);
+            if cut || (lossy && self.rng.below(1000) < self.drop_per_mille) {
+                return;
+            }
+            let mut at_ms = self.now_ms + 1 + self.rng.below(200);
+            if let Some((slow, until)) = self.slow
+                && slow == from
+            {
+                at_ms = at_ms.max(until);
+            }
+            self.in_flight.push(InFlight {
+                at_ms,
+                from,
+                to,
+                body,
+            });
+        }
+
+        /// One event of `writer`: mostly `add`, `set` or `reset`; now and then a resolver change.
+        fn write(&mut self, writer: usize) {
+            let (plugin, payload) = match self.rng.below(40) {
+                0 => (CONFIG_EVENT, "keep".to_owned()),
+                1 => (CONFIG_EVENT, "default".to_owned()),
+                2..=9 => ("ledger@1", "reset".to_owned()),
+                10..=21 => ("ledger@1", format!("set {}", self.rng.below(20))),
+                _ => ("ledger@1", format!("add {}", 1 + self.rng.below(9))),
+            };
+            let stamp = Stamp {
+                now: (self.now_ms + self.skew_ms[writer]) << 16,
+                plugin: plugin.into(),
+                fencing_token: 0,
+            };
+            let events = self.nodes[writer]
+                .replica
+                .emit(self.fold, vec![payload.into_bytes()], &stamp)
+                .expect("a ledger fold never fails");
+            for event in events {
+                self.journal[writer].push(event.clone());
+                for to in 0..self.nodes.len() {
+                    if to != writer {
+                        self.send(writer, to, Body::Push(event.clone()), true);
+                    }
+                }
+            }
+        }
+
+        fn pull(&mut self, from: usize, to: usize, lossy: bool) {
+            let seen = self.nodes[from].replica.seen().clone();
+            self.send(from, to, Body::Pull(seen), lossy);
+        }
+
+        /// What `at` answers a pull with: its own events from its journal stream (compaction
+        /// drops them from memory), the others' it still holds.
+        fn answer(&self, at: usize, seen: &BTreeMap<String, u64>) -> Vec<EventEnvelope> {
+            let own = seen.get(&self.names[at]).copied().unwrap_or(0);
+            let mut events: Vec<EventEnvelope> = self.journal[at]
+                .iter()
+                .filter(|event| event.origin_seq_nr > own)
+                .cloned()
+                .collect();
+            events.extend(
+                self.nodes[at]
+                    .replica
+                    .missing_for(seen)
+                    .into_iter()
+                    .filter(|event| event.origin_replica != self.names[at]),
+            );
+            events.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+            events
+        }
+
+        fn deliver(&mut self, message: InFlight, lossy: bool) {
+            let InFlight { from, to, body, .. } = message;
+            match body {
+                Body::Push(event) => self.receive(to, vec![event]),
+                Body::Answer(events) => self.receive(to, events),
+                Body::Pull(seen) => {
+                    let events = self.answer(to, &seen);
+                    let from_name = self.names[from].clone();
+                    self.nodes[to].reports.insert(from_name, seen);
+                    if !events.is_empty() {
+                        self.send(to, from, Body::Answer(events), lossy);
+                    }
+                }
+            }
+        }
+
+        fn receive(&mut self, to: usize, events: Vec<EventEnvelope>) {
+            for event in events {
+                self.nodes[to]
+                    .replica
+                    .receive(self.fold, event)
+                    .expect("a ledger fold never fails");
+            }
+        }
+
+        fn tick(&mut self, step_ms: u64, lossy: bool) {
+            self.now_ms += step_ms;
+            let (mut due, rest): (Vec<InFlight>, Vec<InFlight>) =
+                std::mem::take(&mut self.in_flight)
+                    .into_iter()
+                    .partition(|message| message.at_ms <= self.now_ms);
+            self.in_flight = rest;
+            for i in (1..due.len()).rev() {
+                due.swap(i, self.rng.below(i as u64 + 1) as usize);
+            }
+            for message in due {
+                self.deliver(message, lossy);
+            }
+        }
+
+        fn compact(&mut self, at: usize) {
+            let node = &mut self.nodes[at];
+            self.compacted += node.replica.compact(&self.names, &node.reports);
+        }
+
+        /// Restores the last snapshot (through its encoding) and folds every stream of the
+        /// shared journal after it, sorted in the total order, as the driver's recovery does.
+        fn restart(&mut self, at: usize) {
+            self.restarts += 1;
+            let name = &self.names[at];
+            let mut replica = match self.nodes[at].saved.clone() {
+                Some(saved) => {
+                    let bytes = rmp_serde::to_vec_named(&saved).unwrap();
+                    let saved = rmp_serde::from_slice(&bytes).unwrap();
+                    Replica::restore(name, PID, Ulid::new(), saved, self.fold).expect("restore")
+                }
+                None => Replica::new(name, PID, Ulid::new(), initial()),
+            };
+            let mut events: Vec<EventEnvelope> = self
+                .journal
+                .iter()
+                .flatten()
+                .filter(|e| {
+                    e.origin_seq_nr > replica.seen().get(&e.origin_replica).copied().unwrap_or(0)
+                })
+                .cloned()
+                .collect();
+            events.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+            for event in events {
+                replica.receive(self.fold, event).expect("fold");
+            }
+            self.nodes[at].replica = replica;
+        }
+
+        pub fn schedule(&mut self) {
+            let count = self.nodes.len() as u64;
+            for _ in 0..STEPS {
+                let a = self.rng.below(count) as usize;
+                let b = (a + 1 + self.rng.below(count - 1) as usize) % count as usize;
+                match self.rng.below(100) {
+                    0..=2 => {
+                        let sides = (0..count).map(|_| self.rng.below(2) == 0).collect();
+                        self.sides = Some(sides);
+                    }
+                    3..=5 if self.sides.is_some() => {
+                        // A heal at which one replica's traffic is held back.
+                        self.sides = None;
+                        self.slow = Some((a, self.now_ms + SLOW_HEAL_MS));
+                    }
+                    6..=20 => self.pull(a, b, true),
+                    21..=35 => self.compact(a),
+                    36..=38 => self.nodes[a].saved = Some(self.nodes[a].replica.snapshot()),
+                    39 => self.restart(a),
+                    _ => self.write(a),
+                }
+                let step = self.rng.below(60);
+                self.tick(step, true);
+            }
+        }
+
+        /// Heals, delivers everything, and runs reliable pull rounds (compacting on the way)
+        /// until every replica has seen every event written.
+        pub fn heal(&mut self) -> Result<(), String> {
+            self.sides = None;
+            self.slow = None;
+            let written: BTreeMap<String, u64> = self
+                .journal
+                .iter()
+                .zip(&self.names)
+                .filter(|(events, _)| !events.is_empty())
+                .map(|(events, name)| (name.clone(), events.len() as u64))
+                .collect();
+            for _ in 0..10 {
+                self.tick(2_000, false);
+                if self.nodes.iter().all(|n| *n.replica.seen() == written) {
+                    return Ok(());
+                }
+                for from in 0..self.nodes.len() {
+                    for to in 0..self.nodes.len() {
+                        if from != to {
+                            self.pull(from, to, false);
+                        }
+                    }
+                }
+                for at in 0..self.nodes.len() {
+                    self.compact(at);
+                }
+            }
+            Err("replicas have not seen every event after 10 pull rounds".into())
+        }
+
+        /// Every replica's state equals the model's.
+        pub fn check(&self, when: &str) -> Result<(), String> {
+            let all: Vec<EventEnvelope> = self.journal.iter().flatten().cloned().collect();
+            let expected = model(self.fold, &all);
+            for node in &self.nodes {
+                let state = node.replica.state();
+                if state != expected.as_slice() {
+                    return Err(format!(
+                        "{when}: {} folded {} but the model of {} events is {}",
+                        node.replica.name(),
+                        String::from_utf8_lossy(state),
+                        all.len(),
+                        String::from_utf8_lossy(&expected)
+                    ));
+                }
+            }
+            let origins: BTreeSet<&String> = all.iter().map(|e| &e.origin_replica).collect();
+            if origins.len() < 2 {
+                return Err(format!(
+                    "{when}: the schedule wrote from fewer than 2 replicas"
+                ));
+            }
+            Ok(())
+        }
+
+        /// Snapshots and restarts every replica, then checks again.
+        pub fn restart_all(&mut self) {
+            for at in 0..self.nodes.len() {
+                self.nodes[at].saved = Some(self.nodes[at].replica.snapshot());
+                self.restart(at);
+            }
+        }
+
+        /// Every replica writes once more after the restarts, then heals again.
+        pub fn write_everywhere(&mut self) {
+            for at in 0..self.nodes.len() {
+                self.write(at);
+            }
+        }
+    }
+}
+
+/// Runs `run` for each seed (`WEFT_SIM_SEED` runs that one only) and panics with the replay
+/// command on the first failure.
+fn for_each_seed(
+    test: &str,
+    seeds: std::ops::Range<u64>,
+    mut run: impl FnMut(u64) -> Result<(), String>,
+) {
+    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("WEFT_SIM_SEED is a u64")],
+        Err(_) => seeds.collect(),
+    };
+    for seed in seeds {
+        if let Err(failure) = run(seed) {
+            panic!(
+                "{test} failed with seed {seed}: {failure}\n\
+                 replay: WEFT_SIM_SEED={seed} cargo test -p weft --test replication_simulation {test}"
+            );
+        }
+    }
+}
+
+#[test]
+fn order_sensitive_events_under_compaction_and_restarts_match_the_model() {
+    let mut compacted = 0;
+    let mut restarts = 0;
+    for_each_seed(
+        "order_sensitive_events_under_compaction_and_restarts_match_the_model",
+        0..30,
+        |seed| {
+            let mut run = ordered::Run::new(seed, &ordered::Ledger);
+            run.schedule();
+            run.heal()?;
+            run.check("after healing")?;
+            run.restart_all();
+            run.check("after restarting every replica")?;
+            run.write_everywhere();
+            run.heal()?;
+            run.check("after writing on the restarted replicas")?;
+            compacted += run.compacted;
+            restarts += run.restarts;
+            Ok(())
+        },
+    );
+    println!("compacted {compacted} events, {restarts} restarts");
+    assert!(
+        compacted > 0,
+        "the schedules never compacted: they test nothing"
+    );
+}

@@ -82,6 +82,8 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
         },
         "members": members,
         "active_entities": entities,
+        // What this node's replicas could not fold (a missing resolver build, a failing fold).
+        "parked_events": app.entities.parked(),
     })))
 }
 

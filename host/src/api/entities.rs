@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::AppState;
 use super::error::ApiError;
-use super::payload::{Document, command_from_body, respond};
+use super::payload::{Document, command_from_body, msgpack_to_json, respond};
 use crate::entity::EntityTypeConfig;
 
 /// Events returned per request at most.
@@ -46,15 +46,21 @@ pub async fn get_state(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let state = within(app.ask_timeout, app.router.state(&entity_type, &entity_id)).await?;
+    let mut document = Document::new()
+        .field("entity_type", entity_type)
+        .field("entity_id", entity_id)
+        .payload("state", state.state.clone())
+        .field("seq_nr", state.seq_nr)
+        .field("plugin", state.plugin);
+    if let Some(replica) = &state.replica {
+        document = document.field("replica", json!(replica));
+    }
+    // MessagePack clients also get the state's exact bytes as a binary, to compare replicas
+    // byte for byte.
     Ok(respond(
         &headers,
         StatusCode::OK,
-        &Document::new()
-            .field("entity_type", entity_type)
-            .field("entity_id", entity_id)
-            .payload("state", state.state)
-            .field("seq_nr", state.seq_nr)
-            .field("plugin", state.plugin),
+        &document.binary("state_raw", state.state),
     ))
 }
 
@@ -74,6 +80,32 @@ async fn within<T, E: Into<ApiError>>(
             ),
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResolverChange {
+    /// A built-in resolver's name or a loaded resolver plugin's name.
+    resolver: String,
+}
+
+/// Records a change of a replicated entity's resolver in this node's replica's stream: every
+/// replica switches at that point of the total order (docs/replication.md).
+pub async fn change_resolver(
+    State(app): State<AppState>,
+    Path((entity_type, entity_id)): Path<(String, String)>,
+    body: Result<Json<ResolverChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(change) =
+        body.map_err(|error| ApiError::bad_request("invalid_json", error.body_text()))?;
+    let outcome = app
+        .entities
+        .change_resolver(&entity_type, &entity_id, &change.resolver)
+        .await?;
+    Ok(Json(json!({
+        "config": msgpack_to_json(&outcome.reply),
+        "seq_nr": outcome.seq_nr,
+        "replica": app.entities.settings().replica,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

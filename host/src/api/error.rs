@@ -79,7 +79,8 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         EntityError::NotWriter { .. }
         | EntityError::Fenced(_)
-        | EntityError::NotAReplica { .. } => StatusCode::CONFLICT,
+        | EntityError::NotAReplica { .. }
+        | EntityError::NotReplicated(_) => StatusCode::CONFLICT,
         EntityError::CatchingUp { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -77,6 +77,10 @@ pub fn router(state: AppState) -> Router {
             "/entities/{entity_type}/{entity_id}/events",
             get(entities::get_events),
         )
+        .route(
+            "/entities/{entity_type}/{entity_id}/resolver",
+            put(entities::change_resolver),
+        )
         .route("/entity-types", get(entities::list_types))
         .route("/entity-types/{entity_type}", put(entities::bind_type))
         .route("/leases/{name}", get(leases::show))

@@ -15,8 +15,12 @@ use super::error::ApiError;
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+    // Replicas that set events aside because they could not fold them hold incomplete states.
+    let parked = app.entities.parked();
+    let status = if parked.is_empty() { "ok" } else { "degraded" };
     Json(json!({
-        "status": "ok",
+        "status": status,
+        "parked_events": parked,
         "writer_id": app.entities.settings().writer_id.to_string(),
         "replica": app.entities.settings().replica,
         "uptime_secs": app.started.elapsed().as_secs(),
@@ -28,7 +32,7 @@ pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let entity = app.entities.metrics();
     let mut text = String::new();
-    let counters: [(&str, &str, &AtomicU64); 8] = [
+    let counters: [(&str, &str, &AtomicU64); 10] = [
         (
             "weft_commands_ok_total",
             "Commands that got a reply.",
@@ -61,13 +65,23 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         ),
         (
             "weft_replicated_folds_failed_total",
-            "Events of other replicas whose fold failed (offered again by the next pull).",
+            "Events of other replicas whose fold failed (then parked: see /health).",
             &entity.replicated_folds_failed,
         ),
         (
             "weft_replication_pulls_answered_total",
             "Pulls of other replicas answered.",
             &entity.replication_pulls_answered,
+        ),
+        (
+            "weft_replicated_events_parked_total",
+            "Events of other replicas parked because their fold failed (see /health).",
+            &entity.replicated_events_parked,
+        ),
+        (
+            "weft_replicated_events_compacted_total",
+            "Events folded into replicas' compacted base states.",
+            &entity.replicated_events_compacted,
         ),
     ];
     for (name, help, value) in counters {

@@ -73,6 +73,8 @@ enum Field {
     /// MessagePack written by a plugin.
     Payload(Vec<u8>),
     Documents(Vec<Document>),
+    /// Bytes only MessagePack can carry: a binary for MessagePack clients, left out of JSON.
+    Binary(Vec<u8>),
 }
 
 /// A response document: named fields, some of them plugins' payloads.
@@ -98,6 +100,12 @@ impl Document {
         self
     }
 
+    /// A field only MessagePack clients get: `bytes` as a binary.
+    pub fn binary(mut self, name: &'static str, bytes: Vec<u8>) -> Self {
+        self.fields.push((name, Field::Binary(bytes)));
+        self
+    }
+
     /// A field holding a list of documents.
     pub fn documents(mut self, name: &'static str, documents: Vec<Document>) -> Self {
         self.fields.push((name, Field::Documents(documents)));
@@ -106,7 +114,11 @@ impl Document {
 
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        for (i, (name, field)) in self.fields.iter().enumerate() {
+        let in_json = self
+            .fields
+            .iter()
+            .filter(|(_, field)| !matches!(field, Field::Binary(_)));
+        for (i, (name, field)) in in_json.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -115,6 +127,7 @@ impl Document {
             match field {
                 Field::Json(value) => write_json_value(value, out),
                 Field::Payload(bytes) => write_payload_json(bytes, out),
+                Field::Binary(_) => {}
                 Field::Documents(documents) => {
                     out.push(b'[');
                     for (j, document) in documents.iter().enumerate() {
@@ -143,7 +156,7 @@ impl Document {
                 Field::Payload(bytes) if msgpack::check_one_value(bytes).is_ok() => {
                     out.extend_from_slice(bytes)
                 }
-                Field::Payload(bytes) => {
+                Field::Payload(bytes) | Field::Binary(bytes) => {
                     rmp::encode::write_bin(out, bytes).map_err(encoding_failed)?
                 }
                 Field::Documents(documents) => {

@@ -24,6 +24,7 @@ pub async fn upload(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let bytes = body?;
+    refuse_bound_resolver(&app, &name)?;
     let registry = app.plugins.clone();
     let plugin = name.clone();
     let needed = app.entities.world_needed(&name);
@@ -40,4 +41,41 @@ pub async fn upload(
         app.entities.bind_type_if_unbound(&name);
     }
     Ok(Json(json!(report)))
+}
+
+/// A new build of a resolver that replicated entity types fold with would make each replica
+/// re-decide its history with it whenever it folds again (after a rewind, a restart), at a
+/// different moment on each replica: they would diverge. Such an upload is refused.
+fn refuse_bound_resolver(app: &AppState, name: &str) -> Result<(), ApiError> {
+    if app.plugins.get(name).is_err() {
+        return Ok(());
+    }
+    let bound: Vec<String> = app
+        .entities
+        .types()
+        .into_iter()
+        .filter(|entity_type| {
+            entity_type
+                .config
+                .replication
+                .as_ref()
+                .is_some_and(|replication| replication.resolver == name)
+        })
+        .map(|entity_type| entity_type.name)
+        .collect();
+    if bound.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "resolver_bound",
+        format!(
+            "`{name}` is the resolver of the replicated entity types {}: a new build would \
+             re-decide events already folded, at a different moment on each replica, and the \
+             replicas would diverge. Load the new build under a new name and change each entity's \
+             resolver with PUT /entities/{{type}}/{{id}}/resolver: the change then takes effect \
+             at one point of the history on every replica (docs/replication.md)",
+            bound.join(", ")
+        ),
+    ))
 }

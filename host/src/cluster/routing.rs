@@ -21,7 +21,7 @@ use super::identity::Member;
 use super::placement::owner;
 use super::service::Cluster;
 use super::transport::{Inbound, Topic, TransportError};
-use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem};
+use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem, ReplicaStatus};
 use crate::plugin::PluginRegistry;
 
 /// An entity call as it travels to the owner.
@@ -76,6 +76,9 @@ enum Answer {
         state: Vec<u8>,
         seq_nr: u64,
         plugin: String,
+        /// A replica's fold status (replicated entities).
+        #[serde(default)]
+        replica: Option<ReplicaStatus>,
     },
     Described(NodeReport),
     Failed(RemoteError),
@@ -214,10 +217,12 @@ impl Router {
                         state,
                         seq_nr,
                         plugin,
+                        replica,
                     } => Ok(EntityState {
                         state,
                         seq_nr,
                         plugin,
+                        replica,
                     }),
                     other => Err(mismatch(&owner, entity_type, entity_id, &other)),
                 }
@@ -418,6 +423,7 @@ impl Inbound for NodeInbound {
                     state: state.state,
                     seq_nr: state.seq_nr,
                     plugin: state.plugin,
+                    replica: state.replica,
                 },
                 Err(error) => Answer::Failed(remote_error(&error)),
             },

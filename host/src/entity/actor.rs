@@ -40,13 +40,21 @@ pub(super) enum Message {
     Passivate,
     /// A message from another replica of a replicated entity (named `from`).
     Replicated { from: String, body: ReplicationBody },
+    /// Records, in a replicated entity's history, that concurrent events are resolved by
+    /// `resolver` from this point on.
+    Configure {
+        resolver: String,
+        reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    },
 }
 
 impl Message {
     pub(super) fn fail(self, error: EntityError) {
         // A caller that gave up waiting is no reason to fail anything else.
         match self {
-            Message::Command { reply, .. } => drop(reply.send(Err(error))),
+            Message::Command { reply, .. } | Message::Configure { reply, .. } => {
+                drop(reply.send(Err(error)))
+            }
             Message::GetState { reply } => drop(reply.send(Err(error))),
             Message::Passivate | Message::Replicated { .. } => {}
         }
@@ -54,7 +62,10 @@ impl Message {
 
     /// A command or a state query: what keeps an entity from passivating.
     pub fn is_call(&self) -> bool {
-        matches!(self, Message::Command { .. } | Message::GetState { .. })
+        matches!(
+            self,
+            Message::Command { .. } | Message::GetState { .. } | Message::Configure { .. }
+        )
     }
 }
 
@@ -364,6 +375,7 @@ impl Actor {
                         state: committed.state.clone(),
                         seq_nr: committed.seq_nr,
                         plugin: committed.plugin.clone(),
+                        replica: None,
                     }));
                 }
                 Message::Command { reply, .. } if refusal.is_some() => {
@@ -371,6 +383,9 @@ impl Actor {
                 }
                 // Only replicated entities take replication messages.
                 Message::Passivate | Message::Replicated { .. } => {}
+                Message::Configure { reply, .. } => {
+                    let _ = reply.send(Err(EntityError::NotReplicated(self.pid.clone())));
+                }
                 Message::Command { command, reply } => {
                     let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
                     match self.handle(&state, &command, next_seq_nr, tenure) {

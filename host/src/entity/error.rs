@@ -55,6 +55,10 @@ pub enum EntityError {
     #[error("lease: {0}")]
     Lease(String),
 
+    /// A change only replicated entities take (their resolver) was asked of another.
+    #[error("entity {0} is not replicated: only a replicated entity's resolver can change")]
+    NotReplicated(String),
+
     /// The entity type is replicated, and this node hosts none of its replicas.
     #[error(
         "entity type `{entity_type}` is replicated on {}, and this node is replica `{replica}`: send the command to one of them",
@@ -66,14 +70,19 @@ pub enum EntityError {
         replicas: Vec<String>,
     },
 
-    /// This replica's own persisted events still wait for their causal past from the other
-    /// replicas (it restarted with a journal of its own): it writes again once it pulled them.
+    /// The replica does not hold everything it knows exists yet: its own persisted events, or
+    /// events it received, wait for their causal past, or (for a state read) it has not heard
+    /// from every other replica since it was activated. It writes and answers again once its
+    /// pulls brought what is missing.
     #[error(
-        "replica {persistence_id} is catching up with the other replicas ({waiting} events wait for their causal past); retry shortly"
+        "replica {persistence_id} is catching up with the other replicas ({waiting} events wait for their causal past{}); retry shortly",
+        unheard_list(unheard)
     )]
     CatchingUp {
         persistence_id: String,
         waiting: usize,
+        /// The replicas it has not heard from since it was activated.
+        unheard: Vec<String>,
     },
 
     /// The entity stopped while the message was queued (another writer wrote its stream), again
@@ -98,6 +107,7 @@ impl EntityError {
             EntityError::Lease(_) => "lease_unavailable",
             EntityError::Fenced(_) => "stale_fencing_token",
             EntityError::NotAReplica { .. } => "not_a_replica",
+            EntityError::NotReplicated(_) => "not_replicated",
             EntityError::CatchingUp { .. } => "replica_catching_up",
         }
     }
@@ -121,6 +131,14 @@ impl From<JournalError> for EntityError {
             JournalError::StaleFencingToken { .. } => EntityError::Fenced(error.to_string()),
             other => EntityError::Journal(other.to_string()),
         }
+    }
+}
+
+fn unheard_list(unheard: &[String]) -> String {
+    if unheard.is_empty() {
+        String::new()
+    } else {
+        format!("; not heard from {} since activation", unheard.join(", "))
     }
 }
 

@@ -29,7 +29,9 @@ mod types;
 
 pub use error::EntityError;
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
-pub use system::{CommandReply, EntityState, EntitySystem, SystemSettings};
+pub use system::{
+    CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, SystemSettings,
+};
 pub use tenure::lease_name;
 pub use types::{
     EntityType, EntityTypeConfig, FIRST_WRITER_WINS, LAST_WRITER_WINS, ReplicationConfig,

@@ -20,29 +20,33 @@
 //! commands naming it — in a cluster the router forwards such a command to the holder. An
 //! observer that gains the lease catches up with every stream before it writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::actor::{Message, fencing_token, next_change, refuse_queued, run_guest, take_batch};
 use super::error::EntityError;
-use super::system::{CommandReply, EntityState, Shared};
+use super::system::{CommandReply, EntityState, ParkedEvent, ReplicaStatus, Shared};
 use super::tenure::{Seat, Tenure, TenureChange};
 use super::types::{
     EntityTypeConfig, FIRST_WRITER_WINS, LAST_WRITER_WINS, ReplicationConfig, persistence_id,
     replica_stream,
 };
 use crate::journal::{EventEnvelope, JournalError, SnapshotEnvelope};
-use crate::plugin::{Context, LeaseLost, PluginVersion, Role, World};
+use crate::plugin::{Context, LeaseLost, PluginError, PluginVersion, Role, World};
 use crate::replication::{
-    EVENTS_PER_MESSAGE_MAX, PluginFold, Replica, ReplicaSnapshot, ReplicationBody,
-    ReplicationMessage, Resolver, Stamp, order_key,
+    CONFIG_EVENT, EVENTS_PER_MESSAGE_MAX, FoldConfig, PluginFold, Replica, ReplicaSnapshot,
+    ReplicationBody, ReplicationMessage, Resolver, Stamp, order_key,
 };
 
 /// Events read per journal query while catching up.
 const CATCH_UP_PAGE: usize = 1_000;
+
+/// How long a state read waits for a catching-up replica before it is refused as catching up.
+const READ_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct ReplicatedActor {
     shared: Arc<Shared>,
@@ -68,8 +72,23 @@ struct Live {
     snapshot_at: u64,
     /// Per other replica, what it last said it had seen (in its pulls): what may be compacted.
     peers_seen: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The other replicas that have sent no events message (a push, or an answer to a pull)
+    /// since activation: until they have, a state read is refused as catching up.
+    unheard: BTreeSet<String>,
+    /// State reads waiting (until their deadline) for the replica to catch up.
+    reads: Vec<(StateReply, Instant)>,
+    /// Events whose fold failed, by (origin, origin seq nr): not folded again until the entity
+    /// plugin changes or the replica is activated again.
+    parked: Parked,
+    /// The plugin builds loaded when the parked events were last offered: once they change, the
+    /// parked events are offered again (the missing build may have been loaded).
+    parked_with: Vec<String>,
     tenure: Option<Tenure>,
 }
+
+type StateReply = oneshot::Sender<Result<EntityState, EntityError>>;
+
+type Parked = BTreeMap<(String, u64), ParkedEvent>;
 
 /// A command handled in the current turn, waiting for the turn's append.
 struct Pending {
@@ -111,6 +130,12 @@ impl ReplicatedActor {
         };
         self.pull_from_all(&live);
         self.serve(&mut live, inbox).await;
+        let refusal = self.catching_up(&live);
+        for (reply, _) in live.reads.drain(..) {
+            let _ = reply.send(Err(refusal.clone()));
+        }
+        // Parked events are offered again to the next activation.
+        self.publish_parked(&Parked::new());
         if let Some(tenure) = live.tenure.take() {
             tenure.release().await;
         }
@@ -143,7 +168,9 @@ impl ReplicatedActor {
                     (Replica::new(&self.name, &self.stream, writer, initial), 0)
                 }
             };
-        self.catch_up(&mut replica, &recovering).await?;
+        let mut parked = Parked::new();
+        self.catch_up(&mut replica, &mut parked, &recovering)
+            .await?;
         let persisted = self.shared.journal.highest_seq_nr(&self.stream).await?;
         tracing::debug!(entity = %self.pid, replica = %self.name, seen = ?replica.seen(), "replica recovered");
         Ok(Live {
@@ -153,13 +180,27 @@ impl ReplicatedActor {
             persisted,
             snapshot_at,
             peers_seen: BTreeMap::new(),
+            unheard: if self.shared.peers.get().is_some() {
+                self.others().cloned().collect()
+            } else {
+                // Outside a cluster there is nobody to hear from.
+                BTreeSet::new()
+            },
+            reads: Vec::new(),
+            parked_with: self.loaded_builds(),
+            parked,
             tenure: None,
         })
     }
 
     /// Folds what every replica's journal stream holds beyond what `replica` has seen, in the
     /// total order (so nothing waits for its causal past that the journal holds).
-    async fn catch_up(&self, replica: &mut Replica, fold: &PluginFold) -> Result<(), EntityError> {
+    async fn catch_up(
+        &self,
+        replica: &mut Replica,
+        parked: &mut Parked,
+        fold: &PluginFold,
+    ) -> Result<(), EntityError> {
         let mut events = Vec::new();
         for origin in &self.replication.replicas {
             let stream = replica_stream(&self.pid, origin);
@@ -181,13 +222,108 @@ impl ReplicatedActor {
             }
         }
         events.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        self.fold_received(replica, parked, fold, events);
+        Ok(())
+    }
+
+    /// Folds events received (pushed, pulled or read from the journal). An event whose fold
+    /// fails is parked with the error: it is not folded again (the next pulls offer it again and
+    /// again, and a looping resolver would spend its CPU bound on every offer) until the entity
+    /// plugin changes or the replica is activated again. The events causally after it wait.
+    fn fold_received(
+        &self,
+        replica: &mut Replica,
+        parked: &mut Parked,
+        fold: &PluginFold,
+        events: Vec<EventEnvelope>,
+    ) {
+        let metrics = &self.shared.metrics;
+        let before = parked.len();
         run_guest(|| {
             for event in events {
-                replica.receive(fold, event)?;
+                let key = (event.origin_replica.clone(), event.origin_seq_nr);
+                if parked.contains_key(&key) {
+                    continue;
+                }
+                match replica.receive(fold, event) {
+                    Ok(folded) => {
+                        metrics
+                            .replicated_events_folded
+                            .fetch_add(folded as u64, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        metrics
+                            .replicated_folds_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .replicated_events_parked
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            entity = %self.pid, replica = %self.name, origin = %key.0, origin_seq_nr = key.1,
+                            "a replicated event did not fold and is parked: {error}"
+                        );
+                        parked.insert(key.clone(), self.parked_event(key, &error));
+                    }
+                }
             }
-            Ok::<_, crate::plugin::PluginError>(())
-        })?;
-        Ok(())
+        });
+        if parked.len() != before {
+            self.publish_parked(parked);
+        }
+    }
+
+    /// The ids of the plugin builds loaded on this node.
+    fn loaded_builds(&self) -> Vec<String> {
+        let mut builds: Vec<String> = self
+            .shared
+            .plugins
+            .list()
+            .into_iter()
+            .map(|plugin| plugin.version)
+            .collect();
+        builds.sort();
+        builds
+    }
+
+    /// Offers the parked events again (the next pull brings them) once the loaded plugin builds
+    /// changed since they were last offered: the build a configuration event names, or a fixed
+    /// resolver, may be there now. (A load between activation and the first park costs one
+    /// needless retry.)
+    fn retry_parked_after_a_load(&self, live: &mut Live) {
+        if live.parked.is_empty() {
+            return;
+        }
+        let builds = self.loaded_builds();
+        if builds != live.parked_with {
+            tracing::info!(entity = %self.pid, replica = %self.name, parked = live.parked.len(), "plugins changed: offering parked events again");
+            live.parked.clear();
+            live.parked_with = builds;
+            self.publish_parked(&live.parked);
+        }
+    }
+
+    fn parked_event(
+        &self,
+        (origin_replica, origin_seq_nr): (String, u64),
+        error: &PluginError,
+    ) -> ParkedEvent {
+        ParkedEvent {
+            stream: self.stream.clone(),
+            origin_replica,
+            origin_seq_nr,
+            code: error.code().to_owned(),
+            error: error.to_string(),
+        }
+    }
+
+    /// Shows this replica's parked events on the node (`/health`).
+    fn publish_parked(&self, parked: &Parked) {
+        let mut shown = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+        if parked.is_empty() {
+            shown.remove(&self.stream);
+        } else {
+            shown.insert(self.stream.clone(), parked.values().cloned().collect());
+        }
     }
 
     /// Turns until the mailbox closes (passivation, or a failed write).
@@ -200,8 +336,13 @@ impl ReplicatedActor {
         let mut pull = tokio::time::interval_at(Instant::now() + period, period);
         pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let read_deadline = live.reads.iter().map(|(_, deadline)| *deadline).min();
             let first = tokio::select! {
                 message = inbox.recv() => message,
+                () = tokio::time::sleep_until(read_deadline.unwrap_or(last_call)), if read_deadline.is_some() => {
+                    self.answer_reads(live);
+                    continue;
+                }
                 () = tokio::time::sleep_until(last_call + idle), if !passivating => {
                     tracing::debug!(entity = %self.pid, "passivating after {idle:?} idle");
                     inbox.close();
@@ -209,6 +350,7 @@ impl ReplicatedActor {
                     continue;
                 }
                 _ = pull.tick() => {
+                    self.retry_parked_after_a_load(live);
                     self.pull_from_all(live);
                     self.compact(live);
                     continue;
@@ -225,7 +367,9 @@ impl ReplicatedActor {
             if batch.iter().any(Message::is_call) {
                 last_call = Instant::now();
             }
-            if let Err(error) = self.turn(live, batch).await {
+            let turned = self.turn(live, batch).await;
+            self.answer_reads(live);
+            if let Err(error) = turned {
                 // Events folded in memory did not persist: recover afresh on the next message.
                 tracing::warn!(entity = %self.pid, replica = %self.name, "stopping: {error}");
                 refuse_queued(inbox, EntityError::Stopped(self.pid.clone())).await;
@@ -255,7 +399,8 @@ impl ReplicatedActor {
                 .await?;
         }
         let fold = self.fold(live);
-        self.catch_up(&mut live.replica, &fold).await?;
+        self.catch_up(&mut live.replica, &mut live.parked, &fold)
+            .await?;
         if let Some(tenure) = live.tenure.as_mut() {
             self.seat().took_over(tenure, fencing_token);
         }
@@ -304,12 +449,61 @@ impl ReplicatedActor {
         if folded < live.persisted {
             // Pull what our own events wait for, now rather than at the next tick.
             self.pull_from_all(live);
-            return Err(EntityError::CatchingUp {
-                persistence_id: self.stream.clone(),
-                waiting: live.replica.waiting(),
-            });
+            return Err(self.catching_up(live));
         }
         Ok(())
+    }
+
+    /// Whether a state read may answer now: the replica holds everything it knows of (its own
+    /// persisted events are folded, nothing waits for its causal past) and has heard from every
+    /// other replica since activation. Otherwise its state may be partial, and the read is
+    /// refused rather than shown as current.
+    fn ready_to_read(&self, live: &Live) -> Result<(), EntityError> {
+        let folded = live.replica.seen().get(&self.name).copied().unwrap_or(0);
+        // With events parked, what waits is behind them: the state answers, naming them.
+        let waits = live.replica.waiting() > 0 && live.parked.is_empty();
+        if folded < live.persisted || waits || !live.unheard.is_empty() {
+            return Err(self.catching_up(live));
+        }
+        Ok(())
+    }
+
+    /// Answers the waiting state reads once the replica is ready to be read; refuses those
+    /// whose deadline passed as catching up.
+    fn answer_reads(&self, live: &mut Live) {
+        if live.reads.is_empty() {
+            return;
+        }
+        let ready = self.ready_to_read(live);
+        let now = Instant::now();
+        for (reply, deadline) in std::mem::take(&mut live.reads) {
+            match &ready {
+                Ok(()) => {
+                    let _ = reply.send(Ok(EntityState {
+                        state: live.replica.state().to_vec(),
+                        seq_nr: live.replica.seen().values().sum(),
+                        plugin: live.plugin.id().to_owned(),
+                        replica: Some(ReplicaStatus {
+                            replica: self.name.clone(),
+                            resolver: self.resolver_in_effect(live),
+                            parked: live.parked.values().cloned().collect(),
+                        }),
+                    }));
+                }
+                Err(refusal) if deadline <= now => {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
+                Err(_) => live.reads.push((reply, deadline)),
+            }
+        }
+    }
+
+    fn catching_up(&self, live: &Live) -> EntityError {
+        EntityError::CatchingUp {
+            persistence_id: self.stream.clone(),
+            waiting: live.replica.waiting(),
+            unheard: live.unheard.iter().cloned().collect(),
+        }
     }
 
     /// One turn over a batch of messages. `Err` means events folded in memory could not be
@@ -317,7 +511,7 @@ impl ReplicatedActor {
     async fn turn(&self, live: &mut Live, batch: Vec<Message>) -> Result<(), JournalError> {
         let has_commands = batch
             .iter()
-            .any(|message| matches!(message, Message::Command { .. }));
+            .any(|message| matches!(message, Message::Command { .. } | Message::Configure { .. }));
         let refusal = if has_commands {
             self.ready_to_write(live).await.err()
         } else {
@@ -330,9 +524,20 @@ impl ReplicatedActor {
         let mut pending: Vec<Pending> = Vec::new();
         for message in batch {
             match message {
-                Message::Command { reply, .. } if refusal.is_some() => {
+                Message::Command { reply, .. } | Message::Configure { reply, .. }
+                    if refusal.is_some() =>
+                {
                     let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
                 }
+                Message::Configure { resolver, reply } => match self.configure(live, &resolver) {
+                    Ok((new_events, outcome)) => {
+                        events.extend(new_events);
+                        pending.push(Pending { reply, outcome });
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
                 Message::Command { command, reply } => match self.handle(live, &command) {
                     Ok((new_events, outcome)) => {
                         events.extend(new_events);
@@ -345,11 +550,9 @@ impl ReplicatedActor {
                 Message::GetState { reply } => {
                     // Answer with what is durable: persist what came before it first.
                     self.persist(live, &mut events, &mut pending).await?;
-                    let _ = reply.send(Ok(EntityState {
-                        state: live.replica.state().to_vec(),
-                        seq_nr: live.replica.seen().values().sum(),
-                        plugin: live.plugin.id().to_owned(),
-                    }));
+                    live.reads
+                        .push((reply, Instant::now() + READ_CATCH_UP_WAIT));
+                    self.answer_reads(live);
                 }
                 Message::Replicated { from, body } => {
                     // Never show other replicas events that are not persisted yet.
@@ -395,6 +598,42 @@ impl ReplicatedActor {
             plugin: plugin.id().to_owned(),
         };
         Ok((events, outcome))
+    }
+
+    /// Records a change of resolver: a configuration event naming the build of `name` loaded
+    /// here, stamped and folded like this replica's own events (persisted with the turn).
+    fn configure(
+        &self,
+        live: &mut Live,
+        name: &str,
+    ) -> Result<(Vec<EventEnvelope>, CommandReply), EntityError> {
+        let config = FoldConfig {
+            resolver: self.resolver_named(name)?.name().to_owned(),
+        };
+        let fold = self.fold(live);
+        let stamp = Stamp {
+            now: self.shared.clock.now(),
+            plugin: CONFIG_EVENT.to_owned(),
+            fencing_token: fencing_token(&live.tenure),
+        };
+        let replica = &mut live.replica;
+        let events = run_guest(|| replica.emit(&fold, vec![config.encode()], &stamp))?;
+        tracing::info!(entity = %self.pid, replica = %self.name, resolver = %config.resolver, "resolver change recorded");
+        let outcome = CommandReply {
+            reply: config.encode(),
+            seq_nr: replica.seen().get(&self.name).copied().unwrap_or(0),
+            plugin: CONFIG_EVENT.to_owned(),
+        };
+        Ok((events, outcome))
+    }
+
+    /// The resolver this replica folds with now: the last configuration event's, or the entity
+    /// type's.
+    fn resolver_in_effect(&self, live: &Live) -> String {
+        live.replica
+            .config()
+            .and_then(|config| FoldConfig::decode(config).ok())
+            .map_or_else(|| live.resolver.name().to_owned(), |config| config.resolver)
     }
 
     /// Appends the turn's events to this replica's stream in one write, pushes them to the other
@@ -450,31 +689,12 @@ impl ReplicatedActor {
         match body {
             ReplicationBody::Events { events, complete } => {
                 let fold = self.fold(live);
-                let replica = &mut live.replica;
-                let metrics = &self.shared.metrics;
-                run_guest(|| {
-                    for event in events {
-                        let origin = (event.origin_replica.clone(), event.origin_seq_nr);
-                        match replica.receive(&fold, event) {
-                            Ok(folded) => {
-                                metrics
-                                    .replicated_events_folded
-                                    .fetch_add(folded as u64, Ordering::Relaxed);
-                            }
-                            Err(error) => {
-                                // Not counted as seen: the next pull offers it again.
-                                metrics
-                                    .replicated_folds_failed
-                                    .fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(
-                                    entity = %self.pid, origin = ?origin,
-                                    "a replicated event did not fold: {error}"
-                                );
-                            }
-                        }
-                    }
-                });
-                if !complete || live.replica.waiting() > 0 {
+                self.fold_received(&mut live.replica, &mut live.parked, &fold, events);
+                live.unheard.remove(from);
+                // Pull again at once for what is missing — unless what waits, waits for a parked
+                // event, which no pull brings.
+                let waits = live.replica.waiting() > 0 && live.parked.is_empty();
+                if !complete || waits {
                     self.pull_from(live, from);
                 }
             }
@@ -491,9 +711,8 @@ impl ReplicatedActor {
                     .metrics
                     .replication_pulls_answered
                     .fetch_add(1, Ordering::Relaxed);
-                if !events.is_empty() {
-                    self.send(from, ReplicationBody::Events { events, complete });
-                }
+                // Answered even when empty: the asker learns it has everything this replica has.
+                self.send(from, ReplicationBody::Events { events, complete });
             }
         }
     }
@@ -527,25 +746,17 @@ impl ReplicatedActor {
         Ok((events, complete))
     }
 
-    /// Compacts the events every replica has folded, once every other replica has said what it
-    /// has seen.
+    /// Compacts the events that are causally stable here (`Replica::compact`), relying on the
+    /// other replicas' events and on what they last said they had seen.
     fn compact(&self, live: &mut Live) {
-        let others = self
-            .replication
-            .replicas
-            .iter()
-            .filter(|r| **r != self.name);
-        let mut stable = live.replica.seen().clone();
-        for other in others {
-            let Some(seen) = live.peers_seen.get(other) else {
-                return;
-            };
-            for (origin, counter) in stable.iter_mut() {
-                *counter = (*counter).min(seen.get(origin).copied().unwrap_or(0));
-            }
-        }
-        let compacted = live.replica.compact(&stable);
+        let compacted = live
+            .replica
+            .compact(&self.replication.replicas, &live.peers_seen);
         if compacted > 0 {
+            self.shared
+                .metrics
+                .replicated_events_compacted
+                .fetch_add(compacted as u64, Ordering::Relaxed);
             tracing::trace!(entity = %self.pid, compacted, "compacted stable events");
         }
     }
@@ -595,11 +806,17 @@ impl ReplicatedActor {
     }
 
     fn send_to_all(&self, body: ReplicationBody) {
-        for replica in &self.replication.replicas {
-            if *replica != self.name {
-                self.send(replica, body.clone());
-            }
+        for replica in self.others() {
+            self.send(replica, body.clone());
         }
+    }
+
+    /// The other replicas' names.
+    fn others(&self) -> impl Iterator<Item = &String> {
+        self.replication
+            .replicas
+            .iter()
+            .filter(|replica| **replica != self.name)
     }
 
     fn send(&self, replica: &str, body: ReplicationBody) {
@@ -622,6 +839,9 @@ impl ReplicatedActor {
             Ok(plugin) if plugin.id() != live.plugin.id() => {
                 tracing::info!(entity = %self.pid, from = live.plugin.id(), to = plugin.id(), "replica switched plugin version");
                 live.plugin = plugin;
+                // The new version may fold what the old one could not: pulls offer it again.
+                live.parked.clear();
+                self.publish_parked(&live.parked);
             }
             Ok(_) => {}
             // Unloaded meanwhile: keep folding with the version in hand.
@@ -631,7 +851,12 @@ impl ReplicatedActor {
 
     /// The resolver the entity type names: a built-in, or a loaded resolver plugin.
     fn resolver(&self) -> Result<Resolver, EntityError> {
-        match self.replication.resolver.as_str() {
+        self.resolver_named(&self.replication.resolver)
+    }
+
+    /// The resolver `name` names: a built-in, or the loaded build of a resolver plugin.
+    fn resolver_named(&self, name: &str) -> Result<Resolver, EntityError> {
+        match name {
             LAST_WRITER_WINS => Ok(Resolver::LastWriterWins),
             FIRST_WRITER_WINS => Ok(Resolver::FirstWriterWins),
             name => {
@@ -675,6 +900,7 @@ impl ReplicatedActor {
     ) -> PluginFold {
         let ctx = self.context(0, recovery_running, role);
         PluginFold::new(plugin.clone(), resolver.clone(), ctx)
+            .with_registry(self.shared.plugins.clone())
     }
 
     fn context(&self, now: u64, recovery_running: bool, role: Role) -> Context {

@@ -42,6 +42,35 @@ pub struct EntityState {
     pub state: Vec<u8>,
     pub seq_nr: u64,
     pub plugin: String,
+    /// For a replica of a replicated entity: how it folds, and what it could not fold.
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// How a replica folds: shown with its state, so a reader knows which resolver decided it and
+/// which events it is missing because they could not be folded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica that answered.
+    pub replica: String,
+    /// The resolver: `last-writer-wins`, `first-writer-wins`, or a resolver plugin's id
+    /// (`name@version`).
+    pub resolver: String,
+    /// Events of other replicas whose fold failed, set aside until the plugin or resolver
+    /// changes: the state lacks them and everything causally after them.
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// An event a replica could not fold (its entity plugin or resolver trapped or ran past its
+/// bound), with the plugin's error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParkedEvent {
+    /// The replica's stream: `<type>|<id>|<replica>`.
+    pub stream: String,
+    pub origin_replica: String,
+    pub origin_seq_nr: u64,
+    /// The error's stable code (`plugin_trapped`, `plugin_cpu_bound_exceeded`, ...).
+    pub code: String,
+    pub error: String,
 }
 
 /// Host-wide settings of the entity system.
@@ -73,6 +102,10 @@ pub struct EntityMetrics {
     pub replicated_folds_failed: AtomicU64,
     /// Pulls of other replicas this node's replicas answered.
     pub replication_pulls_answered: AtomicU64,
+    /// Events of other replicas set aside after their fold failed (each parked once).
+    pub replicated_events_parked: AtomicU64,
+    /// Events folded into replicas' compacted base states.
+    pub replicated_events_compacted: AtomicU64,
 }
 
 struct ActorHandle {
@@ -94,6 +127,8 @@ pub(super) struct Shared {
     /// Where replicated entities send the other replicas their events; unset outside a
     /// cluster (a lone replica keeps its events to itself).
     pub peers: OnceLock<Arc<dyn Peers>>,
+    /// The events this node's active replicas have parked, by replica stream.
+    pub parked: Mutex<BTreeMap<String, Vec<ParkedEvent>>>,
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
     active: Mutex<HashMap<String, ActorHandle>>,
     generations: AtomicU64,
@@ -139,6 +174,7 @@ impl EntitySystem {
                 clock,
                 metrics: EntityMetrics::default(),
                 peers: OnceLock::new(),
+                parked: Mutex::new(BTreeMap::new()),
                 types: RwLock::new(BTreeMap::new()),
                 active: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
@@ -292,6 +328,12 @@ impl EntitySystem {
             .len()
     }
 
+    /// The events this node's active replicas could not fold and set aside, with the errors.
+    pub fn parked(&self) -> Vec<ParkedEvent> {
+        let parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+        parked.values().flatten().cloned().collect()
+    }
+
     /// The active entities of this host, as `(entity type, entity id)`.
     pub fn active(&self) -> Vec<(String, String)> {
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -345,6 +387,28 @@ impl EntitySystem {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
+    }
+
+    /// Changes the resolver a replicated entity folds with, from this point of its history on:
+    /// this node's replica records the change (naming the build loaded here) as an event of its
+    /// own stream, and every replica switches at that event's position in the total order.
+    pub async fn change_resolver(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        resolver: &str,
+    ) -> Result<CommandReply, EntityError> {
+        if self.replication(entity_type).is_none() {
+            return Err(EntityError::NotReplicated(persistence_id(
+                entity_type,
+                entity_id,
+            )));
+        }
+        self.request(entity_type, entity_id, |reply| Message::Configure {
+            resolver: resolver.to_owned(),
+            reply,
+        })
+        .await
     }
 
     /// The entity's current state (recovering it if it is not active).

@@ -62,8 +62,7 @@ impl Default for ReplicationConfig {
 }
 
 /// The built-in resolvers' names in `resolver = "…"`.
-pub const LAST_WRITER_WINS: &str = "last-writer-wins";
-pub const FIRST_WRITER_WINS: &str = "first-writer-wins";
+pub use crate::replication::{FIRST_WRITER_WINS, LAST_WRITER_WINS};
 
 impl ReplicationConfig {
     pub fn pull_interval(&self) -> Duration {

@@ -62,6 +62,11 @@ pub enum PluginError {
     #[error("plugin `{0}`: the name must be 1-64 characters of a-z, 0-9, '-' and '_'")]
     InvalidName(String),
 
+    /// A replicated entity's history names a plugin build (`name@version`) this node has not
+    /// loaded.
+    #[error("{wanted} is not loaded on this node ({loaded}): load that build to fold on")]
+    VersionMissing { wanted: String, loaded: String },
+
     /// Something on the host side failed (the compile cache directory, the instance pool).
     #[error("plugin host error: {0}")]
     Host(String),
@@ -82,6 +87,7 @@ impl PluginError {
             PluginError::WrongKind { .. } => "wrong_plugin_kind",
             PluginError::Invalid { .. } => "invalid_plugin",
             PluginError::InvalidName(_) => "invalid_plugin_name",
+            PluginError::VersionMissing { .. } => "plugin_version_missing",
             PluginError::Host(_) => "plugin_host_error",
         }
     }

@@ -1,10 +1,41 @@
 //! What a [`MergeLog`](super::MergeLog) folds with: an entity plugin's `apply-event`, and the
-//! [`Resolver`] that decides about events concurrent with events already applied.
+//! [`Resolver`] that decides about events concurrent with events already applied — the entity
+//! type's, until a configuration event ([`FoldConfig`]) in the streams names another build.
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::journal::EventEnvelope;
-use crate::plugin::{self, Context, Envelope, PluginError, PluginVersion};
+use crate::plugin::{self, Context, Envelope, PluginError, PluginRegistry, PluginVersion};
+
+/// The `plugin` of a configuration event: not a plugin name (those have no `:`).
+pub const CONFIG_EVENT: &str = "weft:config";
+
+/// What a configuration event says (its payload, MessagePack with named fields): from its
+/// position in the total order on, on every replica, concurrent events are resolved by
+/// `resolver` — a built-in's name or a resolver plugin's build (`name@version`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldConfig {
+    pub resolver: String,
+}
+
+impl FoldConfig {
+    pub fn is_config(event: &EventEnvelope) -> bool {
+        event.plugin == CONFIG_EVENT
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("a config encodes")
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<FoldConfig, PluginError> {
+        rmp_serde::from_slice(payload).map_err(|error| PluginError::Invalid {
+            plugin: CONFIG_EVENT.into(),
+            reason: format!("a configuration event does not decode: {error}"),
+        })
+    }
+}
 
 /// What happens to an event that is concurrent with events already applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +61,29 @@ pub trait Fold {
         incoming: &EventEnvelope,
         concurrent: &[&EventEnvelope],
     ) -> Result<Resolution, PluginError>;
+
+    /// Checks that a configuration event's payload can be folded with here (the builds it
+    /// names are loaded). An error stops the fold at the configuration event.
+    fn check_config(&self, _config: &[u8]) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// [`Fold::resolve`] under the configuration in effect at `incoming`'s position (`None`
+    /// before any configuration event: the entity type's resolver).
+    fn resolve_under(
+        &self,
+        _config: Option<&[u8]>,
+        state: &[u8],
+        incoming: &EventEnvelope,
+        concurrent: &[&EventEnvelope],
+    ) -> Result<Resolution, PluginError> {
+        self.resolve(state, incoming, concurrent)
+    }
 }
+
+/// The built-in resolvers' names, as entity types name them.
+pub const LAST_WRITER_WINS: &str = "last-writer-wins";
+pub const FIRST_WRITER_WINS: &str = "first-writer-wins";
 
 /// Who decides about concurrent events, per entity type.
 #[derive(Clone)]
@@ -43,12 +96,49 @@ pub enum Resolver {
     Plugin(Arc<PluginVersion>),
 }
 
+impl Resolver {
+    /// The built-in's name, or the resolver plugin's id (`name@version`).
+    pub fn name(&self) -> &str {
+        match self {
+            Resolver::LastWriterWins => LAST_WRITER_WINS,
+            Resolver::FirstWriterWins => FIRST_WRITER_WINS,
+            Resolver::Plugin(plugin) => plugin.id(),
+        }
+    }
+}
+
+impl Resolver {
+    /// The resolver a configuration names: a built-in, or the loaded build of a resolver
+    /// plugin whose id is exactly `name` (another build of it does not do).
+    pub fn named(name: &str, registry: &PluginRegistry) -> Result<Resolver, PluginError> {
+        match name {
+            LAST_WRITER_WINS => Ok(Resolver::LastWriterWins),
+            FIRST_WRITER_WINS => Ok(Resolver::FirstWriterWins),
+            id => {
+                let plugin = id.split_once('@').map_or(id, |(plugin, _)| plugin);
+                let missing = |loaded: String| PluginError::VersionMissing {
+                    wanted: id.to_owned(),
+                    loaded,
+                };
+                match registry.get(plugin) {
+                    Ok(version) if version.id() == id => Ok(Resolver::Plugin(version)),
+                    Ok(version) => Err(missing(format!("it has {}", version.id()))),
+                    Err(_) => Err(missing(format!("no plugin named `{plugin}`"))),
+                }
+            }
+        }
+    }
+}
+
 /// An entity plugin's `apply-event` with a [`Resolver`].
 pub struct PluginFold {
     entity: Arc<PluginVersion>,
     resolver: Resolver,
     /// The calls' context; `now` is set to each event's timestamp.
     context: Context,
+    /// Where the builds configuration events name are found; without it, configuration
+    /// events are refused.
+    registry: Option<Arc<PluginRegistry>>,
 }
 
 impl PluginFold {
@@ -57,7 +147,28 @@ impl PluginFold {
             entity,
             resolver,
             context,
+            registry: None,
         }
+    }
+
+    /// Folds configuration events with the builds `registry` holds.
+    pub fn with_registry(self, registry: Arc<PluginRegistry>) -> Self {
+        PluginFold {
+            registry: Some(registry),
+            ..self
+        }
+    }
+
+    fn configured(&self, config: &[u8]) -> Result<Resolver, PluginError> {
+        let config = FoldConfig::decode(config)?;
+        let registry = self
+            .registry
+            .as_ref()
+            .ok_or_else(|| PluginError::VersionMissing {
+                wanted: config.resolver.clone(),
+                loaded: "no plugin registry to look it up in".into(),
+            })?;
+        Resolver::named(&config.resolver, registry)
     }
 
     fn context_at(&self, event: &EventEnvelope) -> Context {
@@ -80,7 +191,39 @@ impl Fold for PluginFold {
         incoming: &EventEnvelope,
         concurrent: &[&EventEnvelope],
     ) -> Result<Resolution, PluginError> {
-        match &self.resolver {
+        self.resolve_with(&self.resolver, state, incoming, concurrent)
+    }
+
+    fn check_config(&self, config: &[u8]) -> Result<(), PluginError> {
+        self.configured(config).map(drop)
+    }
+
+    fn resolve_under(
+        &self,
+        config: Option<&[u8]>,
+        state: &[u8],
+        incoming: &EventEnvelope,
+        concurrent: &[&EventEnvelope],
+    ) -> Result<Resolution, PluginError> {
+        match config {
+            None => self.resolve(state, incoming, concurrent),
+            Some(config) => {
+                let resolver = self.configured(config)?;
+                self.resolve_with(&resolver, state, incoming, concurrent)
+            }
+        }
+    }
+}
+
+impl PluginFold {
+    fn resolve_with(
+        &self,
+        resolver: &Resolver,
+        state: &[u8],
+        incoming: &EventEnvelope,
+        concurrent: &[&EventEnvelope],
+    ) -> Result<Resolution, PluginError> {
+        match resolver {
             Resolver::LastWriterWins => Ok(Resolution::Keep),
             Resolver::FirstWriterWins => Ok(Resolution::Drop),
             Resolver::Plugin(resolver) => {

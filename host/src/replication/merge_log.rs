@@ -4,12 +4,12 @@
 //! The order is (HLC timestamp, origin replica, origin sequence number). States are cached every
 //! [`CHECKPOINT_EVERY`] events, so a late event costs a re-fold from the checkpoint before it,
 //! not from the beginning. A fold that fails (the plugin traps) leaves the log exactly as it was.
-//! [`MergeLog::compact`] folds the causally stable prefix (events every replica has seen: nothing
-//! can sort before them or be concurrent with them any more) into the base state.
+//! [`MergeLog::compact`] folds the causally stable prefix (nothing that can still arrive, and
+//! nothing held after it, can sort before it or be concurrent with it) into the base state.
 
 use std::collections::BTreeMap;
 
-use super::fold::{Fold, Resolution};
+use super::fold::{Fold, FoldConfig, Resolution};
 use crate::journal::EventEnvelope;
 use crate::plugin::PluginError;
 
@@ -29,16 +29,27 @@ struct Folded {
     outcome: Outcome,
 }
 
+/// Where a fold stands between two events: the state, and the configuration in effect (the
+/// payload of the last configuration event folded; `None` before any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub state: Vec<u8>,
+    pub config: Option<Vec<u8>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct MergeLog {
-    /// The state before `events[0]` (everything compacted folded in).
-    base: Vec<u8>,
+    /// Where the fold stands before `events[0]` (everything compacted folded in).
+    base: Position,
+    /// Compacted events that were applied and that some event held is concurrent with, in fold
+    /// order: a re-fold of that event must still count them as concurrent.
+    settled: Vec<EventEnvelope>,
     /// Delivered events in total order, with how each was folded.
     events: Vec<Folded>,
-    /// `checkpoints[k]` is the state before `events[(k + 1) * CHECKPOINT_EVERY]`.
-    checkpoints: Vec<Vec<u8>>,
-    /// The state after every event.
-    state: Vec<u8>,
+    /// `checkpoints[k]` is where the fold stands before `events[(k + 1) * CHECKPOINT_EVERY]`.
+    checkpoints: Vec<Position>,
+    /// Where the fold stands after every event.
+    current: Position,
 }
 
 /// The order every replica folds in: HLC timestamp, origin replica, origin sequence number. Sort
@@ -56,22 +67,45 @@ fn causally_before(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> bool
 impl MergeLog {
     /// A log whose events will be folded onto `base` (the initial state or a snapshot's).
     pub fn new(base: Vec<u8>) -> Self {
+        Self::restored(
+            Position {
+                state: base,
+                config: None,
+            },
+            Vec::new(),
+        )
+    }
+
+    /// A log over a compacted `base` whose `settled` events (a snapshot's) the events to come
+    /// may still be concurrent with.
+    pub fn restored(base: Position, settled: Vec<EventEnvelope>) -> Self {
         MergeLog {
-            state: base.clone(),
+            current: base.clone(),
             base,
+            settled,
             events: Vec::new(),
             checkpoints: Vec::new(),
         }
     }
 
     /// The state before the events held: the initial state with everything compacted folded in.
-    pub fn base(&self) -> &[u8] {
+    pub fn base(&self) -> &Position {
         &self.base
+    }
+
+    /// Compacted events that events held are concurrent with, in fold order.
+    pub fn settled(&self) -> &[EventEnvelope] {
+        &self.settled
     }
 
     /// The state after every delivered event.
     pub fn state(&self) -> &[u8] {
-        &self.state
+        &self.current.state
+    }
+
+    /// The configuration in effect after every delivered event (`None`: the entity type's).
+    pub fn config(&self) -> Option<&[u8]> {
+        self.current.config.as_deref()
     }
 
     /// Events held (not yet compacted).
@@ -99,10 +133,10 @@ impl MergeLog {
             Err(position) => position,
         };
         if position == self.events.len() {
-            let mut state = self.state.clone();
-            let folded = self.fold_one(fold, &mut state, event, position)?;
+            let mut at = self.current.clone();
+            let folded = self.fold_one(fold, &mut at, event, position)?;
             self.events.push(folded);
-            self.state = state;
+            self.current = at;
             self.checkpoint_if_due();
             return Ok(1);
         }
@@ -110,7 +144,7 @@ impl MergeLog {
         // replace the log, so a failing fold leaves it untouched.
         let kept_checkpoints = position / CHECKPOINT_EVERY;
         let start = kept_checkpoints * CHECKPOINT_EVERY;
-        let mut state = match kept_checkpoints {
+        let mut at = match kept_checkpoints {
             0 => self.base.clone(),
             k => self.checkpoints[k - 1].clone(),
         };
@@ -121,41 +155,57 @@ impl MergeLog {
         pending.insert(position - start, event);
         let mut refolded = MergeLog {
             base: self.base.clone(),
+            settled: self.settled.clone(),
             events: self.events[..start].to_vec(),
             checkpoints: self.checkpoints[..kept_checkpoints].to_vec(),
-            state: Vec::new(),
+            current: Position::default(),
         };
         let count = pending.len();
         for event in pending {
             let index = refolded.events.len();
-            let folded = refolded.fold_one(fold, &mut state, event, index)?;
+            let folded = refolded.fold_one(fold, &mut at, event, index)?;
             refolded.events.push(folded);
-            refolded.state = state.clone();
+            refolded.current = at.clone();
             refolded.checkpoint_if_due();
         }
         *self = refolded;
         Ok(count)
     }
 
-    /// Folds `event`, to be placed at `index`, into `state`.
+    /// Folds `event`, to be placed at `index`, from `at`. A configuration event changes the
+    /// configuration from there on (once the fold has checked it can follow it) and nothing
+    /// else: it is never resolved, applied, or shown to a resolver among the concurrent events.
     fn fold_one(
         &self,
         fold: &impl Fold,
-        state: &mut Vec<u8>,
+        at: &mut Position,
         mut event: EventEnvelope,
         index: usize,
     ) -> Result<Folded, PluginError> {
-        let concurrent: Vec<&EventEnvelope> = self.events[..index]
+        if FoldConfig::is_config(&event) {
+            fold.check_config(&event.payload)?;
+            at.config = Some(event.payload.clone());
+            return Ok(Folded {
+                event,
+                outcome: Outcome::Dropped,
+            });
+        }
+        let state = &mut at.state;
+        let applied = self.events[..index]
             .iter()
             .filter(|folded| folded.outcome == Outcome::Applied)
-            .map(|folded| &folded.event)
+            .map(|folded| &folded.event);
+        let concurrent: Vec<&EventEnvelope> = self
+            .settled
+            .iter()
+            .chain(applied)
             .filter(|earlier| !causally_before(&earlier.version, &event.version))
             .collect();
         event.concurrent = !concurrent.is_empty();
         let resolution = if concurrent.is_empty() {
             Resolution::Keep
         } else {
-            fold.resolve(state, &event, &concurrent)?
+            fold.resolve_under(at.config.as_deref(), state, &event, &concurrent)?
         };
         let outcome = match resolution {
             Resolution::Keep => {
@@ -179,13 +229,18 @@ impl MergeLog {
 
     fn checkpoint_if_due(&mut self) {
         if self.events.len().is_multiple_of(CHECKPOINT_EVERY) {
-            self.checkpoints.push(self.state.clone());
+            self.checkpoints.push(self.current.clone());
         }
     }
 
-    /// Folds into the base state the leading events that every replica has seen (`stable`: the
-    /// lowest delivered counter per replica across all replicas). Returns how many were folded.
-    /// Only whole checkpoint intervals are compacted, so no fold is needed.
+    /// Folds into the base state the leading events that are causally stable here. `stable` is
+    /// a version vector such that every event this replica has not delivered yet is causally
+    /// after every event it covers (see [`Replica::compact`](super::Replica::compact)): nothing
+    /// that can still arrive sorts before such an event or is concurrent with it. Events held
+    /// after the prefix may be concurrent with it, though, and a rewind folds them again: the
+    /// prefix's applied events they do not causally follow stay visible to those folds (the
+    /// settled events) until every event held follows them. Only whole checkpoint intervals are
+    /// compacted, so no fold is needed. Returns how many events were folded into the base.
     pub fn compact(&mut self, stable: &BTreeMap<String, u64>) -> usize {
         let prefix = self
             .events
@@ -193,12 +248,22 @@ impl MergeLog {
             .take_while(|folded| causally_before(&folded.event.version, stable))
             .count();
         let prefix = prefix - prefix % CHECKPOINT_EVERY;
-        if prefix == 0 {
-            return 0;
+        if prefix > 0 {
+            self.base = self.checkpoints[prefix / CHECKPOINT_EVERY - 1].clone();
+            self.settled.extend(
+                self.events
+                    .drain(..prefix)
+                    .filter(|folded| folded.outcome == Outcome::Applied)
+                    .map(|folded| folded.event),
+            );
+            self.checkpoints.drain(..prefix / CHECKPOINT_EVERY);
         }
-        self.base = self.checkpoints[prefix / CHECKPOINT_EVERY - 1].clone();
-        self.events.drain(..prefix);
-        self.checkpoints.drain(..prefix / CHECKPOINT_EVERY);
+        let events = &self.events;
+        self.settled.retain(|settled| {
+            events
+                .iter()
+                .any(|held| !causally_before(&settled.version, &held.event.version))
+        });
         prefix
     }
 }
@@ -386,11 +451,137 @@ mod tests {
         let state = log.state().to_vec();
         let stable: BTreeMap<String, u64> = [("a".to_string(), 50)].into();
         assert_eq!(log.compact(&stable), CHECKPOINT_EVERY);
+        assert!(log.settled().is_empty(), "every event held follows them");
         assert_eq!(log.len(), 70 - CHECKPOINT_EVERY);
         assert_eq!(log.state(), state);
         // A later event still folds onto the right state.
         log.insert(&fold, event("a", 71, 710, &[("a", 71)], "a71"))
             .unwrap();
         assert!(log.state().ends_with(b"a70,a71"));
+    }
+
+    #[test]
+    fn compacted_events_stay_concurrent_for_the_events_held_after_them() {
+        let fold = Concat::new();
+        let every = CHECKPOINT_EVERY as u64;
+        let a_events =
+            (1..=every).map(|seq| event("a", seq, seq * 10, &[("a", seq)], &format!("a{seq:02}")));
+        // b1 saw no a (and loses to them: "0b" < "a.."); c1 saw every a, not b1, and sorts
+        // before it: it arrives late and makes b1 fold again ("0b" > "0a": only the a's beat it).
+        let b1 = event("b", 1, every * 10 + 5, &[("b", 1)], "0b");
+        let b0 = event("c", 1, every * 10 + 1, &[("a", every), ("c", 1)], "0a");
+        let mut compacted = MergeLog::new(Vec::new());
+        let mut whole = MergeLog::new(Vec::new());
+        for event in a_events.chain([b1]) {
+            compacted.insert(&fold, event.clone()).unwrap();
+            whole.insert(&fold, event).unwrap();
+        }
+        let stable: BTreeMap<String, u64> = [("a".to_string(), every)].into();
+        assert_eq!(compacted.compact(&stable), CHECKPOINT_EVERY);
+        assert_eq!(
+            compacted.settled().len(),
+            CHECKPOINT_EVERY,
+            "b1 is concurrent with every a"
+        );
+        // c1 sorts before b1: b1 is folded again, and must still see the a's as concurrent.
+        compacted.insert(&fold, b0.clone()).unwrap();
+        whole.insert(&fold, b0).unwrap();
+        assert_eq!(compacted.state(), whole.state());
+        assert!(
+            !String::from_utf8_lossy(whole.state()).contains("0b"),
+            "b1 lost to the a's"
+        );
+        let flags = |log: &MergeLog| log.events().map(|e| e.concurrent).collect::<Vec<_>>();
+        assert_eq!(flags(&compacted), flags(&whole)[CHECKPOINT_EVERY..]);
+    }
+
+    /// Concat, until a configuration event says `keep`: then every concurrent event is kept.
+    /// A configuration naming `missing` cannot be followed here.
+    struct Configurable(Concat);
+
+    impl Fold for Configurable {
+        fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError> {
+            self.0.apply(state, event)
+        }
+
+        fn resolve(
+            &self,
+            state: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            self.0.resolve(state, incoming, concurrent)
+        }
+
+        fn check_config(&self, config: &[u8]) -> Result<(), PluginError> {
+            match config {
+                b"missing" => Err(PluginError::VersionMissing {
+                    wanted: "missing".into(),
+                    loaded: "none".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+
+        fn resolve_under(
+            &self,
+            config: Option<&[u8]>,
+            state: &[u8],
+            incoming: &EventEnvelope,
+            concurrent: &[&EventEnvelope],
+        ) -> Result<Resolution, PluginError> {
+            match config {
+                Some(b"keep") => Ok(Resolution::Keep),
+                _ => self.resolve(state, incoming, concurrent),
+            }
+        }
+    }
+
+    fn config_event(
+        seq: u64,
+        timestamp: u64,
+        version: &[(&str, u64)],
+        says: &str,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            plugin: crate::replication::CONFIG_EVENT.into(),
+            ..event("a", seq, timestamp, version, says)
+        }
+    }
+
+    #[test]
+    fn a_configuration_event_changes_the_resolver_from_its_position_on_only() {
+        let fold = Configurable(Concat::new());
+        let mut log = MergeLog::new(Vec::new());
+        log.insert(&fold, event("a", 1, 10, &[("a", 1)], "a1"))
+            .unwrap();
+        // Concurrent with a1 and before the change: the old resolver drops it ("a1" > "0b").
+        log.insert(&fold, event("b", 1, 20, &[("b", 1)], "0b"))
+            .unwrap();
+        log.insert(&fold, config_event(2, 30, &[("a", 2)], "keep"))
+            .unwrap();
+        assert_eq!(log.state(), b"a1", "the change itself changes no state");
+        assert_eq!(log.config(), Some(&b"keep"[..]));
+        // Concurrent with a1 and after the change: kept.
+        log.insert(&fold, event("b", 2, 40, &[("b", 2)], "0c"))
+            .unwrap();
+        assert_eq!(log.state(), b"a1,0c");
+        // A late event before the change: everything is folded again, and what sorts before
+        // the change is still decided by the old resolver.
+        log.insert(&fold, event("c", 1, 15, &[("c", 1)], "0x"))
+            .unwrap();
+        assert_eq!(log.state(), b"a1,0c");
+        let concurrent: Vec<bool> = log.events().map(|e| e.concurrent).collect();
+        assert_eq!(concurrent, [false, true, true, false, true]);
+        // A configuration this replica cannot follow stops the fold there, changing nothing.
+        let before = log.state().to_vec();
+        let error = log
+            .insert(&fold, config_event(3, 50, &[("a", 3)], "missing"))
+            .unwrap_err();
+        assert_eq!(error.code(), "plugin_version_missing");
+        assert_eq!(
+            (log.state(), log.len(), log.config()),
+            (before.as_slice(), 5, Some(&b"keep"[..]))
+        );
     }
 }

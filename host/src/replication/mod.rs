@@ -37,7 +37,10 @@ mod replica;
 mod wire;
 
 pub use causal_buffer::{CausalBuffer, Offer};
-pub use fold::{Fold, PluginFold, Resolution, Resolver};
+pub use fold::{
+    CONFIG_EVENT, FIRST_WRITER_WINS, Fold, FoldConfig, LAST_WRITER_WINS, PluginFold, Resolution,
+    Resolver,
+};
 pub use merge_log::{MergeLog, order_key};
 pub use replica::{Replica, ReplicaSnapshot, Stamp, WAITING_EVENTS_MAX};
 pub use wire::{EVENTS_PER_MESSAGE_MAX, Peers, ReplicationBody, ReplicationMessage};
