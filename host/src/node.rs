@@ -306,7 +306,9 @@ impl PluginDirWatcher {
             let plugins = self.plugins.clone();
             let entities = self.entities.clone();
             let file = path.clone();
-            let load = move || plugins.load_file(&file, |name| entities.world_needed(name));
+            let load = move || {
+                plugins.load_file(&file, |name, loaded| entities.check_new_build(name, loaded))
+            };
             match tokio::task::spawn_blocking(load).await {
                 Ok(Ok(report)) => {
                     if report.world == World::Entity {

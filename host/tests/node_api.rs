@@ -285,6 +285,36 @@ async fn a_new_build_of_a_resolver_in_use_is_refused_with_the_reason() {
     let after = version(&support::node::get_json(&http, &format!("{url}/plugins")).await);
     assert_eq!(after, before);
     assert!(before.is_some());
+
+    // The same build dropped into the watched plugins directory is refused too. Two probes
+    // written after it, each once the one before has loaded, show its scan has finished.
+    let plugins_dir = root.path().join("plugins");
+    std::fs::write(
+        plugins_dir.join("highest-bid.wasm"),
+        plugin_bytes("highest-bid-py"),
+    )
+    .unwrap();
+    for probe in ["probe-1", "probe-2"] {
+        std::fs::write(
+            plugins_dir.join(format!("{probe}.wasm")),
+            plugin_bytes("counter"),
+        )
+        .unwrap();
+        support::eventually(
+            &format!("{probe} is loaded from the plugins directory"),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let plugins = support::node::get_json(&http, &format!("{url}/plugins")).await;
+                    plugins.to_string().contains(probe)
+                }
+            },
+        )
+        .await;
+    }
+    let from_directory = version(&support::node::get_json(&http, &format!("{url}/plugins")).await);
+    assert_eq!(from_directory, before);
+
     support::node::upload_plugin(
         &http,
         &url,

@@ -20,7 +20,7 @@ pub async fn run(journal: Arc<dyn Journal>, commands: u64) -> anyhow::Result<(u6
     let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
     let wasm =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm");
-    plugins.load_file(&wasm, |_| None)?;
+    plugins.load_file(&wasm, |_, _| Ok(None))?;
     let system = EntitySystem::single_host(journal, plugins);
     system.bind_type("counter", EntityTypeConfig::for_plugin("counter"))?;
     let command = rmp_serde::to_vec_named(&serde_json::json!({"op": "increment", "by": 1}))?;

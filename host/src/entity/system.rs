@@ -237,22 +237,43 @@ impl EntitySystem {
         Ok(())
     }
 
-    /// The world a plugin loaded as `plugin` must implement for what is bound to that name: an
-    /// entity plugin for the entity types it serves, a resolver for the replicated types naming
-    /// it; `None` when nothing is bound to it.
-    pub fn world_needed(&self, plugin: &str) -> Option<World> {
+    /// What a new build loaded as `plugin` must satisfy for what is bound to that name: the
+    /// world it must implement (an entity plugin for the entity types it serves, a resolver for
+    /// the replicated types naming it; `None` when nothing is bound to it), or why it is refused.
+    /// A new build of the resolver that replicated types fold with, replacing a loaded one, is
+    /// refused: each replica would re-decide events already folded with it whenever it folds
+    /// again, at a different moment on each replica, and they would diverge. A resolver changes
+    /// through a configuration event instead (`change_resolver`).
+    pub fn check_new_build(
+        &self,
+        plugin: &str,
+        replaces_a_loaded_build: bool,
+    ) -> Result<Option<World>, String> {
         let types = self.shared.types.read().unwrap_or_else(|p| p.into_inner());
         if types.values().any(|config| config.plugin == plugin) {
-            Some(World::Entity)
-        } else if types.values().any(|config| {
-            config
-                .replication
-                .as_ref()
-                .is_some_and(|replication| replication.resolver == plugin)
-        }) {
-            Some(World::Resolver)
-        } else {
-            None
+            return Ok(Some(World::Entity));
+        }
+        let resolving: Vec<&str> = types
+            .iter()
+            .filter(|(_, config)| {
+                config
+                    .replication
+                    .as_ref()
+                    .is_some_and(|replication| replication.resolver == plugin)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        match (resolving.is_empty(), replaces_a_loaded_build) {
+            (true, _) => Ok(None),
+            (false, false) => Ok(Some(World::Resolver)),
+            (false, true) => Err(format!(
+                "`{plugin}` is the resolver of the replicated entity types {}: a new build would \
+                 re-decide events already folded, at a different moment on each replica, and the \
+                 replicas would diverge. Load the new build under a new name and change each \
+                 entity's resolver with PUT /entities/{{type}}/{{id}}/resolver: the change then \
+                 takes effect at one point of the history on every replica (docs/replication.md)",
+                resolving.join(", ")
+            )),
         }
     }
 

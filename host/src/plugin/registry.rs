@@ -169,12 +169,13 @@ impl PluginRegistry {
         Ok(report)
     }
 
-    /// Loads a `.wasm` file, named after its file stem, refusing it when `needed` says its name
-    /// needs another world (see [`load_world`](Self::load_world)). Blocking.
+    /// Loads a `.wasm` file, named after its file stem. `check` says, for the name and whether a
+    /// build of it is loaded, which world it must implement, or why it is refused (see
+    /// [`load_world`](Self::load_world)). Blocking.
     pub fn load_file(
         &self,
         path: &Path,
-        needed: impl FnOnce(&str) -> Option<World>,
+        check: impl FnOnce(&str, bool) -> Result<Option<World>, String>,
     ) -> Result<LoadReport, PluginError> {
         let name = path
             .file_stem()
@@ -182,7 +183,12 @@ impl PluginRegistry {
             .ok_or_else(|| PluginError::InvalidName(path.display().to_string()))?;
         let bytes = std::fs::read(path)
             .map_err(|e| PluginError::Host(format!("cannot read {}: {e}", path.display())))?;
-        self.load_checked(name, &bytes, needed(name))
+        let needed =
+            check(name, self.get(name).is_ok()).map_err(|reason| PluginError::Invalid {
+                plugin: name.to_owned(),
+                reason,
+            })?;
+        self.load_checked(name, &bytes, needed)
     }
 
     /// The current version of `name`.
