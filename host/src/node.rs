@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
 use crate::cluster::{
-    Cluster, ClusterConfig, ClusterPeers, Faults, NodeInbound, Router, Transport,
+    Cluster, ClusterConfig, ClusterPeers, Faults, NodeInbound, NodeRole, Router, Transport,
     hand_off_moved_entities, packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
@@ -44,6 +44,9 @@ pub struct Node {
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.node.validate().map_err(anyhow::Error::msg)?;
+        if let Some(cluster) = &config.cluster {
+            cluster.validate().map_err(anyhow::Error::msg)?;
+        }
         let data_dir = &config.node.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -93,6 +96,10 @@ impl Node {
                 writer_id,
                 replica,
                 clustered: config.cluster.is_some(),
+                per_node_journal: config.cluster.as_ref().is_some_and(|cluster| {
+                    cluster.role == NodeRole::Actor
+                        && config.journal.backend != JournalBackend::Postgres
+                }),
             },
             NodeClock::default(),
         );

@@ -323,3 +323,65 @@ async fn a_new_build_of_a_resolver_in_use_is_refused_with_the_reason() {
     )
     .await;
 }
+
+/// A cluster node whose journal is its own would start a placed entity from nothing on its new
+/// owner after a failover: such a node refuses placed types at start and over the API, binds no
+/// type on its own, and serves replicated types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_with_its_own_journal_takes_only_replicated_types() {
+    let root = tempfile::tempdir().unwrap();
+    let clustered = |config: &mut weft::config::Config| {
+        config.cluster = Some(toml::from_str("name = \"a\"\nlisten = \"127.0.0.1:0\"").unwrap());
+    };
+    let mut placed = config(root.path(), &["counter"]);
+    clustered(&mut placed);
+    placed
+        .entities
+        .insert("cart".into(), EntityTypeConfig::for_plugin("counter"));
+    let refused = weft::node::Node::start(placed)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("entity type `cart` would be placed across the cluster, but this node's journal is its own"),
+        "{refused:#}"
+    );
+
+    let mut replicated = config(root.path(), &["counter"]);
+    clustered(&mut replicated);
+    replicated.entities.insert(
+        "tally".into(),
+        EntityTypeConfig {
+            replication: Some(ReplicationConfig {
+                replicas: vec!["a".into()],
+                ..ReplicationConfig::default()
+            }),
+            ..EntityTypeConfig::for_plugin("counter")
+        },
+    );
+    let TestNode {
+        node: _node,
+        url,
+        http,
+    } = TestNode::start(replicated).await;
+    let types = support::node::get_json(&http, &format!("{url}/entity-types")).await;
+    let names: Vec<&str> = types["entity_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entity_type| entity_type["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["tally"],
+        "the counter plugin was not bound as a placed type"
+    );
+    expect_error(
+        http.put(format!("{url}/entity-types/cart"))
+            .json(&serde_json::json!({"plugin": "counter"})),
+        StatusCode::BAD_REQUEST,
+        "invalid_name",
+        "postgres",
+    )
+    .await;
+}

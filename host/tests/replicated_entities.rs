@@ -92,6 +92,7 @@ fn replica_with_lease(
         writer_id: Ulid::new(),
         replica: name.to_owned(),
         clustered: true,
+        per_node_journal: false,
     };
     let system = EntitySystem::new(
         journal,

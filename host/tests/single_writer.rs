@@ -47,6 +47,7 @@ fn host(
         writer_id,
         replica: writer_id.to_string(),
         clustered: false,
+        per_node_journal: false,
     };
     let system = EntitySystem::new(journal, lease, plugins, settings, NodeClock::default());
     system.bind_type("counter", config).expect("bind counter");

@@ -7,6 +7,7 @@
 //! after each input before it waits again. Sends are spawned so a slow peer never stalls the
 //! protocol.
 
+use crate::settings::check_ranges;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,23 @@ fn default_forward_timeout_ms() -> u64 {
 }
 
 impl ClusterConfig {
+    /// Refuses numeric settings outside what membership and routing can honour, naming the
+    /// range.
+    pub fn validate(&self) -> Result<(), String> {
+        check_ranges(
+            "cluster",
+            &[
+                ("probe_period_ms", self.probe_period_ms, 10..=60_000),
+                (
+                    "suspect_to_down_after_ms",
+                    self.suspect_to_down_after_ms,
+                    10..=600_000,
+                ),
+                ("forward_timeout_ms", self.forward_timeout_ms, 1..=600_000),
+            ],
+        )
+    }
+
     fn membership(&self) -> MembershipConfig {
         let probe_period = Duration::from_millis(self.probe_period_ms.max(2));
         MembershipConfig {

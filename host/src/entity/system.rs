@@ -85,6 +85,10 @@ pub struct SystemSettings {
     /// refusing at once — the other node is handing the entity off, or crashed and its lease has
     /// yet to expire.
     pub clustered: bool,
+    /// Part of a cluster as an actor node whose journal is its own (SQLite, in memory): a placed
+    /// entity's events would stay behind when its owner changes and the new owner would start it
+    /// from nothing, so only replicated types (each replica keeps its own stream) are bound.
+    pub per_node_journal: bool,
 }
 
 /// Counters exported as metrics.
@@ -188,6 +192,7 @@ impl EntitySystem {
             writer_id: Ulid::new(),
             replica: "local".to_owned(),
             clustered: false,
+            per_node_journal: false,
         };
         let lease = Arc::new(crate::lease::InMemoryLease::new());
         EntitySystem::new(journal, lease, plugins, settings, NodeClock::default())
@@ -226,6 +231,15 @@ impl EntitySystem {
     pub fn bind_type(&self, name: &str, config: EntityTypeConfig) -> Result<(), EntityError> {
         validate_name("entity type", name).map_err(EntityError::InvalidName)?;
         config.validate(name).map_err(EntityError::InvalidName)?;
+        if self.shared.settings.per_node_journal && config.replication.is_none() {
+            return Err(EntityError::InvalidName(format!(
+                "entity type `{name}` would be placed across the cluster, but this node's journal \
+                 is its own: when the type's entities move to another node their events would \
+                 stay here and they would start again from nothing. Use a journal the cluster \
+                 shares ([journal] backend = \"postgres\"), or replicate the type \
+                 (replication = {{ replicas = [...] }}, docs/replication.md)"
+            )));
+        }
         self.shared
             .plugins
             .set_type_output_limits(name, config.output_limits.clone());
@@ -320,7 +334,12 @@ impl EntitySystem {
     }
 
     /// Binds `name` to the plugin of the same name with the defaults, unless it is bound.
+    /// On a node whose journal is its own in a cluster (see [`SystemSettings::per_node_journal`])
+    /// nothing is bound this way: the type would be placed.
     pub fn bind_type_if_unbound(&self, name: &str) {
+        if self.shared.settings.per_node_journal {
+            return;
+        }
         let mut types = self.shared.types.write().unwrap_or_else(|p| p.into_inner());
         if validate_name("entity type", name).is_ok() && !types.contains_key(name) {
             types.insert(
