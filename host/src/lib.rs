@@ -17,6 +17,7 @@
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
+//! - [`deployments`]: plugins and entity types loaded over the API, kept across restarts.
 //! - [`clock`]: the node's hybrid logical clock.
 //! - [`settings`]: range checks for numeric settings.
 //! - [`msgpack`]: MessagePack at the host's edges: checked for one well-formed value, transcoded to
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod ddata;
+pub mod deployments;
 pub mod entity;
 pub mod journal;
 pub mod lease;

@@ -1,8 +1,8 @@
 //! A running node: everything `weft serve` starts, wired together from a [`Config`].
 //!
 //! Start-up: data directory, writer id, journal, lease backend, plugin runtime (with its compile cache), the
-//! plugins found in the plugins directory (each load logged as it happens), entity types, then
-//! the HTTP API. The plugins directory keeps being watched: a new or changed `.wasm` file is
+//! plugins found in the plugins directory (each load logged as it happens), entity types, what was
+//! loaded and bound over the API before the last stop (`deployments`), then the HTTP API. The plugins directory keeps being watched: a new or changed `.wasm` file is
 //! hot-loaded.
 
 use anyhow::Context as _;
@@ -21,6 +21,7 @@ use crate::cluster::{
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::ddata::{DdataConfig, DistributedData, message_channel};
+use crate::deployments::Deployments;
 use crate::entity::{EntitySystem, SystemSettings};
 use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
 use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
@@ -112,6 +113,8 @@ impl Node {
             watcher.scan().await;
             tokio::spawn(watcher.run(shutdown_rx.clone()));
         }
+        let deployments = Arc::new(Deployments::open(data_dir)?);
+        restore_deployments(&deployments, &plugins, &entities).await;
         let (router, ddata) = match &config.cluster {
             Some(cluster) => {
                 let (cluster, ddata) = join_cluster(
@@ -138,6 +141,7 @@ impl Node {
             router,
             ddata,
             plugins: plugins.clone(),
+            deployments,
             lease,
             limits: BodyLimits {
                 command_bytes: config.node.max_command_bytes,
@@ -182,6 +186,50 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+/// Loads again what was loaded and bound over the API before the node stopped: the current
+/// version of every uploaded plugin, then the bindings. What fails is logged and skipped.
+async fn restore_deployments(
+    deployments: &Deployments,
+    plugins: &Arc<PluginRegistry>,
+    entities: &EntitySystem,
+) {
+    let uploads = deployments.current_plugins();
+    let total = uploads.len();
+    for (index, (record, path)) in uploads.into_iter().enumerate() {
+        tracing::info!(
+            "restoring uploaded plugin {}/{total}: {}",
+            index + 1,
+            record.version
+        );
+        let (plugins, entities) = (plugins.clone(), entities.clone());
+        let load = move || {
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let needed = entities.check_new_build(&record.name, false)?;
+            let report = plugins
+                .load_world(&record.name, &bytes, needed)
+                .map_err(|e| e.to_string())?;
+            if report.world == World::Entity {
+                entities.bind_type_if_unbound(&report.name);
+            }
+            Ok::<_, String>(())
+        };
+        match tokio::task::spawn_blocking(load).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!("cannot restore an uploaded plugin: {error}"),
+            Err(error) => tracing::error!("restoring an uploaded plugin crashed: {error}"),
+        }
+    }
+    for (entity_type, config) in deployments.bindings() {
+        if let Err(error) = entities.bind_type(&entity_type, config) {
+            tracing::error!(
+                entity_type,
+                "cannot restore a binding made over the API: {error}"
+            );
+        }
     }
 }
 

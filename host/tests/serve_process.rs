@@ -6,14 +6,16 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::node::{ServeProcess, plugins_dir};
+use support::plugin_bytes;
 
 async fn send(
     http: &reqwest::Client,
     url: &str,
+    entity_type: &str,
     id: &str,
     command: Value,
 ) -> reqwest::Result<Value> {
-    http.post(format!("{url}/entities/counter/{id}"))
+    http.post(format!("{url}/entities/{entity_type}/{id}"))
         .json(&command)
         .send()
         .await?
@@ -41,13 +43,25 @@ async fn state_and_seq_nr_survive_a_restart() {
 
     let node = ServeProcess::start(&data, &plugins);
     for by in [3, 4, 5] {
-        send(&http, &node.url, "c1", json!({"op": "increment", "by": by}))
-            .await
-            .unwrap();
-    }
-    let reply = send(&http, &node.url, "c1", json!({"op": "decrement", "by": 2}))
+        send(
+            &http,
+            &node.url,
+            "counter",
+            "c1",
+            json!({"op": "increment", "by": by}),
+        )
         .await
         .unwrap();
+    }
+    let reply = send(
+        &http,
+        &node.url,
+        "counter",
+        "c1",
+        json!({"op": "decrement", "by": 2}),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply["reply"], json!({"value": 10}));
     assert_eq!(reply["seq_nr"], json!(4));
     node.kill();
@@ -61,9 +75,15 @@ async fn state_and_seq_nr_survive_a_restart() {
         node.log.lock().unwrap()
     );
     assert_eq!(state["seq_nr"], json!(4));
-    let reply = send(&http, &node.url, "c1", json!({"op": "increment", "by": 1}))
-        .await
-        .unwrap();
+    let reply = send(
+        &http,
+        &node.url,
+        "counter",
+        "c1",
+        json!({"op": "increment", "by": 1}),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply["seq_nr"], json!(5));
     assert_eq!(reply["reply"], json!({"value": 11}));
 }
@@ -90,7 +110,15 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
                 for n in 0..COMMANDS_PER_CLIENT_MAX {
                     // Distinct amounts identify each command in the journal.
                     let by = 1 + client + n * CLIENTS;
-                    match send(&http, &url, "hot", json!({"op": "increment", "by": by})).await {
+                    match send(
+                        &http,
+                        &url,
+                        "counter",
+                        "hot",
+                        json!({"op": "increment", "by": by}),
+                    )
+                    .await
+                    {
                         Ok(_) => {
                             if acks.send(by).is_err() {
                                 return;
@@ -164,4 +192,114 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     let state = get(&http, &node.url, "/entities/counter/hot").await;
     assert_eq!(state["seq_nr"], json!(events.len()));
     assert_eq!(state["state"]["value"], json!(amounts.iter().sum::<u64>()));
+}
+
+/// Plugins uploaded and entity types bound over the API come back after a SIGKILL: the current
+/// version of each upload (not the first), the binding with its settings, and the entity's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_bindings_survive_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(root.path(), &["counter"]);
+    let data = root.path().join("data");
+    let http = reqwest::Client::new();
+    let upload = |url: String, bytes: Vec<u8>| {
+        let http = http.clone();
+        async move {
+            let answer: Value = http
+                .put(format!("{url}/plugins/ledger"))
+                .body(bytes)
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["durable"], json!(true), "{answer}");
+            answer["version"].clone()
+        }
+    };
+
+    let node = ServeProcess::start(&data, &plugins);
+    let rust = upload(node.url.clone(), plugin_bytes("counter")).await;
+    http.put(format!("{}/entity-types/books", node.url))
+        .json(&json!({"plugin": "ledger", "snapshot_every": 5}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let reply = send(
+        &http,
+        &node.url,
+        "books",
+        "b1",
+        json!({"op": "increment", "by": 3}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply["reply"], json!({"value": 3}));
+    let javascript = upload(node.url.clone(), plugin_bytes("counter-js")).await;
+    assert_ne!(rust, javascript);
+    let reply = send(
+        &http,
+        &node.url,
+        "books",
+        "b1",
+        json!({"op": "increment", "by": 4}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply["plugin"], javascript);
+    node.kill();
+
+    let node = ServeProcess::start(&data, &plugins);
+    let listed = get(&http, &node.url, "/plugins").await;
+    let ledger = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|plugin| plugin["name"] == "ledger")
+        .cloned();
+    assert_eq!(
+        ledger.map(|plugin| plugin["version"].clone()),
+        Some(javascript.clone()),
+        "{}",
+        node.log.lock().unwrap()
+    );
+    let types = get(&http, &node.url, "/entity-types").await;
+    let books = types["entity_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entity_type| entity_type["name"] == "books")
+        .cloned()
+        .expect("the binding is back");
+    assert_eq!(
+        (&books["plugin"], &books["snapshot_every"]),
+        (&json!("ledger"), &json!(5))
+    );
+    let reply = send(
+        &http,
+        &node.url,
+        "books",
+        "b1",
+        json!({"op": "increment", "by": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (&reply["reply"], &reply["seq_nr"]),
+        (&json!({"value": 8}), &json!(3))
+    );
+    assert_eq!(reply["plugin"], javascript);
+    let history = get(&http, &node.url, "/plugins/ledger/history").await;
+    let versions: Vec<&Value> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| &record["version"])
+        .collect();
+    assert_eq!(versions, [&rust, &javascript]);
 }

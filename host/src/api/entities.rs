@@ -194,6 +194,12 @@ pub async fn bind_type(
             "name the plugin serving this entity type: {\"plugin\": \"…\"}",
         ));
     }
-    app.entities.bind_type(&entity_type, config)?;
+    app.entities.bind_type(&entity_type, config.clone())?;
+    if let Err(error) = app.deployments.record_binding(&entity_type, &config) {
+        tracing::error!(
+            entity_type,
+            "the binding holds but will not survive a restart: {error}"
+        );
+    }
     Ok(Json(json!({"entity_types": app.entities.types()})))
 }

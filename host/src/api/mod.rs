@@ -35,6 +35,7 @@ pub use error::{ApiError, entity_error_status};
 
 use crate::cluster::Router as EntityRouter;
 use crate::ddata::DistributedData;
+use crate::deployments::Deployments;
 use crate::entity::EntitySystem;
 use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// The node's DistributedData, when it is part of a cluster.
     pub ddata: Option<DistributedData>,
     pub plugins: Arc<PluginRegistry>,
+    /// What was loaded and bound over the API, kept across restarts.
+    pub deployments: Arc<Deployments>,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limits.command_bytes));
     let uploads = Router::new()
         .route("/plugins/{name}", put(plugins::upload))
+        .route("/plugins/{name}/history", get(plugins::history))
         .layer(DefaultBodyLimit::max(limits.plugin_bytes));
     Router::new()
         .merge(commands)

@@ -1,4 +1,5 @@
-//! `/plugins`: the loaded plugins, and upload with hot-load.
+//! `/plugins`: the loaded plugins, upload with hot-load (recorded to survive a restart), and each
+//! name's history of uploads.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -32,6 +33,7 @@ pub async fn upload(
         .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "resolver_bound", reason))?;
     let registry = app.plugins.clone();
     let plugin = name.clone();
+    let bytes_kept = bytes.clone();
     let report = tokio::task::spawn_blocking(move || registry.load_world(&plugin, &bytes, needed))
         .await
         .map_err(|e| {
@@ -44,5 +46,20 @@ pub async fn upload(
     if report.world == World::Entity {
         app.entities.bind_type_if_unbound(&name);
     }
-    Ok(Json(json!(report)))
+    let mut answer = json!(report);
+    // Loaded either way; kept across restarts only if it could be recorded.
+    let durable = app.deployments.record_plugin(&report, &bytes_kept);
+    if let Err(error) = &durable {
+        tracing::error!(plugin = %report.version, "the upload is loaded but will not survive a restart: {error}");
+    }
+    answer["durable"] = json!(durable.is_ok());
+    Ok(Json(answer))
+}
+
+/// Every load of the plugin over the API, oldest first.
+pub async fn history(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Json<serde_json::Value> {
+    Json(json!({"name": name, "history": app.deployments.history(&name)}))
 }
