@@ -15,25 +15,13 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::entity::EntityTypeConfig;
-use crate::plugin::{LoadReport, World};
-
-/// One load of a plugin over the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PluginRecord {
-    pub name: String,
-    /// `name@hash-prefix`, as events record it.
-    pub version: String,
-    pub content_hash: String,
-    pub world: World,
-    pub size_bytes: usize,
-    /// When it was loaded, in milliseconds since the Unix epoch.
-    pub loaded_at_ms: u64,
-}
+use crate::plugin::{LoadReport, PluginInfo};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Manifest {
-    /// Every load, oldest first; the last of a name is its current version.
-    plugins: Vec<PluginRecord>,
+    /// Every load over the API, oldest first (`loaded_at_ms`: when it was loaded); the last of a
+    /// name is its current version.
+    plugins: Vec<PluginInfo>,
     bindings: BTreeMap<String, EntityTypeConfig>,
 }
 
@@ -69,7 +57,7 @@ impl Deployments {
         if !wasm.exists() {
             write_atomically(&wasm, bytes)?;
         }
-        let record = PluginRecord {
+        let record = PluginInfo {
             name: report.name.clone(),
             version: report.version.clone(),
             content_hash: report.content_hash.clone(),
@@ -97,9 +85,9 @@ impl Deployments {
 
     /// The current version of every plugin loaded over the API, with the file holding its bytes,
     /// in the order they were loaded.
-    pub fn current_plugins(&self) -> Vec<(PluginRecord, PathBuf)> {
+    pub fn current_plugins(&self) -> Vec<(PluginInfo, PathBuf)> {
         let manifest = self.lock();
-        let mut current: Vec<&PluginRecord> = Vec::new();
+        let mut current: Vec<&PluginInfo> = Vec::new();
         for record in &manifest.plugins {
             current.retain(|earlier| earlier.name != record.name);
             current.push(record);
@@ -116,7 +104,7 @@ impl Deployments {
     }
 
     /// Every load of `name` over the API, oldest first.
-    pub fn history(&self, name: &str) -> Vec<PluginRecord> {
+    pub fn history(&self, name: &str) -> Vec<PluginInfo> {
         self.lock()
             .plugins
             .iter()
@@ -160,6 +148,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::World;
 
     fn report(name: &str, hash: &str) -> LoadReport {
         LoadReport {

@@ -33,8 +33,8 @@ pub struct LoadReport {
     pub replaced: Option<String>,
 }
 
-/// A loaded plugin, as listed by [`PluginRegistry::list`].
-#[derive(Debug, Clone, serde::Serialize)]
+/// A loaded plugin, as listed by [`PluginRegistry::list`] (and as a deployment records a load).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
