@@ -173,19 +173,44 @@ impl Node {
         Ok(())
     }
 
-    /// Runs until the server stops (for `weft serve`, until Ctrl-C).
+    /// Runs until the server stops. For `weft serve`: until SIGINT (Ctrl-C) or SIGTERM (what
+    /// systemd, Docker and Kubernetes send), then stops taking connections and answers every
+    /// request in flight before returning; a second signal returns at once.
     pub async fn wait(self) -> anyhow::Result<()> {
         let Node {
-            shutdown, server, ..
+            shutdown,
+            mut server,
+            ..
         } = self;
         tokio::select! {
-            outcome = server => outcome??,
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("stopping");
+            outcome = &mut server => return Ok(outcome??),
+            signal = stop_signal() => {
+                tracing::info!("{signal}: stopping; answering the requests in flight");
                 shutdown.send_replace(true);
             }
         }
+        tokio::select! {
+            outcome = server => outcome??,
+            signal = stop_signal() => tracing::warn!("{signal} again: stopping at once"),
+        }
+        tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The next SIGINT or SIGTERM, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        Err(error) => {
+            tracing::warn!("cannot listen for SIGTERM ({error}); Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 

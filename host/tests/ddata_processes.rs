@@ -269,7 +269,7 @@ async fn a_durable_key_comes_back_after_a_restart_and_another_does_not() {
     .await;
     assert_eq!(status, 200);
     // A clean stop writes what is queued; the restart reads it back, alone in its cluster.
-    node.interrupt();
+    assert!(node.interrupt().success());
 
     let node = ServeProcess::start_with_config(&config);
     wait_for_members(&http, &node.url, &["s1"]).await;

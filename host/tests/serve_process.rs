@@ -88,71 +88,103 @@ async fn state_and_seq_nr_survive_a_restart() {
     assert_eq!(reply["reply"], json!({"value": 11}));
 }
 
+/// How a test stops a node under load.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Interrupt,
+    Terminate,
+}
+
 /// Four clients stream increments with distinct amounts; the process is SIGKILLed after at
 /// least 200 acknowledgements. After a restart every acknowledged increment is in the journal
 /// exactly once, sequence numbers are gap-free, and the state is the sum of the events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
+    stop_under_load(Stop::Kill).await;
+}
+
+/// SIGTERM and SIGINT under load: the node exits 0, and every increment it applied was
+/// answered — no client saw its connection cut on a command that is in the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_answer_every_applied_command_and_exit_0() {
+    stop_under_load(Stop::Terminate).await;
+    stop_under_load(Stop::Interrupt).await;
+}
+
+async fn stop_under_load(stop: Stop) {
     const CLIENTS: u64 = 4;
     const COMMANDS_PER_CLIENT_MAX: u64 = 5_000;
-    const ACKS_BEFORE_KILL: usize = 200;
+    const ACKS_BEFORE_STOP: usize = 200;
     let root = tempfile::tempdir().unwrap();
     let plugins = plugins_dir(root.path(), &["counter"]);
     let data = root.path().join("data");
     let node = ServeProcess::start(&data, &plugins);
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    // Each command's amount, and whether it was answered.
+    let (outcome_tx, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
-            let (url, acks) = (node.url.clone(), ack_tx.clone());
+            let (url, outcomes) = (node.url.clone(), outcome_tx.clone());
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
                 for n in 0..COMMANDS_PER_CLIENT_MAX {
                     // Distinct amounts identify each command in the journal.
                     let by = 1 + client + n * CLIENTS;
-                    match send(
-                        &http,
-                        &url,
-                        "counter",
-                        "hot",
-                        json!({"op": "increment", "by": by}),
-                    )
-                    .await
-                    {
-                        Ok(_) => {
-                            if acks.send(by).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return, // the node is gone
+                    let command = json!({"op": "increment", "by": by});
+                    let answered = send(&http, &url, "counter", "hot", command).await.is_ok();
+                    if outcomes.send((by, answered)).is_err() || !answered {
+                        return; // the node is gone
                     }
                 }
             })
         })
         .collect();
-    drop(ack_tx);
+    drop(outcome_tx);
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut acked = Vec::new();
-    while acked.len() < ACKS_BEFORE_KILL {
+    let (mut acked, mut unanswered) = (Vec::new(), Vec::new());
+    while acked.len() < ACKS_BEFORE_STOP {
         assert!(
             Instant::now() < deadline,
             "too few acknowledgements before the deadline"
         );
-        match tokio::time::timeout(Duration::from_secs(30), ack_rx.recv()).await {
-            Ok(Some(by)) => acked.push(by),
+        match tokio::time::timeout(Duration::from_secs(30), outcome_rx.recv()).await {
+            Ok(Some((by, true))) => acked.push(by),
             other => panic!(
                 "clients stopped early ({other:?}):\n{}",
                 node.log.lock().unwrap()
             ),
         }
     }
-    node.kill();
+    let exit = match stop {
+        Stop::Kill => {
+            node.kill();
+            None
+        }
+        Stop::Interrupt => Some(
+            tokio::task::spawn_blocking(|| node.interrupt())
+                .await
+                .unwrap(),
+        ),
+        Stop::Terminate => Some(
+            tokio::task::spawn_blocking(|| node.terminate())
+                .await
+                .unwrap(),
+        ),
+    };
     for client in clients {
         client.await.unwrap();
     }
-    while let Ok(by) = ack_rx.try_recv() {
-        acked.push(by);
+    while let Ok((by, answered)) = outcome_rx.try_recv() {
+        if answered {
+            acked.push(by)
+        } else {
+            unanswered.push(by)
+        }
+    }
+    if let Some(exit) = exit {
+        assert!(exit.success(), "a graceful stop exits 0: {exit}");
     }
 
     let node = ServeProcess::start(&data, &plugins);
@@ -188,6 +220,14 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
             copies, 1,
             "acknowledged increment {by} is in the journal {copies} times"
         );
+    }
+    if stop != Stop::Kill {
+        for by in &unanswered {
+            assert!(
+                !amounts.contains(by),
+                "increment {by} was applied, but its client's connection was cut"
+            );
+        }
     }
     let state = get(&http, &node.url, "/entities/counter/hot").await;
     assert_eq!(state["seq_nr"], json!(events.len()));

@@ -210,14 +210,24 @@ impl ServeProcess {
     }
 
     /// SIGINT (Ctrl-C): the node stops cleanly; waits until the process has exited.
-    pub fn interrupt(mut self) {
+    pub fn interrupt(self) -> std::process::ExitStatus {
+        self.stop_with("INT")
+    }
+
+    /// SIGTERM (what service managers send): the node stops cleanly; waits until the process
+    /// has exited.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
-            .args(["-INT", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .expect("run kill");
-        assert!(sent.success(), "kill -INT {pid}");
-        self.child.wait().expect("wait");
+        assert!(sent.success(), "kill -{signal} {pid}");
+        self.child.wait().expect("wait")
     }
 
     /// SIGKILL: no shutdown code runs.
