@@ -374,7 +374,7 @@ fn the_compile_cache_keeps_within_its_budget() {
         .load_world("x", &plugin_bytes("highest-bid"), Some(World::Entity))
         .unwrap_err();
     refusing
-        .load("y", &plugin_bytes("hostile-wrong-signatures"))
+        .load("y", &plugin_bytes("test-only/hostile-wrong-signatures"))
         .unwrap_err();
     assert_eq!(artifacts(), kept);
 }

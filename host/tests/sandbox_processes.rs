@@ -377,7 +377,10 @@ async fn loads_are_checked_before_they_replace_anything() {
 
     // The right names with the wrong function types: refused at load, the counter unchanged.
     let answer = node
-        .upload("counter", plugin_bytes("hostile-wrong-signatures"))
+        .upload(
+            "counter",
+            plugin_bytes("test-only/hostile-wrong-signatures"),
+        )
         .await;
     assert_error(&answer, 422, "invalid_plugin", "function types");
     assert_eq!(node.plugin_version("counter").await, counter);

@@ -4,8 +4,9 @@
 //! - Rust: the packages of the `plugins/` cargo workspace, and any folder of `plugins/` that is
 //!   a cargo workspace of its own (as `weft plugin new --lang rust` writes one). A package may
 //!   list extra builds in `[package.metadata.weft] variants = ["v2"]`: each variant is the cargo
-//!   feature of that name, built to `target/plugins/<name>-<variant>.wasm`. Cargo decides what
-//!   to rebuild.
+//!   feature of that name, built to `target/plugins/<name>-<variant>.wasm`; `test-variants`
+//!   likewise, to `target/plugins/test-only/` (builds that exist to be refused, kept out of the
+//!   directory the demo serves). Cargo decides what to rebuild.
 //! - Python: a folder with `app.py`, built with componentize-py and the SDK in
 //!   `guest-sdk/python`.
 //! - JavaScript: a folder with `index.js`, built with componentize-qjs; it imports the SDK from
@@ -25,6 +26,10 @@ use std::time::Instant;
 use crate::guest_tools;
 use crate::process::{self, Cmd, step};
 use crate::toolchain::{TARGET, Toolchain};
+
+/// Where test-only builds go, below `target/plugins/`: out of the directory a node (the demo)
+/// serves, since they exist to be refused.
+const TEST_ONLY_DIR: &str = "test-only/";
 
 /// One wasm file to produce.
 struct Build {
@@ -102,6 +107,9 @@ pub fn build_all(root: &Path, toolchain: &Toolchain) -> Result<()> {
         let started = Instant::now();
         let progress = format!("[{}/{total}] {}.wasm", index + 1, build.name);
         let dest = out_dir.join(format!("{}.wasm", build.name));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         let size_bytes = match &build.source {
             Source::Rust {
                 manifest,
@@ -413,12 +421,16 @@ fn rust_builds(root: &Path, manifest: &Path) -> Result<(Vec<Build>, Vec<PathBuf>
             },
         };
         builds.push(rust(None));
-        let variants = package["metadata"]["weft"]["variants"].as_array();
-        for variant in variants.into_iter().flatten() {
-            let Some(variant) = variant.as_str() else {
-                bail!("plugin {name}: [package.metadata.weft] variants must be strings");
-            };
-            builds.push(rust(Some(variant)));
+        for (key, folder) in [("variants", ""), ("test-variants", TEST_ONLY_DIR)] {
+            let variants = package["metadata"]["weft"][key].as_array();
+            for variant in variants.into_iter().flatten() {
+                let Some(variant) = variant.as_str() else {
+                    bail!("plugin {name}: [package.metadata.weft] {key} must be strings");
+                };
+                let mut build = rust(Some(variant));
+                build.name = format!("{folder}{}", build.name);
+                builds.push(build);
+            }
         }
     }
     Ok((builds, member_dirs))

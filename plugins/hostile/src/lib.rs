@@ -17,8 +17,8 @@
 //! - `error {bytes}`: a rejection whose text is `bytes` long.
 //! - `log {lines, bytes}`: `lines` log lines of `bytes` bytes each, then a reply.
 //!
-//! The `wrong-signatures` variant (`hostile-wrong-signatures.wasm`) exports the entity
-//! interface's name with the right function names and the wrong function types.
+//! The `wrong-signatures` test variant (`test-only/hostile-wrong-signatures.wasm`) exports the
+//! entity interface's name with the right function names and the wrong function types.
 
 use serde::Deserialize;
 
