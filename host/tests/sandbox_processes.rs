@@ -123,13 +123,25 @@ state_bytes_max = {state}
         );
     }
 
-    /// Runs `case` and returns how far the node's peak RSS rose above its RSS before it.
-    async fn peak_rss_growth<F: Future<Output = ()>>(&self, case: F) -> u64 {
+    /// Asks the hostile plugin for a reply of `bytes` bytes shaped `shape`; asserts the node's
+    /// peak RSS rose by no more than the bound docs/plugins.md states and that the node still
+    /// serves; returns the answer.
+    async fn measured_reply(&mut self, shape: &str, bytes: u64) -> (u16, Value) {
         let pid = self.process.pid();
         reset_peak_rss(pid);
         let before = peak_rss_bytes(pid);
-        case.await;
-        peak_rss_bytes(pid).saturating_sub(before)
+        let command = json!({"op": "reply", "shape": shape, "bytes": bytes});
+        let answer = self.send("hostile", "h", command).await;
+        let growth = peak_rss_bytes(pid).saturating_sub(before);
+        println!(
+            "a {} MiB reply of {shape} (status {}): peak RSS +{} MiB",
+            bytes / MIB,
+            answer.0,
+            growth / MIB
+        );
+        assert!(growth <= rss_bound(bytes), "+{} MiB", growth / MIB);
+        self.alive_and_counting().await;
+        answer
     }
 
     fn log(&self) -> String {
@@ -190,49 +202,13 @@ async fn oversized_and_malformed_output_is_the_plugins_error() {
 
     // The worst case for a generic decoder — 16 MiB of nils, which took 1.2 GB before — is
     // within the reply limit here: it is answered, at a bounded cost.
-    let growth = node
-        .peak_rss_growth(async {
-            let (status, body) = node
-                .send(
-                    "hostile",
-                    "h",
-                    json!({"op": "reply", "shape": "nils", "bytes": 16 * MIB}),
-                )
-                .await;
-            assert_eq!(status, 200);
-            assert_eq!(body["reply"].as_array().map(Vec::len), Some(16 << 20));
-        })
-        .await;
-    println!(
-        "a 16 MiB reply of nils, answered as JSON: peak RSS +{} MiB",
-        growth / MIB
-    );
-    assert!(growth <= rss_bound(16 * MIB), "+{} MiB", growth / MIB);
-    node.alive_and_counting().await;
+    let (status, body) = node.measured_reply("nils", 16 * MIB).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["reply"].as_array().map(Vec::len), Some(16 << 20));
 
     // Over the reply limit: the plugin's error, at the cost of the payload only.
-    let growth = node
-        .peak_rss_growth(async {
-            let (status, body) = node
-                .send(
-                    "hostile",
-                    "h",
-                    json!({"op": "reply", "shape": "bin", "bytes": 64 * MIB}),
-                )
-                .await;
-            assert_eq!(
-                (status, body["error"]["code"].as_str()),
-                (422, Some("plugin_reply_bytes_max_exceeded")),
-                "{body}"
-            );
-        })
-        .await;
-    println!(
-        "a 64 MiB reply over the limit, refused: peak RSS +{} MiB",
-        growth / MIB
-    );
-    assert!(growth <= rss_bound(64 * MIB), "+{} MiB", growth / MIB);
-    node.alive_and_counting().await;
+    let answer = node.measured_reply("bin", 64 * MIB).await;
+    assert_error(&answer, 422, "plugin_reply_bytes_max_exceeded", "");
 
     node.refused(
         "h",
