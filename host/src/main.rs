@@ -13,6 +13,10 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(error) = weft::cli::Cli::parse().run().await {
+        // The reader of stdout went away (`weft plugin list | head -1`): nothing went wrong.
+        if error.is::<weft::cli::OutputClosed>() {
+            return;
+        }
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

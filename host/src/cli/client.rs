@@ -1,25 +1,200 @@
-//! The client side of the CLI: HTTP calls to a running node, printing JSON.
+//! The client side of the CLI: HTTP calls to a running node. Paths are built segment by segment,
+//! each percent-encoded, so an entity id, a lease name or a key may hold `?`, `#`, `/` or spaces;
+//! answers come back as JSON values for [`super::output`] to print, and error answers as errors
+//! naming the API's code.
 
 use anyhow::{Context as _, bail};
 use std::path::Path;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
-fn endpoint(url: &str, path: &str) -> String {
-    format!("{}{path}", url.trim_end_matches('/'))
+/// How often `weft events --follow` asks for new events once it has read them all.
+const FOLLOW_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A running node, reached at the URL the command line names.
+pub struct NodeClient {
+    base: reqwest::Url,
+    http: reqwest::Client,
 }
 
-/// Prints the JSON body of a successful response; turns an error body into an error.
-async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .context("the node answered with something that is not JSON")?;
-    if status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        return Ok(());
+impl NodeClient {
+    /// Checks the URL before anything is sent, so a mistyped one is named as such rather than
+    /// reported as an unreachable node.
+    pub fn new(url: &str) -> anyhow::Result<NodeClient> {
+        if !url.contains("://") {
+            bail!("the node URL {url:?} has no scheme: did you mean http://{url}?");
+        }
+        let base = reqwest::Url::parse(url).with_context(|| format!("invalid node URL {url:?}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("the node URL {url:?} must start with http:// or https://");
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            bail!("the node URL {url:?} names no host");
+        }
+        Ok(NodeClient {
+            base,
+            http: reqwest::Client::new(),
+        })
     }
+
+    /// The URL of `segments` (each one percent-encoded) under the node's URL.
+    fn endpoint(&self, segments: &[&str], query: &[(&str, &str)]) -> reqwest::Url {
+        let mut endpoint = self.base.clone();
+        if let Ok(mut path) = endpoint.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            endpoint.query_pairs_mut().extend_pairs(query);
+        }
+        endpoint
+    }
+
+    pub async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let request = self.http.get(self.endpoint(segments, query));
+        self.answer(request).await
+    }
+
+    /// POSTs `body` as JSON, with its `null` fields left out so that the node's defaults apply.
+    pub async fn post(
+        &self,
+        segments: &[&str],
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let request = self
+            .http
+            .post(self.endpoint(segments, &[]))
+            .json(&without_nulls(body));
+        self.answer(request).await
+    }
+
+    pub async fn delete(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let request = self.http.delete(self.endpoint(segments, query));
+        self.answer(request).await
+    }
+
+    /// Uploads a `.wasm` file as plugin `name` (default: the file name without `.wasm`).
+    pub async fn load_plugin(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => file
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .context("cannot derive a plugin name from the file name; pass --name")?
+                .to_owned(),
+        };
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        eprintln!(
+            "uploading {} ({} KiB) as plugin `{name}` …",
+            file.display(),
+            bytes.len() / 1024
+        );
+        let request = self
+            .http
+            .put(self.endpoint(&["plugins", &name], &[]))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes);
+        self.answer(request).await
+    }
+
+    /// Follows an entity's events from `from` on: every event already written, then each new one
+    /// as it is written (asked for every [`FOLLOW_POLL_INTERVAL`]), until Ctrl-C or `print` fails.
+    pub async fn follow_events(
+        &self,
+        entity: [&str; 2],
+        mut from: u64,
+        replica: Option<&str>,
+        mut print: impl FnMut(&serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let [entity_type, entity_id] = entity;
+        loop {
+            let from_text = from.to_string();
+            let mut query = vec![("from", from_text.as_str())];
+            query.extend(replica.map(|replica| ("replica", replica)));
+            let page = self
+                .get(&["entities", entity_type, entity_id, "events"], &query)
+                .await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            for event in &events {
+                print(event)?;
+                from = event["seq_nr"].as_u64().map_or(from, |seq_nr| seq_nr + 1);
+            }
+            if events.is_empty() {
+                tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+            }
+        }
+    }
+
+    /// Follows a server-sent-events stream, handing over each event's data (one JSON value), until
+    /// the node ends the stream (or Ctrl-C).
+    pub async fn follow_stream(
+        &self,
+        segments: &[&str],
+        mut print: impl FnMut(&serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let request = self.http.get(self.endpoint(segments, &[]));
+        let mut response = request.send().await.map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return error_answer(response).await;
+        }
+        let mut pending = String::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    let value = serde_json::from_str(data.trim_start())
+                        .unwrap_or_else(|_| serde_json::Value::String(data.trim().to_owned()));
+                    print(&value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the request; the JSON body of a successful answer, or an error naming the API's
+    /// error code and message.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return error_answer(response).await;
+        }
+        let status = response.status();
+        response.json().await.with_context(|| {
+            format!(
+                "{} answered {status} with something that is not JSON: is it a weft node?",
+                self.base
+            )
+        })
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        let cause = std::error::Error::source(&error)
+            .and_then(std::error::Error::source)
+            .map_or_else(|| error.to_string(), ToString::to_string);
+        anyhow::anyhow!(
+            "cannot reach the weft node at {} ({cause}); is `weft serve` running there?",
+            self.base
+        )
+    }
+}
+
+/// An error answer as an error: the API's code, the status and the message.
+async fn error_answer<T>(response: reqwest::Response) -> anyhow::Result<T> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
     let error = &body["error"];
     bail!(
         "{} ({}): {}",
@@ -27,131 +202,6 @@ async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
         status,
         error["message"].as_str().unwrap_or("no message")
     )
-}
-
-fn unreachable(url: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_ {
-    move |error| {
-        anyhow::anyhow!("cannot reach the weft node at {url} ({error}); is `weft serve` running?")
-    }
-}
-
-pub async fn get(url: &str, path: &str) -> anyhow::Result<()> {
-    let response = reqwest::get(endpoint(url, path))
-        .await
-        .map_err(unreachable(url))?;
-    print_response(response).await
-}
-
-pub async fn send(
-    url: &str,
-    entity_type: &str,
-    entity_id: &str,
-    command: &str,
-) -> anyhow::Result<()> {
-    let json: serde_json::Value =
-        serde_json::from_str(command).context("the command is not valid JSON")?;
-    post(
-        url,
-        endpoint(url, &format!("/entities/{entity_type}/{entity_id}")),
-        &json,
-    )
-    .await
-}
-
-/// `GET /leases/{name}` when `action` is `None`, else `POST /leases/{name}/{action}` with `body`
-/// (`null` fields left out, so that the node's defaults apply). The name is percent-encoded: it may
-/// contain `/` and spaces.
-pub async fn lease(
-    url: &str,
-    name: &str,
-    action: Option<&str>,
-    body: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let mut segments = vec!["leases", name];
-    segments.extend(action);
-    let endpoint = segments_url(url, &segments)?;
-    match action {
-        None => {
-            let response = reqwest::get(endpoint).await.map_err(unreachable(url))?;
-            print_response(response).await
-        }
-        Some(_) => post(url, endpoint, &without_nulls(body)).await,
-    }
-}
-
-/// `url` with each of `segments` appended as one percent-encoded path segment (names may contain
-/// `/` and spaces).
-fn segments_url(url: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
-    let mut endpoint =
-        reqwest::Url::parse(url).with_context(|| format!("invalid node URL {url:?}"))?;
-    endpoint
-        .path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("the node URL {url:?} cannot take a path"))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(endpoint)
-}
-
-/// `GET /ddata/{key}?consistency=…`.
-pub async fn ddata_get(url: &str, key: &str, consistency: &str) -> anyhow::Result<()> {
-    let mut endpoint = segments_url(url, &["ddata", key])?;
-    endpoint
-        .query_pairs_mut()
-        .append_pair("consistency", consistency);
-    let response = reqwest::get(endpoint).await.map_err(unreachable(url))?;
-    print_response(response).await
-}
-
-/// `POST /ddata/{key}` with the op (JSON) and, when given, the consistency level.
-pub async fn ddata_update(
-    url: &str,
-    key: &str,
-    op: &str,
-    consistency: Option<&str>,
-) -> anyhow::Result<()> {
-    let mut body: serde_json::Value =
-        serde_json::from_str(op).context("the op is not valid JSON")?;
-    if let (Some(fields), Some(consistency)) = (body.as_object_mut(), consistency) {
-        fields.insert("consistency".into(), consistency.into());
-    }
-    post(url, segments_url(url, &["ddata", key])?, &body).await
-}
-
-/// `DELETE /ddata/{key}?consistency=…`.
-pub async fn ddata_delete(url: &str, key: &str, consistency: &str) -> anyhow::Result<()> {
-    let mut endpoint = segments_url(url, &["ddata", key])?;
-    endpoint
-        .query_pairs_mut()
-        .append_pair("consistency", consistency);
-    let response = reqwest::Client::new()
-        .delete(endpoint)
-        .send()
-        .await
-        .map_err(unreachable(url))?;
-    print_response(response).await
-}
-
-/// Follows `GET /ddata/{key}/subscribe`, printing each value as one JSON line, until the node
-/// ends the stream (or Ctrl-C).
-pub async fn ddata_subscribe(url: &str, key: &str) -> anyhow::Result<()> {
-    let response = reqwest::get(segments_url(url, &["ddata", key, "subscribe"])?)
-        .await
-        .map_err(unreachable(url))?;
-    if !response.status().is_success() {
-        return print_response(response).await;
-    }
-    let mut response = response;
-    let mut pending = String::new();
-    while let Some(chunk) = response.chunk().await.map_err(unreachable(url))? {
-        pending.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            if let Some(data) = line.trim_end().strip_prefix("data:") {
-                println!("{}", data.trim_start());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn without_nulls(body: &serde_json::Value) -> serde_json::Value {
@@ -165,41 +215,31 @@ fn without_nulls(body: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-async fn post(
-    url: &str,
-    endpoint: impl reqwest::IntoUrl,
-    body: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(endpoint)
-        .json(body)
-        .send()
-        .await
-        .map_err(unreachable(url))?;
-    print_response(response).await
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub async fn load_plugin(url: &str, file: &Path, name: Option<&str>) -> anyhow::Result<()> {
-    let name = match name {
-        Some(name) => name.to_owned(),
-        None => file
-            .file_stem()
-            .and_then(|stem| stem.to_str())
-            .context("cannot derive a plugin name from the file name; pass --name")?
-            .to_owned(),
-    };
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    eprintln!(
-        "uploading {} ({} KiB) as plugin `{name}` …",
-        file.display(),
-        bytes.len() / 1024
-    );
-    let response = reqwest::Client::new()
-        .put(endpoint(url, &format!("/plugins/{name}")))
-        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .map_err(unreachable(url))?;
-    print_response(response).await
+    #[test]
+    fn ids_are_one_encoded_segment_each() {
+        let node = NodeClient::new("http://127.0.0.1:7070/").unwrap();
+        let url = node.endpoint(&["entities", "counter", "a?b#c/d e"], &[("from", "1")]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7070/entities/counter/a%3Fb%23c%2Fd%20e?from=1"
+        );
+    }
+
+    #[test]
+    fn a_url_without_scheme_is_named_as_such() {
+        let error = NodeClient::new("localhost:7070").err().unwrap().to_string();
+        assert!(
+            error.contains("did you mean http://localhost:7070"),
+            "{error}"
+        );
+        let error = NodeClient::new("ftp://localhost")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("http:// or https://"), "{error}");
+    }
 }

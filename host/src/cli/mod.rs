@@ -1,16 +1,21 @@
 //! The `weft` command line: `serve` runs a node; `plugin new` writes a plugin template; the
 //! other commands talk to a running node over its HTTP API (`--url`, or `WEFT_URL`, default
-//! `http://127.0.0.1:7070`).
+//! `http://127.0.0.1:7070`) and print its answers as tables or JSON (`--output`, see [`output`]).
 
 mod client;
+mod output;
 mod templates;
 
+pub use output::OutputClosed;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::node::Node;
+use client::NodeClient;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +26,10 @@ use crate::node::Node;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to print a node's answers: `table` or `json` (default: tables on a terminal, JSON
+    /// into a pipe or a file).
+    #[arg(long = "output", value_enum, env = "WEFT_OUTPUT", global = true)]
+    output_format: Option<output::Format>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +88,9 @@ enum Command {
         /// For a replicated entity type: the replica whose stream to print.
         #[arg(long)]
         replica: Option<String>,
+        /// Keep printing events as they are written, one per line, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
@@ -233,6 +245,8 @@ impl LeaseCommand {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
+        let format = output::Format::chosen(self.output_format);
+        let print = |answer: serde_json::Value| output::print(&answer, format);
         match self.command {
             Command::Serve(args) => serve(args).await,
             Command::CompilePlugin {
@@ -242,9 +256,10 @@ impl Cli {
             } => crate::plugin::run_child_compile(&limits, &input, &output),
             Command::Plugin { command, url } => match command {
                 PluginCommand::Load { file, name } => {
-                    client::load_plugin(&url, &file, name.as_deref()).await
+                    let node = NodeClient::new(&url)?;
+                    print(node.load_plugin(&file, name.as_deref()).await?)
                 }
-                PluginCommand::List => client::get(&url, "/plugins").await,
+                PluginCommand::List => print(NodeClient::new(&url)?.get(&["plugins"], &[]).await?),
                 PluginCommand::New {
                     name,
                     language,
@@ -258,49 +273,96 @@ impl Cli {
                 }),
             },
             Command::Lease { command, url } => {
+                let node = NodeClient::new(&url)?;
                 let (name, action, body) = command.request();
-                client::lease(&url, &name, action, &body).await
+                print(match action {
+                    None => node.get(&["leases", &name], &[]).await?,
+                    Some(action) => node.post(&["leases", &name, action], &body).await?,
+                })
             }
             Command::Send {
                 entity_type,
                 entity_id,
                 command,
                 url,
-            } => client::send(&url, &entity_type, &entity_id, &command).await,
+            } => {
+                let node = NodeClient::new(&url)?;
+                let command: serde_json::Value =
+                    serde_json::from_str(&command).context("the command is not valid JSON")?;
+                print(
+                    node.post(&["entities", &entity_type, &entity_id], &command)
+                        .await?,
+                )
+            }
             Command::State {
                 entity_type,
                 entity_id,
                 url,
-            } => client::get(&url, &format!("/entities/{entity_type}/{entity_id}")).await,
-            Command::Cluster { url } => client::get(&url, "/cluster").await,
-            Command::Ddata { command, url } => match command {
-                DdataCommand::Get { key, consistency } => {
-                    client::ddata_get(&url, &key, &consistency).await
+            } => print(
+                NodeClient::new(&url)?
+                    .get(&["entities", &entity_type, &entity_id], &[])
+                    .await?,
+            ),
+            Command::Cluster { url } => print(NodeClient::new(&url)?.get(&["cluster"], &[]).await?),
+            Command::Ddata { command, url } => {
+                let node = NodeClient::new(&url)?;
+                match command {
+                    DdataCommand::Get { key, consistency } => print(
+                        node.get(&["ddata", &key], &[("consistency", &consistency)])
+                            .await?,
+                    ),
+                    DdataCommand::Update {
+                        key,
+                        op,
+                        consistency,
+                    } => {
+                        let mut body: serde_json::Value =
+                            serde_json::from_str(&op).context("the op is not valid JSON")?;
+                        if let (Some(fields), Some(consistency)) =
+                            (body.as_object_mut(), consistency)
+                        {
+                            fields.insert("consistency".into(), consistency.into());
+                        }
+                        print(node.post(&["ddata", &key], &body).await?)
+                    }
+                    DdataCommand::Delete { key, consistency } => print(
+                        node.delete(&["ddata", &key], &[("consistency", &consistency)])
+                            .await?,
+                    ),
+                    DdataCommand::Subscribe { key } => {
+                        node.follow_stream(&["ddata", &key, "subscribe"], |value| {
+                            output::print_item(value, format)
+                        })
+                        .await
+                    }
                 }
-                DdataCommand::Update {
-                    key,
-                    op,
-                    consistency,
-                } => client::ddata_update(&url, &key, &op, consistency.as_deref()).await,
-                DdataCommand::Delete { key, consistency } => {
-                    client::ddata_delete(&url, &key, &consistency).await
-                }
-                DdataCommand::Subscribe { key } => client::ddata_subscribe(&url, &key).await,
-            },
+            }
             Command::Events {
                 entity_type,
                 entity_id,
                 from,
                 replica,
+                follow,
                 url,
             } => {
-                let replica =
-                    replica.map_or(String::new(), |replica| format!("&replica={replica}"));
-                client::get(
-                    &url,
-                    &format!("/entities/{entity_type}/{entity_id}/events?from={from}{replica}"),
+                let node = NodeClient::new(&url)?;
+                if follow {
+                    return node
+                        .follow_events(
+                            [&entity_type, &entity_id],
+                            from,
+                            replica.as_deref(),
+                            |event| output::print_item(event, format),
+                        )
+                        .await;
+                }
+                let from = from.to_string();
+                let mut query = vec![("from", from.as_str())];
+                query.extend(replica.as_deref().map(|replica| ("replica", replica)));
+                print(
+                    node.get(&["entities", &entity_type, &entity_id, "events"], &query)
+                        .await?,
                 )
-                .await
             }
         }
     }
