@@ -1,7 +1,8 @@
 //! Deployments across a cluster of real `weft serve` processes sharing a PostgreSQL journal: a
 //! build uploaded to one node is loaded, recorded and served by every node; two uploads of one
-//! name made at once on two nodes end with the same winner everywhere; and a node that joins
-//! later has the build before placement can give it an entity of its type.
+//! name made at once on two nodes end with the same winner everywhere; a node that joins later
+//! has the build before placement can give it an entity of its type; and a node that cannot load
+//! a build says so.
 
 mod support;
 
@@ -134,6 +135,36 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
         "a1 never described a4 while it joined: the check saw nothing"
     );
     wait_for_everywhere(&http, &all, "versioned", &winner).await;
+
+    // A build that cannot load on one node: a2 binds an entity type to `tally`, and a resolver
+    // is deployed as `tally`. a2 keeps running without it and says why; the cluster has not
+    // converged.
+    let response = http
+        .put(format!("{}/entity-types/bids", a2.url))
+        .json(&json!({"plugin": "tally"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    upload_plugin(&http, &a1.url, "tally", plugin_bytes("highest-bid")).await;
+    eventually("a2 reports the build it could not load", || async {
+        let plugins = get_json(&http, &format!("{}/plugins", a1.url)).await;
+        let members = plugins["cluster"]["members"].as_array().cloned();
+        let a2 = members
+            .into_iter()
+            .flatten()
+            .find(|member| member["name"] == "a2");
+        a2.is_some_and(|a2| a2["deployment_failures"][0]["name"] == "tally")
+            && plugins["cluster"]["converged"] == false
+    })
+    .await;
+    assert_eq!(loaded_hash(&http, &a2.url, "tally").await, None);
+    for url in [urls[0], urls[2], a4.url.as_str()] {
+        eventually(&format!("{url} loads tally"), || async {
+            loaded_hash(&http, url, "tally").await.is_some()
+        })
+        .await;
+    }
 }
 
 /// Until `joined`: sends commands through `a1` to the entities of the uploaded type, and reads

@@ -573,4 +573,45 @@ mod tests {
         }
         assert!(!deployed(7, "ab").beats(&deployed(7, "ab")));
     }
+
+    fn report(plugins: &[(&str, &str)], failed: bool) -> Result<NodeReport, String> {
+        let failure = DeploymentFailure {
+            name: "p".into(),
+            content_hash: "h".into(),
+            stamp: 1,
+            error: "does not load".into(),
+        };
+        Ok(NodeReport {
+            plugins: plugins
+                .iter()
+                .map(|(name, hash)| crate::plugin::PluginInfo {
+                    name: (*name).into(),
+                    version: format!("{name}@{hash}"),
+                    content_hash: (*hash).into(),
+                    world: World::Entity,
+                    size_bytes: 1,
+                    loaded_at_ms: 0,
+                })
+                .collect(),
+            active: Vec::new(),
+            deployment_failures: if failed { vec![failure] } else { Vec::new() },
+        })
+    }
+
+    #[test]
+    fn converged_means_every_member_answered_and_runs_the_same_builds() {
+        let same = || report(&[("a", "1"), ("b", "2")], false);
+        assert!(converged(&[same(), same()]));
+        assert!(!converged(&[
+            same(),
+            report(&[("a", "1"), ("b", "3")], false)
+        ]));
+        assert!(!converged(&[same(), report(&[("a", "1")], false)]));
+        assert!(!converged(&[report(&[("a", "1")], false), same()]));
+        assert!(!converged(&[
+            same(),
+            report(&[("a", "1"), ("b", "2")], true)
+        ]));
+        assert!(!converged(&[same(), Err("timed out".into())]));
+    }
 }
