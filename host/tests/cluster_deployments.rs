@@ -46,8 +46,8 @@ async fn wait_for_everywhere(http: &reqwest::Client, urls: &[&str], plugin: &str
 
 /// Sends a command to every entity through every node in `urls`: each must be answered by
 /// `version`, whichever node owns the entity. A command that fails while an entity moves between
-/// nodes (the type is not single-writer: the journal refuses the stale writer) is sent again,
-/// but none may fail for want of the plugin or the type.
+/// nodes (its lease not yet released) is sent again, but none may fail for want of the plugin or
+/// the type.
 async fn every_node_answers_with(http: &reqwest::Client, urls: &[&str], version: &str) {
     for url in urls {
         for entity in 0..ENTITIES {
@@ -78,7 +78,12 @@ fn assert_no_missing_build(entity: &str, url: &str, body: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_first() {
     let postgres = Postgres::start();
-    let cluster = TestCluster::new(&postgres, "a1").await;
+    let mut cluster = TestCluster::new(&postgres, "a1").await;
+    // Bound before its plugin exists; single-writer, so an entity moving to a joining node has
+    // one writer throughout.
+    cluster.extra =
+        "[entities.versioned]\nplugin = \"versioned\"\nsingle_writer = true\nlease_ttl_ms = 2000\n"
+            .into();
     let a1 = cluster.start("a1", "actor");
     let a2 = cluster.start("a2", "actor");
     let a3 = cluster.start("a3", "actor");
