@@ -137,6 +137,7 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
         winner.clone(),
         joined.clone(),
     ));
+    let sender = tokio::spawn(command_while_joining(a1.url.clone(), joined.clone()));
     let config = cluster.config("a4", "actor");
     let a4 = tokio::task::spawn_blocking(move || ServeProcess::start_with_config(&config))
         .await
@@ -147,6 +148,7 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
     // Entities owned by a4 are among those the commands reach now.
     every_node_answers_with(&http, &all, &winner_version).await;
     joined.store(true, Ordering::Release);
+    sender.await.unwrap();
     let seen = watcher.await.unwrap();
     assert!(
         seen > 0,
@@ -185,18 +187,25 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
     }
 }
 
-/// Until `joined`: sends commands through `a1` to the entities of the uploaded type, and reads
-/// a1's view; panics if a4 is a member without `hash` loaded or a command fails for want of the
-/// type or plugin. Returns how many views described a4.
-async fn watch_the_newcomer(a1: String, hash: String, joined: Arc<AtomicBool>) -> usize {
+/// Until `joined`: sends commands through `a1` to the entities of the uploaded type; panics if
+/// one fails for want of the type or plugin.
+async fn command_while_joining(a1: String, joined: Arc<AtomicBool>) {
     let http = reqwest::Client::new();
-    let mut described = 0;
     let mut round = 0;
     while !joined.load(Ordering::Acquire) {
         round += 1;
         let entity = format!("e{}", round % ENTITIES);
         let (_, body) = send_command(&http, &a1, "versioned", &entity, &json!({"n": 1})).await;
         assert_no_missing_build(&entity, &a1, &body);
+    }
+}
+
+/// Until `joined`: reads a1's view; panics if a4 is a member without `hash` loaded. Returns how
+/// many views described a4.
+async fn watch_the_newcomer(a1: String, hash: String, joined: Arc<AtomicBool>) -> usize {
+    let http = reqwest::Client::new();
+    let mut described = 0;
+    while !joined.load(Ordering::Acquire) {
         let Some(view) = cluster_view(&http, &a1).await else {
             continue;
         };
