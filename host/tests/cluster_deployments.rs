@@ -1,8 +1,9 @@
 //! Deployments across a cluster of real `weft serve` processes sharing a PostgreSQL journal: a
 //! build uploaded to one node is loaded, recorded and served by every node; two uploads of one
 //! name made at once on two nodes end with the same winner everywhere; a node that joins later
-//! has the build before placement can give it an entity of its type; and a node that cannot load
-//! a build says so.
+//! has the build before placement can give it an entity of its type; a node that cannot load a
+//! build says so; and a build received from a peer is served again after a restart with no peer
+//! left.
 
 mod support;
 
@@ -166,7 +167,7 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    upload_plugin(&http, &a1.url, "tally", plugin_bytes("highest-bid")).await;
+    let tally = upload_plugin(&http, &a1.url, "tally", plugin_bytes("highest-bid")).await;
     eventually("a2 reports the build it could not load", || async {
         let plugins = get_json(&http, &format!("{}/plugins", a1.url)).await;
         let members = plugins["cluster"]["members"].as_array().cloned();
@@ -185,6 +186,21 @@ async fn an_upload_to_one_node_reaches_every_node_and_one_joining_later_has_it_f
         })
         .await;
     }
+
+    // What a3 received from a1 survives its restart on its own: every other node is gone, so
+    // nobody can send it again.
+    for node in [a1, a2, a4] {
+        node.kill();
+    }
+    a3.terminate();
+    let config = cluster.config("a3", "actor");
+    let a3 = tokio::task::spawn_blocking(move || ServeProcess::start_with_config(&config))
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded_hash(&http, &a3.url, "tally").await.as_deref(),
+        tally["content_hash"].as_str()
+    );
 }
 
 /// Until `joined`: sends commands through `a1` to the entities of the uploaded type; panics if
