@@ -23,6 +23,10 @@ struct Manifest {
     /// name is its current version.
     plugins: Vec<PluginInfo>,
     bindings: BTreeMap<String, EntityTypeConfig>,
+    /// The cluster-wide order of each name's current version: the hybrid-logical-clock time it
+    /// was deployed (see [`crate::cluster::deployments`]).
+    #[serde(default)]
+    stamps: BTreeMap<String, u64>,
 }
 
 /// The deployments of one node.
@@ -51,8 +55,14 @@ impl Deployments {
         })
     }
 
-    /// Records a plugin loaded over the API, keeping its bytes.
-    pub fn record_plugin(&self, report: &LoadReport, bytes: &[u8]) -> std::io::Result<()> {
+    /// Records a plugin deployed at `stamp` (loaded over the API here, or received from a peer),
+    /// keeping its bytes.
+    pub fn record_plugin(
+        &self,
+        report: &LoadReport,
+        bytes: &[u8],
+        stamp: u64,
+    ) -> std::io::Result<()> {
         let wasm = self.wasm_path(&report.content_hash);
         if !wasm.exists() {
             write_atomically(&wasm, bytes)?;
@@ -67,7 +77,10 @@ impl Deployments {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        self.update(|manifest| manifest.plugins.push(record))
+        self.update(|manifest| {
+            manifest.stamps.insert(record.name.clone(), stamp);
+            manifest.plugins.push(record);
+        })
     }
 
     /// Records an entity type bound over the API.
@@ -96,6 +109,11 @@ impl Deployments {
             .into_iter()
             .map(|record| (record.clone(), self.wasm_path(&record.content_hash)))
             .collect()
+    }
+
+    /// The deployment stamp of each name's current version.
+    pub fn stamps(&self) -> BTreeMap<String, u64> {
+        self.lock().stamps.clone()
     }
 
     /// The entity types bound over the API.
@@ -167,13 +185,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let deployments = Deployments::open(dir.path()).unwrap();
         deployments
-            .record_plugin(&report("a", "aaaa1"), b"one")
+            .record_plugin(&report("a", "aaaa1"), b"one", 1)
             .unwrap();
         deployments
-            .record_plugin(&report("b", "bbbb1"), b"two")
+            .record_plugin(&report("b", "bbbb1"), b"two", 2)
             .unwrap();
         deployments
-            .record_plugin(&report("a", "aaaa2"), b"three")
+            .record_plugin(&report("a", "aaaa2"), b"three", 3)
             .unwrap();
         deployments
             .record_binding("books", &EntityTypeConfig::for_plugin("a"))
@@ -193,6 +211,7 @@ mod tests {
             ]
         );
         assert_eq!(reopened.history("a").len(), 2);
+        assert_eq!(reopened.stamps()["a"], 3);
         assert_eq!(reopened.bindings()["books"].plugin, "a");
     }
 }

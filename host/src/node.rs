@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
 use crate::cluster::{
-    Cluster, ClusterConfig, ClusterPeers, Faults, NodeInbound, NodeRole, Router, Transport,
-    hand_off_moved_entities, packet_channel,
+    Cluster, ClusterConfig, ClusterPeers, Deployer, Faults, NodeInbound, NodeRole, Router,
+    Transport, hand_off_moved_entities, packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::ddata::{DdataConfig, DistributedData, message_channel};
@@ -115,6 +115,12 @@ impl Node {
         }
         let deployments = Arc::new(Deployments::open(data_dir)?);
         restore_deployments(&deployments, &plugins, &entities).await;
+        let deployer = Deployer::new(
+            plugins.clone(),
+            entities.clone(),
+            deployments.clone(),
+            config.node.max_plugin_bytes,
+        );
         let (router, ddata) = match &config.cluster {
             Some(cluster) => {
                 let (cluster, ddata) = join_cluster(
@@ -122,7 +128,7 @@ impl Node {
                     config.ddata.clone(),
                     data_dir,
                     &entities,
-                    &plugins,
+                    &deployer,
                     shutdown_rx.clone(),
                 )
                 .await?;
@@ -142,6 +148,7 @@ impl Node {
             ddata,
             plugins: plugins.clone(),
             deployments,
+            deployer,
             lease,
             limits: BodyLimits {
                 command_bytes: config.node.max_command_bytes,
@@ -258,14 +265,15 @@ async fn restore_deployments(
     }
 }
 
-/// Starts the internal transport, the membership service (announcing to the seeds) and
-/// DistributedData.
+/// Starts the internal transport, catches up on the deployments the seeds have, then starts the
+/// membership service (announcing to the seeds: from then on placement may give this node
+/// entities) and DistributedData.
 async fn join_cluster(
     config: ClusterConfig,
     ddata_config: DdataConfig,
     data_dir: &Path,
     entities: &EntitySystem,
-    plugins: &Arc<PluginRegistry>,
+    deployer: &Deployer,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Cluster, DistributedData)> {
     let (packets, packets_in) = packet_channel();
@@ -273,7 +281,8 @@ async fn join_cluster(
     let started = Arc::new(std::sync::OnceLock::new());
     let inbound = Arc::new(NodeInbound {
         entities: entities.clone(),
-        plugins: plugins.clone(),
+        plugins: deployer.plugins().clone(),
+        deployer: deployer.clone(),
         packets,
         ddata: ddata_messages,
         cluster: started.clone(),
@@ -296,9 +305,13 @@ async fn join_cluster(
         let _ = stop.wait_for(|stop| *stop).await;
         stop_transport.shutdown();
     });
+    deployer
+        .catch_up(&transport, config.name.as_str(), &config.seeds)
+        .await;
     let cluster = Cluster::start(config, transport, packets_in, shutdown.clone())?;
     // Set once, here, before anything reads it.
     let _ = started.set(cluster.clone());
+    deployer.attach(cluster.clone());
     let ddata = DistributedData::start(
         cluster.clone(),
         ddata_in,

@@ -1,6 +1,7 @@
 //! `GET /cluster`: this node's view of the cluster — members with role, status, incarnation, the
-//! plugins each has loaded and how many entities each hosts (asked of each member, bounded), and
-//! the entities this node hosts with their owners. `POST /cluster/faults`
+//! plugins each has loaded (with their hashes), the deployments each failed to load and how many
+//! entities each hosts (asked of each member, bounded), whether every member runs the same builds
+//! (`converged`), and the entities this node hosts with their owners. `POST /cluster/faults`
 //! injects transport faults, only on nodes configured with `fault_injection = true` (tests).
 
 use axum::Json;
@@ -12,25 +13,60 @@ use std::time::Duration;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cluster::NodeReport;
+use crate::cluster::deployments::converged;
 use crate::cluster::placement::owner;
+use crate::cluster::{Member, NodeReport};
 
 /// How long `GET /cluster` waits for each member to say what it hosts.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let cluster = app.router.cluster().ok_or_else(not_clustered)?;
+/// What each member of this node's view hosts (a member that did not answer in time: why), in
+/// the view's order; none on a node running alone.
+async fn member_reports(app: &AppState) -> Vec<(Member, Result<NodeReport, String>)> {
+    let Some(cluster) = app.router.cluster() else {
+        return Vec::new();
+    };
     let view = cluster.view();
     let reports = futures::future::join_all(view.members.iter().map(|member| async {
         if member.id == view.local.id {
-            Ok(NodeReport::of(&app.entities, &app.plugins))
+            Ok(NodeReport::of(&app.entities, &app.plugins, &app.deployer))
         } else {
             app.router.describe(member, DESCRIBE_TIMEOUT).await
         }
     }))
     .await;
-    let members: Vec<Value> = view
-        .members
+    view.members.iter().cloned().zip(reports).collect()
+}
+
+/// For `GET /plugins` in a cluster: each member's hash of each plugin it has loaded, the
+/// deployments it failed to load, and whether all members agree.
+pub async fn deployments_across(app: &AppState) -> Value {
+    let (members, reports): (Vec<Member>, Vec<_>) = member_reports(app).await.into_iter().unzip();
+    let nodes: Vec<Value> = members
+        .iter()
+        .zip(&reports)
+        .map(|(member, report)| match report {
+            Ok(report) => json!({
+                "name": member.name().as_str(),
+                "plugins": report
+                    .plugins
+                    .iter()
+                    .map(|plugin| (plugin.name.clone(), json!(plugin.content_hash)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "deployment_failures": report.deployment_failures,
+            }),
+            Err(error) => json!({"name": member.name().as_str(), "unreachable": error}),
+        })
+        .collect();
+    json!({"converged": converged(&reports), "members": nodes})
+}
+
+pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cluster = app.router.cluster().ok_or_else(not_clustered)?;
+    let view = cluster.view();
+    let (members, reports): (Vec<Member>, Vec<_>) = member_reports(&app).await.into_iter().unzip();
+    let all_converged = converged(&reports);
+    let members: Vec<Value> = members
         .iter()
         .zip(reports)
         .map(|(member, report)| {
@@ -48,9 +84,14 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
                         report
                             .plugins
                             .iter()
-                            .map(|(name, version)| json!({"name": name, "version": version}))
+                            .map(|plugin| json!({
+                                "name": plugin.name,
+                                "version": plugin.version,
+                                "content_hash": plugin.content_hash,
+                            }))
                             .collect::<Vec<_>>()
                     );
+                    entry["deployment_failures"] = json!(report.deployment_failures);
                     entry["active_entities"] = json!(report.active.len());
                 }
                 Err(error) => entry["unreachable"] = json!(error),
@@ -81,6 +122,8 @@ pub async fn show(State(app): State<AppState>) -> Result<Json<Value>, ApiError> 
             "addr": view.local.addr.to_string(),
         },
         "members": members,
+        // Every member answered, loaded every deployment, and runs the same build of each plugin.
+        "converged": all_converged,
         "active_entities": entities,
         // What this node's replicas could not fold (a missing resolver build, a failing fold).
         "parked_events": app.entities.parked(),

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 pub use error::{ApiError, entity_error_status};
 
-use crate::cluster::Router as EntityRouter;
+use crate::cluster::{Deployer, Router as EntityRouter};
 use crate::ddata::DistributedData;
 use crate::deployments::Deployments;
 use crate::entity::EntitySystem;
@@ -51,6 +51,8 @@ pub struct AppState {
     pub plugins: Arc<PluginRegistry>,
     /// What was loaded and bound over the API, kept across restarts.
     pub deployments: Arc<Deployments>,
+    /// Deploys builds under a name here and across the cluster.
+    pub deployer: Deployer,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,

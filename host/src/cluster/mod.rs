@@ -19,11 +19,14 @@
 //! - [`service`]: [`Cluster`], the task driving membership over the transport, and the view it
 //!   publishes; [`ClusterConfig`], the `[cluster]` section of `weft.toml`.
 //! - [`replicas`]: [`ClusterPeers`], replicated entities' messages to the other replicas.
+//! - [`deployments`]: [`Deployer`], plugin builds deployed under a name on every node: loaded,
+//!   recorded, announced, fetched by peers, and caught up on by a node before it joins.
 //! - [`routing`]: [`Router`], which runs an entity call here or forwards it to the owner, the
 //!   inbound side of forwarded calls, and the hand-off of entities that moved.
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
 //!   invariant checkers and the scenarios run in it.
 
+pub mod deployments;
 pub mod handoff;
 pub mod identity;
 pub mod membership;
@@ -36,6 +39,7 @@ mod simulation;
 pub mod suspicion;
 pub mod transport;
 
+pub use deployments::{Deployer, Deployment};
 pub use identity::{IdentityError, Member, NodeId, NodeName, NodeRole};
 pub use membership::{
     CodecError, Membership, MembershipAction, MembershipConfig, MembershipError, MembershipTimer,

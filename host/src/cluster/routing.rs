@@ -10,19 +10,22 @@
 //! when this node has none. In lease mode an observing replica's refusal names the holder, and
 //! the command is forwarded there once.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::deployments::{Deployer, DeploymentAnswer, DeploymentFailure, DeploymentRequest};
 use super::handoff::{moved_away, owned_elsewhere};
 use super::identity::Member;
 use super::placement::owner;
 use super::service::Cluster;
-use super::transport::{Inbound, Topic, TransportError};
+use super::transport::{Inbound, Topic, Transport, TransportError};
 use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem, ReplicaStatus};
-use crate::plugin::PluginRegistry;
+use crate::plugin::{PluginInfo, PluginRegistry};
 
 /// An entity call as it travels to the owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,25 +42,29 @@ enum Call {
     },
     /// What the node hosts, for `GET /cluster`.
     Describe,
+    /// Its deployments, or a chunk of one's bytes.
+    Deployments(DeploymentRequest),
 }
 
-/// What a node hosts: the plugins it has loaded (name, version) and its active entities (type,
-/// id).
+/// What a node hosts: the plugins it has loaded, its active entities (type, id), and the
+/// deployments it received but could not load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeReport {
-    pub plugins: Vec<(String, String)>,
+    pub plugins: Vec<PluginInfo>,
     pub active: Vec<(String, String)>,
+    pub deployment_failures: Vec<DeploymentFailure>,
 }
 
 impl NodeReport {
-    pub fn of(entities: &EntitySystem, plugins: &PluginRegistry) -> NodeReport {
+    pub fn of(
+        entities: &EntitySystem,
+        plugins: &PluginRegistry,
+        deployer: &Deployer,
+    ) -> NodeReport {
         NodeReport {
-            plugins: plugins
-                .list()
-                .into_iter()
-                .map(|plugin| (plugin.name, plugin.version))
-                .collect(),
+            plugins: plugins.list(),
             active: entities.active(),
+            deployment_failures: deployer.failures(),
         }
     }
 }
@@ -81,6 +88,7 @@ enum Answer {
         replica: Option<ReplicaStatus>,
     },
     Described(NodeReport),
+    Deployments(DeploymentAnswer),
     Failed(RemoteError),
 }
 
@@ -294,6 +302,28 @@ impl Router {
     }
 }
 
+/// Asks the node `peer_name` at `addr` about its deployments (bounded by `timeout`).
+pub async fn request_deployments(
+    transport: &Transport,
+    peer_name: &str,
+    addr: SocketAddr,
+    request: DeploymentRequest,
+    timeout: Duration,
+) -> Result<DeploymentAnswer, String> {
+    let payload =
+        rmp_serde::to_vec_named(&Call::Deployments(request)).map_err(|e| e.to_string())?;
+    let answer = transport
+        .request(peer_name, addr, payload, timeout)
+        .await
+        .map_err(|error| error.to_string())?;
+    match rmp_serde::from_slice(&answer) {
+        Ok(Answer::Deployments(answer)) => Ok(answer),
+        Ok(Answer::Failed(error)) => Err(error.message),
+        Ok(other) => Err(format!("answered {other:?}")),
+        Err(error) => Err(format!("an answer that does not decode: {error}")),
+    }
+}
+
 /// Forwards a command to `owner` and returns its reply.
 async fn forward_command(
     cluster: &Cluster,
@@ -365,10 +395,13 @@ fn mismatch(owner: &Member, entity_type: &str, entity_id: &str, answer: &Answer)
 }
 
 /// What arrives at this node over the transport: membership packets go to the cluster service,
-/// DistributedData messages to its service, forwarded calls run on this node's entities.
+/// DistributedData messages to its service, deployments to the [`Deployer`], forwarded calls run
+/// on this node's entities.
 pub struct NodeInbound {
     pub entities: EntitySystem,
     pub plugins: Arc<PluginRegistry>,
+    /// Deployments peers announce and ask for.
+    pub deployer: Deployer,
     pub packets: mpsc::Sender<Vec<u8>>,
     /// DistributedData messages, with the sending node's name.
     pub ddata: mpsc::Sender<crate::ddata::PeerMessage>,
@@ -427,7 +460,19 @@ impl Inbound for NodeInbound {
                 },
                 Err(error) => Answer::Failed(remote_error(&error)),
             },
-            Call::Describe => Answer::Described(NodeReport::of(&self.entities, &self.plugins)),
+            Call::Describe => Answer::Described(NodeReport::of(
+                &self.entities,
+                &self.plugins,
+                &self.deployer,
+            )),
+            Call::Deployments(request) => match self.deployer.answer(request) {
+                Ok(answer) => Answer::Deployments(answer),
+                Err(message) => Answer::Failed(RemoteError {
+                    status: 404,
+                    code: "unknown_deployment".into(),
+                    message,
+                }),
+            },
         };
         rmp_serde::to_vec_named(&answer).map_err(|error| error.to_string())
     }
@@ -437,6 +482,10 @@ impl Inbound for NodeInbound {
         let queued = match topic {
             Topic::Membership => self.packets.try_send(payload).is_ok(),
             Topic::Ddata => self.ddata.try_send((from.to_owned(), payload)).is_ok(),
+            Topic::Deployments => {
+                self.deployer.announced(from, &payload);
+                true
+            }
             Topic::Replication => match rmp_serde::from_slice(&payload) {
                 Ok(message) => {
                     let (entities, from) = (self.entities.clone(), from.to_owned());

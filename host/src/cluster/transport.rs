@@ -99,6 +99,8 @@ pub enum Topic {
     Ddata,
     /// Replicated entities' events and pulls.
     Replication,
+    /// Announcements of plugin deployments.
+    Deployments,
 }
 
 /// What a node does with what its peers send it.
