@@ -354,6 +354,19 @@ async fn status_of(http: &reqwest::Client, url: &str, path: &str) -> (u16, Value
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// Increments entity `c1` of `entity_type` by `by`: the reply.
+async fn increment(http: &reqwest::Client, url: &str, entity_type: &str, by: u64) -> Value {
+    send(
+        http,
+        url,
+        entity_type,
+        "c1",
+        json!({"op": "increment", "by": by}),
+    )
+    .await
+    .unwrap()
+}
+
 /// The port answers before the plugins are compiled. A fresh compile cache makes the JavaScript
 /// and Python counters compile cold (each takes many seconds), and `counter-py` loads last: until
 /// it is loaded `/health` is 200, `/ready` is 503 listing it, and its commands get
@@ -400,15 +413,7 @@ async fn the_port_answers_while_plugins_compile_and_commands_wait_for_them() {
         (&json!(2), &json!(2), &json!([])),
         "{ready}"
     );
-    let reply = send(
-        &http,
-        &node.url,
-        "counter-py",
-        "c1",
-        json!({"op": "increment", "by": 2}),
-    )
-    .await
-    .unwrap();
+    let reply = increment(&http, &node.url, "counter-py", 2).await;
     assert_eq!(
         reply["reply"],
         json!({"value": 2}),
@@ -441,15 +446,7 @@ async fn a_plugin_that_fails_to_load_is_listed_and_the_node_becomes_ready() {
     assert_eq!(failed.len(), 1, "{ready}");
     assert_eq!(failed[0]["plugin"], json!("broken"), "{ready}");
     assert!(!failed[0]["error"].as_str().unwrap().is_empty());
-    let reply = send(
-        &http,
-        &node.url,
-        "counter",
-        "c1",
-        json!({"op": "increment", "by": 1}),
-    )
-    .await
-    .unwrap();
+    let reply = increment(&http, &node.url, "counter", 1).await;
     assert_eq!(reply["reply"], json!({"value": 1}));
     // Ready: an entity type nobody serves is unknown, not loading.
     let unknown = http
