@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     config.node.data_dir = dir.path().join("data");
     config.node.plugins_dir = Some(plugins);
     let node = weft::node::Node::start(config).await?;
+    node.ready().await;
 
     let noop = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let noop_addr = noop.local_addr()?;

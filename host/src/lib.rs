@@ -39,6 +39,7 @@ pub mod msgpack;
 pub mod node;
 pub mod plugin;
 pub mod postgres;
+pub mod readiness;
 pub mod replication;
 pub mod settings;
 #[cfg(test)]

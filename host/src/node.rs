@@ -1,9 +1,12 @@
 //! A running node: everything `weft serve` starts, wired together from a [`Config`].
 //!
-//! Start-up: data directory, writer id, journal, lease backend, plugin runtime (with its compile cache), the
-//! plugins found in the plugins directory (each load logged as it happens), entity types, what was
-//! loaded and bound over the API before the last stop (`deployments`), then the HTTP API. The plugins directory keeps being watched: a new or changed `.wasm` file is
-//! hot-loaded.
+//! Start-up: data directory, writer id, journal, lease backend, plugin runtime (with its compile
+//! cache), entity types, the cluster, then the HTTP API — bound before any plugin is compiled, so
+//! `/health` answers at once. Loading then runs in the background, in order: the plugins found in
+//! the plugins directory, then what was loaded and bound over the API before the last stop
+//! (`deployments`), each load logged with its place and time. [`Readiness`] tracks it for
+//! `GET /ready`; commands for entity types not loaded yet answer `503 plugins_loading` meanwhile.
+//! The plugins directory keeps being watched: a new or changed `.wasm` file is hot-loaded.
 
 use anyhow::Context as _;
 use std::collections::HashMap;
@@ -25,7 +28,8 @@ use crate::deployments::Deployments;
 use crate::entity::{EntitySystem, SystemSettings};
 use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
 use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
-use crate::plugin::{PluginRegistry, PluginRuntime, World};
+use crate::plugin::{LoadReport, PluginRegistry, PluginRuntime, World};
+use crate::readiness::{Readiness, StartupStep};
 
 /// Most PostgreSQL connections the lease backend opens: lease calls are short single statements.
 const LEASE_CONNECTIONS_MAX: usize = 4;
@@ -38,6 +42,8 @@ pub struct Node {
     pub addr: SocketAddr,
     pub entities: EntitySystem,
     pub plugins: Arc<PluginRegistry>,
+    /// Whether start-up loading is done (see [`Node::ready`]).
+    pub readiness: Readiness,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -108,13 +114,22 @@ impl Node {
             entities.bind_type(name, type_config.clone())?;
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        if let Some(dir) = &config.node.plugins_dir {
-            let mut watcher = PluginDirWatcher::new(dir.clone(), plugins.clone(), entities.clone());
-            watcher.scan().await;
-            tokio::spawn(watcher.run(shutdown_rx.clone()));
-        }
         let deployments = Arc::new(Deployments::open(data_dir)?);
-        restore_deployments(&deployments, &plugins, &entities).await;
+        // Begun before the port binds: `/ready` never says ready before start-up loading ran.
+        let readiness = Readiness::new();
+        let loading = readiness.begin("plugins");
+        let watcher = config
+            .node
+            .plugins_dir
+            .clone()
+            .map(|dir| PluginDirWatcher::new(dir, plugins.clone(), entities.clone()));
+        readiness.expect_plugins(watcher.iter().flat_map(PluginDirWatcher::pending));
+        readiness.expect_plugins(
+            deployments
+                .current_plugins()
+                .into_iter()
+                .map(|(record, _)| record.name),
+        );
         let deployer = Deployer::new(
             plugins.clone(),
             entities.clone(),
@@ -129,14 +144,18 @@ impl Node {
                     data_dir,
                     &entities,
                     &deployer,
+                    &readiness,
                     shutdown_rx.clone(),
                 )
                 .await?;
                 entities.set_peers(Arc::new(ClusterPeers::new(cluster.clone())));
                 tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
-                (Router::new(entities.clone(), Some(cluster)), Some(ddata))
+                (
+                    Router::new(entities.clone(), Some(cluster), readiness.clone()),
+                    Some(ddata),
+                )
             }
-            None => (Router::new(entities.clone(), None), None),
+            None => (Router::new(entities.clone(), None, readiness.clone()), None),
         };
         let listener = tokio::net::TcpListener::bind(config.node.listen)
             .await
@@ -147,8 +166,9 @@ impl Node {
             router,
             ddata,
             plugins: plugins.clone(),
-            deployments,
+            deployments: deployments.clone(),
             deployer,
+            readiness: readiness.clone(),
             lease,
             limits: BodyLimits {
                 command_bytes: config.node.max_command_bytes,
@@ -158,19 +178,34 @@ impl Node {
             started: std::time::Instant::now(),
             shutdown: shutdown_rx.clone(),
         };
-        let mut stop = shutdown_rx;
+        let mut stop = shutdown_rx.clone();
         let server = tokio::spawn(api::serve(listener, state, async move {
             // A dropped sender also means stop.
             let _ = stop.wait_for(|stop| *stop).await;
         }));
         tracing::info!(%writer_id, "weft listening on http://{addr}");
+        tokio::spawn(load_at_start(
+            watcher,
+            deployments,
+            plugins.clone(),
+            entities.clone(),
+            readiness.clone(),
+            loading,
+            shutdown_rx,
+        ));
         Ok(Node {
             addr,
             entities,
             plugins,
+            readiness,
             shutdown,
             server,
         })
+    }
+
+    /// Waits until start-up loading is done (`GET /ready` answers 200).
+    pub async fn ready(&self) {
+        self.readiness.wait().await
     }
 
     /// Stops taking requests, lets the ones in flight finish, and returns.
@@ -221,21 +256,44 @@ async fn stop_signal() -> &'static str {
     }
 }
 
+/// Start-up loading, after the port is bound: the plugins directory, then what was loaded and
+/// bound over the API before the node stopped; then the node is ready, and the plugins directory
+/// is watched from then on.
+async fn load_at_start(
+    watcher: Option<PluginDirWatcher>,
+    deployments: Arc<Deployments>,
+    plugins: Arc<PluginRegistry>,
+    entities: EntitySystem,
+    readiness: Readiness,
+    loading: StartupStep,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut watcher = watcher;
+    if let Some(watcher) = &mut watcher {
+        watcher.scan(Some(&readiness)).await;
+    }
+    restore_deployments(&deployments, &plugins, &entities, &readiness).await;
+    drop(loading);
+    if let Some(watcher) = watcher {
+        watcher.run(shutdown).await;
+    }
+}
+
 /// Loads again what was loaded and bound over the API before the node stopped: the current
-/// version of every uploaded plugin, then the bindings. What fails is logged and skipped.
+/// version of every uploaded plugin, then the bindings (after the plugins they name). What fails
+/// is logged, recorded in `readiness`, and skipped.
 async fn restore_deployments(
     deployments: &Deployments,
     plugins: &Arc<PluginRegistry>,
     entities: &EntitySystem,
+    readiness: &Readiness,
 ) {
     let uploads = deployments.current_plugins();
     let total = uploads.len();
     for (index, (record, path)) in uploads.into_iter().enumerate() {
-        tracing::info!(
-            "restoring uploaded plugin {}/{total}: {}",
-            index + 1,
-            record.version
-        );
+        let place = format!("{}/{total}", index + 1);
+        tracing::info!("restoring uploaded plugin {place}: {}", record.version);
+        let name = record.name.clone();
         let (plugins, entities) = (plugins.clone(), entities.clone());
         let load = move || {
             let bytes =
@@ -247,13 +305,12 @@ async fn restore_deployments(
             if report.world == World::Entity {
                 entities.bind_type_if_unbound(&report.name);
             }
-            Ok::<_, String>(())
+            Ok::<_, String>(report)
         };
-        match tokio::task::spawn_blocking(load).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!("cannot restore an uploaded plugin: {error}"),
-            Err(error) => tracing::error!("restoring an uploaded plugin crashed: {error}"),
-        }
+        let outcome = tokio::task::spawn_blocking(load)
+            .await
+            .unwrap_or_else(|crash| Err(format!("the load crashed: {crash}")));
+        record_startup_load(readiness, "uploaded plugin", &place, &name, outcome);
     }
     for (entity_type, config) in deployments.bindings() {
         if let Err(error) = entities.bind_type(&entity_type, config) {
@@ -265,15 +322,45 @@ async fn restore_deployments(
     }
 }
 
-/// Starts the internal transport, catches up on the deployments the seeds have, then starts the
-/// membership service (announcing to the seeds: from then on placement may give this node
-/// entities) and DistributedData.
+/// Logs a start-up load with its place (`i/N`) and time, and records it in `readiness`.
+fn record_startup_load(
+    readiness: &Readiness,
+    what: &str,
+    place: &str,
+    name: &str,
+    outcome: Result<LoadReport, String>,
+) {
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                "{what} {place} loaded: {} in {:.1} s{}",
+                report.version,
+                report.load_ms / 1e3,
+                if report.from_cache {
+                    " (compile cache)"
+                } else {
+                    ""
+                }
+            );
+            readiness.plugin_loaded(name);
+        }
+        Err(error) => {
+            tracing::error!("{what} {place} `{name}` not loaded: {error}");
+            readiness.plugin_failed(name, error);
+        }
+    }
+}
+
+/// Starts the internal transport, catches up on the deployments the seeds have (loading them
+/// before the port binds), then starts the membership service (announcing to the seeds: from then
+/// on placement may give this node entities) and DistributedData.
 async fn join_cluster(
     config: ClusterConfig,
     ddata_config: DdataConfig,
     data_dir: &Path,
     entities: &EntitySystem,
     deployer: &Deployer,
+    readiness: &Readiness,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Cluster, DistributedData)> {
     let (packets, packets_in) = packet_channel();
@@ -283,6 +370,7 @@ async fn join_cluster(
         entities: entities.clone(),
         plugins: deployer.plugins().clone(),
         deployer: deployer.clone(),
+        readiness: readiness.clone(),
         packets,
         ddata: ddata_messages,
         cluster: started.clone(),
@@ -380,11 +468,22 @@ impl PluginDirWatcher {
                 // The only change ever sent is the stop; a dropped sender means stop too.
                 _ = shutdown.changed() => return,
             }
-            self.scan().await;
+            self.scan(None).await;
         }
     }
 
-    async fn scan(&mut self) {
+    /// The plugins the next scan loads (by name), in load order.
+    fn pending(&self) -> Vec<String> {
+        changed_wasm_files(&self.dir, &self.seen)
+            .unwrap_or_default()
+            .iter()
+            .map(|(path, _)| plugin_name(path))
+            .collect()
+    }
+
+    /// Loads what is new or changed, one file after the other; start-up's scan records each load
+    /// in `startup`.
+    async fn scan(&mut self, startup: Option<&Readiness>) {
         let changed = match changed_wasm_files(&self.dir, &self.seen) {
             Ok(changed) => changed,
             Err(error) => {
@@ -394,27 +493,43 @@ impl PluginDirWatcher {
         };
         let total = changed.len();
         for (index, (path, stamp)) in changed.into_iter().enumerate() {
-            tracing::info!("loading plugin {}/{total}: {}", index + 1, path.display());
+            let place = format!("{}/{total}", index + 1);
+            tracing::info!("loading plugin {place}: {}", path.display());
             self.seen.insert(path.clone(), stamp);
             let plugins = self.plugins.clone();
             let entities = self.entities.clone();
             let file = path.clone();
             let load = move || {
-                plugins.load_file(&file, |name, loaded| entities.check_new_build(name, loaded))
-            };
-            match tokio::task::spawn_blocking(load).await {
-                Ok(Ok(report)) => {
-                    if report.world == World::Entity {
-                        self.entities.bind_type_if_unbound(&report.name);
-                    }
+                let report = plugins
+                    .load_file(&file, |name, loaded| entities.check_new_build(name, loaded))
+                    .map_err(|error| error.to_string())?;
+                if report.world == World::Entity {
+                    entities.bind_type_if_unbound(&report.name);
                 }
-                Ok(Err(error)) => tracing::error!("{error}"),
-                Err(error) => {
-                    tracing::error!(path = %path.display(), "plugin load crashed: {error}")
+                Ok(report)
+            };
+            let outcome = tokio::task::spawn_blocking(load)
+                .await
+                .unwrap_or_else(|crash| Err(format!("the load crashed: {crash}")));
+            match startup {
+                Some(readiness) => {
+                    record_startup_load(readiness, "plugin", &place, &plugin_name(&path), outcome)
+                }
+                None => {
+                    if let Err(error) = outcome {
+                        tracing::error!(path = %path.display(), "{error}");
+                    }
                 }
             }
         }
     }
+}
+
+/// The name a plugin file loads under: its file stem.
+fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `.wasm` files whose modification time or size differs from what was seen, in name order.

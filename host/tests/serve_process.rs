@@ -1,12 +1,13 @@
-//! `weft serve` as a real process over HTTP: state survives a restart, and nothing acknowledged
-//! is lost or duplicated when the process is killed with SIGKILL under load.
+//! `weft serve` as a real process over HTTP: state survives a restart, nothing acknowledged
+//! is lost or duplicated when the process is killed with SIGKILL under load, and the port answers
+//! while plugins are still compiling (`/health`, `/ready`, `503 plugins_loading`).
 
 mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::node::{ServeProcess, plugins_dir};
-use support::plugin_bytes;
+use support::{eventually_within, plugin_bytes};
 
 async fn send(
     http: &reqwest::Client,
@@ -342,4 +343,117 @@ async fn uploads_and_bindings_survive_a_restart() {
         .map(|record| &record["version"])
         .collect();
     assert_eq!(versions, [&rust, &javascript]);
+}
+
+/// How long a test waits for cold compiles of Python and JavaScript plugins, on a busy machine.
+const COLD_COMPILES_MAX: Duration = Duration::from_secs(300);
+
+/// `GET path`: the status and the JSON body.
+async fn status_of(http: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {
+    let response = http.get(format!("{url}{path}")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Increments entity `c1` of `entity_type` by `by`: the reply.
+async fn increment(http: &reqwest::Client, url: &str, entity_type: &str, by: u64) -> Value {
+    send(
+        http,
+        url,
+        entity_type,
+        "c1",
+        json!({"op": "increment", "by": by}),
+    )
+    .await
+    .unwrap()
+}
+
+/// The port answers before the plugins are compiled. A fresh compile cache makes the JavaScript
+/// and Python counters compile cold (each takes many seconds), and `counter-py` loads last: until
+/// it is loaded `/health` is 200, `/ready` is 503 listing it, and its commands get
+/// `503 plugins_loading` with `Retry-After`; then `/ready` turns 200 and the command is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_answers_while_plugins_compile_and_commands_wait_for_them() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(root.path(), &["counter-js", "counter-py"]);
+    // The default compile cache is under the data directory: fresh, so every compile is cold.
+    let node = ServeProcess::start_listening(&root.path().join("data"), &plugins);
+    let http = reqwest::Client::new();
+
+    let (status, health) = status_of(&http, &node.url, "/health").await;
+    assert_eq!(status, 200, "{health}");
+    let (status, ready) = status_of(&http, &node.url, "/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], json!(false));
+    assert!(
+        ready["loading"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("counter-py")),
+        "{ready}"
+    );
+    assert_eq!(ready["total"], json!(2), "{ready}");
+    let early = http
+        .post(format!("{}/entities/counter-py/c1", node.url))
+        .json(&json!({"op": "increment", "by": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status().as_u16(), 503);
+    assert!(early.headers().contains_key("retry-after"));
+    let early: Value = early.json().await.unwrap();
+    assert_eq!(early["error"]["code"], json!("plugins_loading"), "{early}");
+
+    eventually_within("the node becomes ready", COLD_COMPILES_MAX, || async {
+        status_of(&http, &node.url, "/ready").await.0 == 200
+    })
+    .await;
+    let (_, ready) = status_of(&http, &node.url, "/ready").await;
+    assert_eq!(
+        (&ready["loaded"], &ready["total"], &ready["loading"]),
+        (&json!(2), &json!(2), &json!([])),
+        "{ready}"
+    );
+    let reply = increment(&http, &node.url, "counter-py", 2).await;
+    assert_eq!(
+        reply["reply"],
+        json!({"value": 2}),
+        "the early command did nothing"
+    );
+    assert!(
+        node.log.lock().unwrap().contains("ready in "),
+        "start-up says when it is ready"
+    );
+}
+
+/// A plugin that cannot load does not keep the node unready: `/ready` turns 200 and lists it
+/// under `failed`, and the plugins that loaded are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_fails_to_load_is_listed_and_the_node_becomes_ready() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(root.path(), &["counter"]);
+    std::fs::write(plugins.join("broken.wasm"), b"not a component").unwrap();
+    let node = ServeProcess::start_listening(&root.path().join("data"), &plugins);
+    let http = reqwest::Client::new();
+
+    eventually_within("the node becomes ready", COLD_COMPILES_MAX, || async {
+        status_of(&http, &node.url, "/ready").await.0 == 200
+    })
+    .await;
+    let (_, ready) = status_of(&http, &node.url, "/ready").await;
+    assert_eq!(ready["ready"], json!(true));
+    assert_eq!((&ready["loaded"], &ready["total"]), (&json!(1), &json!(2)));
+    let failed = ready["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{ready}");
+    assert_eq!(failed[0]["plugin"], json!("broken"), "{ready}");
+    assert!(!failed[0]["error"].as_str().unwrap().is_empty());
+    let reply = increment(&http, &node.url, "counter", 1).await;
+    assert_eq!(reply["reply"], json!({"value": 1}));
+    // Ready: an entity type nobody serves is unknown, not loading.
+    let unknown = http
+        .post(format!("{}/entities/broken/b1", node.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
 }

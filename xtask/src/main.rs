@@ -94,7 +94,11 @@ fn test(root: &std::path::Path) -> Result<()> {
 fn demo(root: &std::path::Path, serve_args: &[String]) -> Result<()> {
     let toolchain = toolchain::setup()?;
     plugins::build_all(root, &toolchain)?;
-    process::step("starting weft on the embedded defaults (Ctrl-C stops it)");
+    // Not waited on: the node answers at once, and `GET /ready` turns 200 once it has loaded
+    // the plugins (its log says when, with the time it took).
+    process::step(
+        "starting weft on the embedded defaults (GET /ready says when the plugins are loaded; Ctrl-C stops it)",
+    );
     // The dev profile shares its build with the tests and optimizes every dependency.
     process::cargo(root)
         .args(["run", "--package", "weft", "--", "serve", "--plugins"])

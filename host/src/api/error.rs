@@ -96,11 +96,18 @@ impl From<RouteError> for ApiError {
     fn from(error: RouteError) -> Self {
         match error {
             RouteError::Local(error) => error.into(),
+            // The owner's own start-up: the same retry as this node's.
+            RouteError::Remote(remote) if remote.code == "plugins_loading" => {
+                ApiError::retry_later("plugins_loading", remote.message)
+            }
             RouteError::Remote(remote) => ApiError::new(
                 StatusCode::from_u16(remote.status).unwrap_or(StatusCode::BAD_GATEWAY),
                 remote.code,
                 remote.message,
             ),
+            error @ RouteError::PluginsLoading { .. } => {
+                ApiError::retry_later("plugins_loading", error)
+            }
             error @ RouteError::NoOwner { .. } => ApiError::retry_later("no_owner", error),
             error @ RouteError::OwnerUnreachable { .. } => {
                 ApiError::retry_later("owner_unreachable", error)

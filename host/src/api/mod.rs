@@ -1,5 +1,5 @@
-//! The HTTP API (axum): entities, plugins, entity types, named leases, health, metrics and the
-//! OpenAPI document.
+//! The HTTP API (axum): entities, plugins, entity types, named leases, health, readiness, metrics
+//! and the OpenAPI document.
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code and a
 //! message for people. Bad input is refused before anything is written.
@@ -14,7 +14,7 @@
 //! - `leases`: `/leases/{name}/...`, named leases with fencing tokens for external workers.
 //! - `notifications`: `/notifications`, lease changes of single-writer entities as server-sent
 //!   events.
-//! - `ops`: `/health`, `/metrics`, `/openapi.json`.
+//! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`.
 
 mod cluster;
 mod ddata;
@@ -39,6 +39,7 @@ use crate::deployments::Deployments;
 use crate::entity::EntitySystem;
 use crate::lease::Lease;
 use crate::plugin::PluginRegistry;
+use crate::readiness::Readiness;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -53,6 +54,8 @@ pub struct AppState {
     pub deployments: Arc<Deployments>,
     /// Deploys builds under a name here and across the cluster.
     pub deployer: Deployer,
+    /// Whether start-up loading is done, for `/ready`.
+    pub readiness: Readiness,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
     pub limits: BodyLimits,
@@ -110,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ddata/{key}/subscribe", get(ddata::subscribe))
         .route("/cluster/faults", post(cluster::inject_fault))
         .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)

@@ -1,4 +1,5 @@
-//! `/health`, `/metrics` (Prometheus text format), `/openapi.json`, and the JSON 404.
+//! `/health` (liveness), `/ready` (start-up loading done), `/metrics` (Prometheus text format),
+//! `/openapi.json`, and the JSON 404.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::readiness::ReadinessReport;
 
 /// The OpenAPI 3.1 description of this API.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -27,6 +29,17 @@ pub async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
         "plugins": app.plugins.list().len(),
         "active_entities": app.entities.active_entities(),
     }))
+}
+
+/// 200 once start-up loading is done (failed plugins listed, not waited for), 503 before, with
+/// the plugins still loading.
+pub async fn ready(State(app): State<AppState>) -> (StatusCode, Json<ReadinessReport>) {
+    let report = app.readiness.report();
+    let status = match report.ready {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(report))
 }
 
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

@@ -26,6 +26,7 @@ use super::service::Cluster;
 use super::transport::{Inbound, Topic, Transport, TransportError};
 use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem, ReplicaStatus};
 use crate::plugin::{PluginInfo, PluginRegistry};
+use crate::readiness::Readiness;
 
 /// An entity call as it travels to the owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,6 +110,16 @@ pub enum RouteError {
     /// The owner ran the call and it failed.
     #[error("{}", .0.message)]
     Remote(RemoteError),
+    /// This node is still loading its plugins at start-up, and the call's entity type or its
+    /// plugin is not loaded yet. Nothing was done; retry shortly.
+    #[error(
+        "this node is still loading its plugins ({}): entity type `{entity_type}` is not served yet; retry shortly (GET /ready shows the progress)",
+        loading_list(loading)
+    )]
+    PluginsLoading {
+        entity_type: String,
+        loading: Vec<String>,
+    },
     /// No actor node is live: nobody can run the call. Nothing was done; retry when one is.
     #[error("no actor node is live to host {entity_type}/{entity_id}; retry shortly")]
     NoOwner {
@@ -133,11 +144,16 @@ pub enum RouteError {
 pub struct Router {
     entities: EntitySystem,
     cluster: Option<Cluster>,
+    readiness: Readiness,
 }
 
 impl Router {
-    pub fn new(entities: EntitySystem, cluster: Option<Cluster>) -> Self {
-        Router { entities, cluster }
+    pub fn new(entities: EntitySystem, cluster: Option<Cluster>, readiness: Readiness) -> Self {
+        Router {
+            entities,
+            cluster,
+            readiness,
+        }
     }
 
     pub fn cluster(&self) -> Option<&Cluster> {
@@ -173,14 +189,15 @@ impl Router {
                 .filter(|_| self.entities.is_single_writer(entity_type)),
         );
         let Some((cluster, replication)) = leased else {
-            return Ok(self.entities.ask(entity_type, entity_id, command).await?);
+            let outcome = self.entities.ask(entity_type, entity_id, command).await;
+            return while_loading(&self.readiness, entity_type, outcome);
         };
-        match self
+        let outcome = self
             .entities
             .ask(entity_type, entity_id, command.clone())
-            .await
-        {
-            Err(refusal @ EntityError::NotWriter { .. }) => {
+            .await;
+        match while_loading(&self.readiness, entity_type, outcome) {
+            Err(RouteError::Local(refusal @ EntityError::NotWriter { .. })) => {
                 let EntityError::NotWriter {
                     writer: Some(writer),
                     ..
@@ -214,7 +231,10 @@ impl Router {
         entity_id: &str,
     ) -> Result<EntityState, RouteError> {
         match self.owner(entity_type, entity_id)? {
-            None => Ok(self.entities.state(entity_type, entity_id).await?),
+            None => {
+                let outcome = self.entities.state(entity_type, entity_id).await;
+                while_loading(&self.readiness, entity_type, outcome)
+            }
             Some((cluster, owner)) => {
                 let call = Call::State {
                     entity_type: entity_type.to_owned(),
@@ -402,6 +422,8 @@ pub struct NodeInbound {
     pub plugins: Arc<PluginRegistry>,
     /// Deployments peers announce and ask for.
     pub deployer: Deployer,
+    /// Forwarded calls for types not loaded yet answer `plugins_loading` while this is not ready.
+    pub readiness: Readiness,
     pub packets: mpsc::Sender<Vec<u8>>,
     /// DistributedData messages, with the sending node's name.
     pub ddata: mpsc::Sender<crate::ddata::PeerMessage>,
@@ -437,7 +459,11 @@ impl Inbound for NodeInbound {
                 entity_type,
                 entity_id,
                 command,
-            } => match self.entities.ask(&entity_type, &entity_id, command).await {
+            } => match while_loading(
+                &self.readiness,
+                &entity_type,
+                self.entities.ask(&entity_type, &entity_id, command).await,
+            ) {
                 Ok(reply) => {
                     self.passivate_if_moved(&entity_type, &entity_id);
                     Answer::Command {
@@ -451,7 +477,11 @@ impl Inbound for NodeInbound {
             Call::State {
                 entity_type,
                 entity_id,
-            } => match self.entities.state(&entity_type, &entity_id).await {
+            } => match while_loading(
+                &self.readiness,
+                &entity_type,
+                self.entities.state(&entity_type, &entity_id).await,
+            ) {
                 Ok(state) => Answer::State {
                     state: state.state,
                     seq_nr: state.seq_nr,
@@ -506,11 +536,60 @@ impl Inbound for NodeInbound {
     }
 }
 
-fn remote_error(error: &EntityError) -> RemoteError {
-    RemoteError {
-        status: crate::api::entity_error_status(error).as_u16(),
-        code: error.code().to_owned(),
-        message: error.to_string(),
+fn remote_error(error: &RouteError) -> RemoteError {
+    match error {
+        RouteError::Local(error) => RemoteError {
+            status: crate::api::entity_error_status(error).as_u16(),
+            code: error.code().to_owned(),
+            message: error.to_string(),
+        },
+        RouteError::Remote(remote) => remote.clone(),
+        other => RemoteError {
+            status: 503,
+            code: other.code().to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl RouteError {
+    /// The API's code for a failure not of an entity (those carry their own).
+    pub fn code(&self) -> &str {
+        match self {
+            RouteError::Local(error) => error.code(),
+            RouteError::Remote(remote) => &remote.code,
+            RouteError::PluginsLoading { .. } => "plugins_loading",
+            RouteError::NoOwner { .. } => "no_owner",
+            RouteError::OwnerUnreachable { .. } => "owner_unreachable",
+        }
+    }
+}
+
+/// An entity call's outcome as this node answers it: while start-up loading runs, an entity type
+/// it does not know yet, or whose plugin is not loaded yet, may be one it is about to serve, and
+/// the caller is told to retry rather than that the type does not exist.
+fn while_loading<T>(
+    readiness: &Readiness,
+    entity_type: &str,
+    outcome: Result<T, EntityError>,
+) -> Result<T, RouteError> {
+    match outcome {
+        Err(EntityError::UnknownEntityType(_))
+        | Err(EntityError::Plugin {
+            code: "unknown_plugin",
+            ..
+        }) if !readiness.is_ready() => Err(RouteError::PluginsLoading {
+            entity_type: entity_type.to_owned(),
+            loading: readiness.loading(),
+        }),
+        outcome => Ok(outcome?),
+    }
+}
+
+fn loading_list(loading: &[String]) -> String {
+    match loading.is_empty() {
+        true => "finishing start-up".to_owned(),
+        false => format!("still to load: {}", loading.join(", ")),
     }
 }
 

@@ -24,17 +24,23 @@ use std::time::{Duration, Instant};
 pub const EVENTUALLY_MAX: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds; panics with `what` after [`EVENTUALLY_MAX`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, EVENTUALLY_MAX, condition).await
+}
+
+/// Polls `condition` until it holds; panics with `what` after `max`.
+pub async fn eventually_within<F, Fut>(what: &str, max: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let started = Instant::now();
     while !condition().await {
-        assert!(
-            started.elapsed() < EVENTUALLY_MAX,
-            "{what}: not within {EVENTUALLY_MAX:?}"
-        );
+        assert!(started.elapsed() < max, "{what}: not within {max:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -41,8 +41,10 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// Starts a node and waits until its start-up loading is done.
     pub async fn start(config: Config) -> TestNode {
         let node = Node::start(config).await.expect("node starts");
+        node.ready().await;
         let url = format!("http://{}", node.addr);
         TestNode {
             node,
@@ -132,6 +134,21 @@ pub fn weft_binary() -> PathBuf {
     profile_dir.join("weft")
 }
 
+/// `weft serve --listen 127.0.0.1:0 --data-dir … --plugins …`.
+fn serve_args(data_dir: &Path, plugins_dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+    args.extend(["--data-dir".into(), data_dir.as_os_str().to_owned()]);
+    args.extend(["--plugins".into(), plugins_dir.as_os_str().to_owned()]);
+    args
+}
+
+/// What [`ServeProcess::spawn`] waits for.
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    Listening,
+    Ready,
+}
+
 /// A `weft serve` process; killed (SIGKILL) when dropped.
 pub struct ServeProcess {
     child: Child,
@@ -141,25 +158,31 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `weft serve` on a free port and waits (bounded) until it listens.
+    /// Starts `weft serve` on a free port and waits (bounded) until it is ready.
     pub fn start(data_dir: &Path, plugins_dir: &Path) -> ServeProcess {
-        let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
-        args.extend(["--data-dir".into(), data_dir.as_os_str().to_owned()]);
-        args.extend(["--plugins".into(), plugins_dir.as_os_str().to_owned()]);
-        ServeProcess::spawn(&args)
+        ServeProcess::spawn(&serve_args(data_dir, plugins_dir), Wait::Ready)
     }
 
-    /// Starts `weft serve --config config` (which sets the HTTP address) and waits until it
-    /// listens.
+    /// Starts `weft serve` on a free port and waits (bounded) until it listens, not until its
+    /// plugins are loaded.
+    pub fn start_listening(data_dir: &Path, plugins_dir: &Path) -> ServeProcess {
+        ServeProcess::spawn(&serve_args(data_dir, plugins_dir), Wait::Listening)
+    }
+
+    /// Starts `weft serve --config config` (which sets the HTTP address) and waits until it is
+    /// ready.
     pub fn start_with_config(config: &Path) -> ServeProcess {
-        ServeProcess::spawn(&[
-            "serve".into(),
-            "--config".into(),
-            config.as_os_str().to_owned(),
-        ])
+        ServeProcess::spawn(
+            &[
+                "serve".into(),
+                "--config".into(),
+                config.as_os_str().to_owned(),
+            ],
+            Wait::Ready,
+        )
     }
 
-    fn spawn(args: &[std::ffi::OsString]) -> ServeProcess {
+    fn spawn(args: &[std::ffi::OsString], wait: Wait) -> ServeProcess {
         let mut child = Command::new(weft_binary())
             .args(args)
             .env("RUST_LOG", "info")
@@ -171,6 +194,7 @@ impl ServeProcess {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -181,21 +205,29 @@ impl ServeProcess {
                 if let Some(url) = url {
                     let _ = addr_tx.send(url.to_owned());
                 }
+                if line.contains("ready in ") && line.contains("plugin(s) loaded") {
+                    let _ = ready_tx.send(());
+                }
                 let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let url = match addr_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "weft serve did not start listening within 60 s:\n{}",
-                    log.lock().unwrap_or_else(|p| p.into_inner())
-                );
-            }
+        let Ok(url) = addr_rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "weft serve did not start listening within 60 s:\n{}",
+                log.lock().unwrap_or_else(|p| p.into_inner())
+            );
         };
+        // Cold compiles of Python and JavaScript plugins take a while on a loaded machine.
+        if wait == Wait::Ready && ready_rx.recv_timeout(Duration::from_secs(300)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "weft serve did not become ready within 300 s:\n{}",
+                log.lock().unwrap_or_else(|p| p.into_inner())
+            );
+        }
         ServeProcess { child, url, log }
     }
 
