@@ -9,25 +9,16 @@ mod support;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use support::{eventually, from_msgpack, msgpack, plugin_bytes};
+use support::{eventually, from_msgpack, msgpack};
 use ulid::Ulid;
 use weft::clock::NodeClock;
 use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
 use weft::journal::{InMemoryJournal, Journal, ReplayFilterMode};
 use weft::lease::InMemoryLease;
-use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 /// One host over `journal` with its own writer id, serving `counter` as a plain (placed) type.
 fn host(journal: &Arc<dyn Journal>, writer_id: Ulid, clustered: bool) -> EntitySystem {
-    let runtime = PluginRuntime::new(
-        RuntimeLimits::default(),
-        Some(support::shared_compile_cache()),
-    )
-    .expect("plugin runtime");
-    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
-    plugins
-        .load("counter", &plugin_bytes("counter"))
-        .expect("load the counter");
+    let plugins = support::counter_registry();
     let settings = SystemSettings {
         writer_id,
         replica: writer_id.to_string(),
