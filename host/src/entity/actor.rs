@@ -11,6 +11,14 @@
 //! the entity's lease, stamping its fencing token on every append; otherwise it observes — it
 //! catches up with the journal before answering a state query and refuses commands naming the
 //! writer. A command that finds the lease free waits for this host's manager to acquire it.
+//!
+//! A placed entity of a cluster (neither single-writer nor replicated, its stream in the journal
+//! the cluster shares) fences every activation instead: before recovering, the actor advances the
+//! entity's fence in the journal ([`Journal::advance_fence`](crate::journal::Journal::advance_fence))
+//! and stamps the new token on its appends. While placement moves the entity, two nodes (or two
+//! activations on one node) may host it at once; the older activation's appends then fail with a
+//! stale token instead of interleaving with the newer one's, and it stops. Its stream reads as
+//! tenures, each with a higher token (`A@1 B@2 A@3`), which recovery's replay filter accepts.
 
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +83,8 @@ pub(super) struct Actor {
     entity_id: String,
     pid: String,
     config: Arc<EntityTypeConfig>,
+    /// The token this activation of a placed entity of a cluster writes with; 0 otherwise.
+    activation_token: u64,
 }
 
 /// What the journal holds for the entity, folded.
@@ -107,11 +117,20 @@ impl Actor {
             entity_id,
             pid,
             config,
+            activation_token: 0,
         }
     }
 
-    pub async fn run(self, inbox: mpsc::Receiver<Message>) {
-        let started = self.recover().await.and_then(|committed| {
+    pub async fn run(mut self, inbox: mpsc::Receiver<Message>) {
+        let fenced = self.fence_activation().await;
+        let recovered = match fenced {
+            Ok(token) => {
+                self.activation_token = token;
+                self.recover().await
+            }
+            Err(error) => Err(error),
+        };
+        let started = recovered.and_then(|committed| {
             let tenure = self
                 .config
                 .single_writer
@@ -140,6 +159,18 @@ impl Actor {
             // Passivated or stopped: let another host take the entity over at once.
             tenure.release().await;
         }
+    }
+
+    /// The token this activation writes with, for a placed entity of a cluster: the entity's fence,
+    /// advanced so that every earlier activation's appends fail from now on. 0 outside a cluster
+    /// and for single-writer entities, whose lease gives their token.
+    async fn fence_activation(&self) -> Result<u64, EntityError> {
+        if !self.shared.settings.clustered || self.config.single_writer {
+            return Ok(0);
+        }
+        let token = self.shared.journal.advance_fence(&self.pid).await?;
+        tracing::debug!(entity = %self.pid, fencing_token = token, "activation fenced");
+        Ok(token)
     }
 
     /// Turns until the mailbox closes: passivation, or a stale view of the stream.
@@ -172,7 +203,13 @@ impl Actor {
             let batch = take_batch(first, &mut inbox, &self.config, &mut passivating, &self.pid);
             if let Err(stale) = self.turn(committed, tenure, batch).await {
                 tracing::warn!(entity = %self.pid, "stopping: {stale}");
-                refuse_queued(inbox, EntityError::Stopped(self.pid.clone())).await;
+                // A newer activation fenced this one: what is queued goes back to its callers
+                // (to send to the entity's current owner) rather than to a new activation here.
+                let error = match stale {
+                    JournalError::StaleFencingToken { .. } => EntityError::from(stale),
+                    _ => EntityError::Stopped(self.pid.clone()),
+                };
+                refuse_queued(inbox, error).await;
                 return;
             }
         }
@@ -416,7 +453,7 @@ impl Actor {
         let plugin = self.plugin()?;
         let now = self.shared.clock.now();
         let ctx = self.context(now, false, Role::Writer);
-        let fencing_token = fencing_token(tenure);
+        let fencing_token = self.fencing_token(tenure);
         run_guest(|| {
             let decision = plugin.handle_command(&ctx, state, command)?;
             let mut state = state.to_vec();
@@ -451,7 +488,7 @@ impl Actor {
             return Ok(());
         }
         let count = events.len() as u64;
-        let fencing_token = fencing_token(tenure);
+        let fencing_token = self.fencing_token(tenure);
         let outcome = if events.is_empty() {
             Ok(())
         } else {
@@ -503,6 +540,15 @@ impl Actor {
                     _ => Ok(()),
                 }
             }
+        }
+    }
+
+    /// The token appends carry: the tenure's while writing (single-writer entities), the
+    /// activation's otherwise.
+    fn fencing_token(&self, tenure: &Option<Tenure>) -> u64 {
+        match tenure {
+            Some(_) => fencing_token(tenure),
+            None => self.activation_token,
         }
     }
 

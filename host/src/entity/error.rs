@@ -46,8 +46,10 @@ pub enum EntityError {
         fencing_token: Option<u64>,
     },
 
-    /// A newer holder of the entity's lease recorded a higher fencing token, and the journal
-    /// refused this host's write: nothing was persisted, and the entity observes from now on.
+    /// A newer holder of the entity's lease recorded a higher fencing token, or a newer
+    /// activation of a placed entity advanced its fence, and the journal refused this host's
+    /// write: nothing was persisted. A single-writer entity observes from now on; a placed one
+    /// stops, and the command is to be sent again (to the entity's current owner).
     #[error("{0}; this node no longer writes the entity: send the command to the writer")]
     Fenced(String),
 

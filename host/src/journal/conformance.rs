@@ -25,6 +25,7 @@ pub async fn run_all(make_empty_journal: impl AsyncFn() -> Arc<dyn Journal>) {
     check_seq_conflict_writes_nothing(make_empty_journal().await).await;
     check_stale_fencing_token_writes_nothing(make_empty_journal().await).await;
     check_record_fence_is_monotonic(make_empty_journal().await).await;
+    check_advance_fence_is_atomic(make_empty_journal().await).await;
     check_invalid_batches_are_rejected(make_empty_journal().await).await;
     check_read_from_the_middle_with_max(make_empty_journal().await).await;
     check_snapshots_keep_the_latest(make_empty_journal().await).await;
@@ -240,6 +241,73 @@ pub async fn check_record_fence_is_monotonic(journal: Arc<dyn Journal>) {
         "a token beyond the stored range is refused"
     );
     assert_eq!(journal.fence(pid).await, Ok(8));
+}
+
+/// Advancing a fence returns one above the recorded token, fences older tokens out, interleaves with
+/// recorded lease tokens, and never hands the same token to two concurrent callers.
+pub async fn check_advance_fence_is_atomic(journal: Arc<dyn Journal>) {
+    let pid = "order|placed";
+    let writer = Ulid::new();
+    assert_eq!(
+        journal.advance_fence(pid).await,
+        Ok(1),
+        "from no fence to 1"
+    );
+    assert_eq!(journal.advance_fence(pid).await, Ok(2));
+    assert_eq!(journal.fence(pid).await, Ok(2));
+    assert_eq!(
+        journal
+            .append(pid, 0, 1, sample_batch(pid, 0, 1, 1, writer))
+            .await,
+        Err(JournalError::StaleFencingToken {
+            persistence_id: pid.to_owned(),
+            token: 1,
+            current: 2,
+        }),
+        "the first activation's token is fenced out by the second"
+    );
+    journal
+        .append(pid, 0, 2, sample_batch(pid, 0, 2, 1, writer))
+        .await
+        .expect("append with the advanced token");
+    journal.record_fence(pid, 10).await.expect("record 10");
+    assert_eq!(
+        journal.advance_fence(pid).await,
+        Ok(11),
+        "advances from a recorded token"
+    );
+    assert_eq!(
+        journal.fence("order|other").await,
+        Ok(0),
+        "advancing is per persistence id"
+    );
+
+    let contended = "order|contended-fence";
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENT_TASKS {
+        let journal = Arc::clone(&journal);
+        tasks.spawn(async move {
+            let mut tokens = Vec::new();
+            for _ in 0..APPENDS_PER_TASK {
+                tokens.push(journal.advance_fence(contended).await.expect("advance"));
+            }
+            tokens
+        });
+    }
+    let mut tokens = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        tokens.extend(joined.expect("advancing task"));
+    }
+    tokens.sort_unstable();
+    let every_token: Vec<u64> = (1..=CONCURRENT_TASKS * APPENDS_PER_TASK).collect();
+    assert_eq!(
+        tokens, every_token,
+        "concurrent advances hand out every token exactly once"
+    );
+    assert_eq!(
+        journal.fence(contended).await,
+        Ok(CONCURRENT_TASKS * APPENDS_PER_TASK)
+    );
 }
 
 pub async fn check_invalid_batches_are_rejected(journal: Arc<dyn Journal>) {

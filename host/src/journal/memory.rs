@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::rules::{
-    check_append_against_stream, check_fence_advance, validate_append, validate_fencing_token,
-    validate_snapshot,
+    check_append_against_stream, check_fence_advance, next_fence, validate_append,
+    validate_fencing_token, validate_snapshot,
 };
 use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
 
@@ -137,6 +137,13 @@ impl Journal for InMemoryJournal {
                 .insert(persistence_id.to_owned(), fencing_token);
         }
         Ok(())
+    }
+
+    async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
+        let mut contents = self.contents();
+        let advanced = next_fence(contents.fence(persistence_id))?;
+        contents.fences.insert(persistence_id.to_owned(), advanced);
+        Ok(advanced)
     }
 
     async fn fence(&self, persistence_id: &str) -> Result<u64, JournalError> {

@@ -5,7 +5,8 @@
 //! 1, 2, 3, … without gaps. A write is a conditional, all-or-nothing [`Journal::append`]: it names the
 //! highest sequence number the writer has seen and the lease fencing token it holds, and the journal
 //! refuses it if the stream moved on ([`JournalError::SeqConflict`]) or a newer lease holder recorded a
-//! higher token ([`JournalError::StaleFencingToken`]). The unique key `(persistence_id, seq_nr)` of every
+//! higher token ([`JournalError::StaleFencingToken`]). Tokens are recorded by a lease holder
+//! ([`Journal::record_fence`]) or drawn from the journal itself ([`Journal::advance_fence`]). The unique key `(persistence_id, seq_nr)` of every
 //! backend is a second fence behind that check.
 //!
 //! # Layout
@@ -175,6 +176,15 @@ pub trait Journal: Send + Sync {
         persistence_id: &str,
         fencing_token: u64,
     ) -> Result<(), JournalError>;
+
+    /// Atomically raises the fence of the persistence id to one above the recorded token (0 when
+    /// none is) and returns the new token: from then on appends carrying a lower token fail.
+    /// Concurrent calls never return the same token. Placed entities of a cluster take one per
+    /// activation, so that an older activation's appends fail once a newer one started.
+    ///
+    /// The tokens come from the same counter as [`Journal::record_fence`]'s: a lease token
+    /// recorded afterwards must be at least the advanced one, or it is refused as stale.
+    async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError>;
 
     /// The fencing token recorded for the persistence id; 0 when none is.
     async fn fence(&self, persistence_id: &str) -> Result<u64, JournalError>;

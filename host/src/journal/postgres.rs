@@ -9,7 +9,9 @@
 //! [`check_append_against_stream`], and inserts the events. Appends and fence recordings of one
 //! persistence id are thereby serialized on that row, so the checks see the stream as it is; the
 //! primary key `(persistence_id, seq_nr)` of `weft_events` is the second fence behind them. Appends
-//! to different persistence ids do not wait for each other.
+//! to different persistence ids do not wait for each other. Advancing a fence is one statement on
+//! that row (`INSERT … ON CONFLICT DO UPDATE SET fencing_token = fencing_token + 1 RETURNING …`), so
+//! two concurrent advances wait for each other and never return the same token.
 //!
 //! The SQL is portable to PostgreSQL-compatible distributed databases (CockroachDB, YugabyteDB): no
 //! advisory locks, no extensions; integers are `BIGINT`, version vectors JSON `TEXT` (exactly what the
@@ -70,6 +72,11 @@ const SCHEMA: &str = "
 /// Locks the persistence id's fence row, creating it at token 0, and returns the recorded token.
 const LOCK_FENCE: &str = "INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 0) \
      ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = weft_fences.fencing_token \
+     RETURNING fencing_token";
+/// Raises the persistence id's fence by one (from 0 when it has none) in one statement, under the
+/// row lock, and returns the new token.
+const ADVANCE_FENCE: &str = "INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 1) \
+     ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = weft_fences.fencing_token + 1 \
      RETURNING fencing_token";
 const SET_FENCE: &str = "UPDATE weft_fences SET fencing_token = $2 WHERE persistence_id = $1";
 const READ_FENCE: &str = "SELECT fencing_token FROM weft_fences WHERE persistence_id = $1";
@@ -348,6 +355,27 @@ impl Journal for PostgresJournal {
                 .map_err(in_context)?;
         }
         transaction.commit().await.map_err(in_context)
+    }
+
+    async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
+        let in_context = |error| {
+            storage_error(
+                format_args!("advancing the fence of {persistence_id}"),
+                error,
+            )
+        };
+        let mut connection = self.connection().await?;
+        let statement = connection
+            .statement(ADVANCE_FENCE)
+            .await
+            .map_err(in_context)?;
+        let advanced: i64 = connection
+            .client
+            .query_one(&statement, &[&persistence_id])
+            .await
+            .map_err(in_context)?
+            .get(0);
+        stored_u64(advanced, "fencing token")
     }
 
     async fn fence(&self, persistence_id: &str) -> Result<u64, JournalError> {

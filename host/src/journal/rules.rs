@@ -3,7 +3,8 @@
 //!
 //! A backend calls [`validate_append`] (or [`validate_snapshot`], [`validate_fencing_token`]) before it
 //! touches storage, then, inside its transaction, [`check_append_against_stream`] or
-//! [`check_fence_advance`] with the stream's current highest sequence number and recorded fence.
+//! [`check_fence_advance`] (or [`next_fence`]) with the stream's current highest sequence number and
+//! recorded fence.
 
 use super::{EventEnvelope, JournalError, SnapshotEnvelope};
 
@@ -123,6 +124,13 @@ pub fn check_fence_advance(
         });
     }
     Ok(fencing_token > recorded_fence)
+}
+
+/// The token advancing a fence recorded at `recorded_fence` records: one above it, if storable.
+pub fn next_fence(recorded_fence: u64) -> Result<u64, JournalError> {
+    let next = recorded_fence.saturating_add(1);
+    check_stored_integer("fencing token", next)?;
+    Ok(next)
 }
 
 /// Checks that a snapshot may be stored: its sequence number must be storable.

@@ -44,8 +44,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use ulid::Ulid;
 
 use super::rules::{
-    check_append_against_stream, check_fence_advance, validate_append, validate_fencing_token,
-    validate_snapshot,
+    check_append_against_stream, check_fence_advance, next_fence, validate_append,
+    validate_fencing_token, validate_snapshot,
 };
 use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
 
@@ -200,6 +200,11 @@ impl SqliteJournal {
     }
 
     async fn write(&self, operation: WriteOperation) -> Result<(), JournalError> {
+        self.write_returning(operation).await.map(drop)
+    }
+
+    /// Sends `operation` to the writer thread and waits for its outcome.
+    async fn write_returning(&self, operation: WriteOperation) -> WriteOutcome {
         let (reply, outcome) = oneshot::channel();
         self.writes
             .send(WriteRequest { operation, reply })
@@ -300,6 +305,15 @@ impl Journal for SqliteJournal {
         .await
     }
 
+    async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
+        let advanced = self
+            .write_returning(WriteOperation::AdvanceFence {
+                persistence_id: persistence_id.to_owned(),
+            })
+            .await?;
+        advanced.ok_or_else(|| JournalError::Storage("the writer returned no fence".to_owned()))
+    }
+
     async fn fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
         let persistence_id = persistence_id.to_owned();
         self.readers
@@ -378,8 +392,12 @@ impl ReadConnections {
 #[derive(Debug)]
 struct WriteRequest {
     operation: WriteOperation,
-    reply: oneshot::Sender<Result<(), JournalError>>,
+    reply: oneshot::Sender<WriteOutcome>,
 }
+
+/// What one write did: the token it recorded for an [`WriteOperation::AdvanceFence`], `None` for
+/// the other writes.
+type WriteOutcome = Result<Option<u64>, JournalError>;
 
 #[derive(Debug)]
 enum WriteOperation {
@@ -392,6 +410,9 @@ enum WriteOperation {
     RecordFence {
         persistence_id: String,
         fencing_token: u64,
+    },
+    AdvanceFence {
+        persistence_id: String,
     },
     SaveSnapshot(SnapshotEnvelope),
 }
@@ -439,7 +460,7 @@ impl GroupCommitWriter {
 fn write_group(
     connection: &mut Connection,
     operations: &[&WriteOperation],
-) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+) -> Result<Vec<WriteOutcome>, JournalError> {
     let mut transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|error| storage_error("beginning a group transaction", error))?;
@@ -465,7 +486,7 @@ fn write_group(
 }
 
 /// Checks and writes one operation inside the group transaction.
-fn apply(connection: &Connection, operation: &WriteOperation) -> Result<(), JournalError> {
+fn apply(connection: &Connection, operation: &WriteOperation) -> WriteOutcome {
     match operation {
         WriteOperation::Append {
             persistence_id,
@@ -506,7 +527,7 @@ fn apply(connection: &Connection, operation: &WriteOperation) -> Result<(), Jour
                     ])
                     .map_err(in_context)?;
             }
-            Ok(())
+            Ok(None)
         }
         WriteOperation::RecordFence {
             persistence_id,
@@ -521,14 +542,26 @@ fn apply(connection: &Connection, operation: &WriteOperation) -> Result<(), Jour
             let current = recorded_fence(connection, persistence_id).map_err(in_context)?;
             if check_fence_advance(persistence_id, *fencing_token, current)? {
                 connection
-                    .prepare_cached(
-                        "INSERT INTO fences (persistence_id, fencing_token) VALUES (?1, ?2) \
-                         ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = excluded.fencing_token",
-                    )
+                    .prepare_cached(UPSERT_FENCE)
                     .and_then(|mut upsert| upsert.execute(params![persistence_id, fencing_token]))
                     .map_err(in_context)?;
             }
-            Ok(())
+            Ok(None)
+        }
+        WriteOperation::AdvanceFence { persistence_id } => {
+            let in_context = |error| {
+                storage_error(
+                    format_args!("advancing the fence of {persistence_id}"),
+                    error,
+                )
+            };
+            let advanced =
+                next_fence(recorded_fence(connection, persistence_id).map_err(in_context)?)?;
+            connection
+                .prepare_cached(UPSERT_FENCE)
+                .and_then(|mut upsert| upsert.execute(params![persistence_id, advanced]))
+                .map_err(in_context)?;
+            Ok(Some(advanced))
         }
         WriteOperation::SaveSnapshot(snapshot) => {
             let in_context = |error| {
@@ -558,10 +591,14 @@ fn apply(connection: &Connection, operation: &WriteOperation) -> Result<(), Jour
                     ])
                 })
                 .map_err(in_context)?;
-            Ok(())
+            Ok(None)
         }
     }
 }
+
+/// Sets the fence of `?1` to `?2`; the caller checked that it does not go down.
+const UPSERT_FENCE: &str = "INSERT INTO fences (persistence_id, fencing_token) VALUES (?1, ?2) \
+     ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = excluded.fencing_token";
 
 fn highest_seq_nr(connection: &Connection, persistence_id: &str) -> rusqlite::Result<u64> {
     connection
@@ -871,21 +908,21 @@ mod tests {
         assert_eq!(
             outcomes,
             vec![
-                Ok(()),
+                Ok(None),
                 Err(JournalError::SeqConflict {
                     persistence_id: "order|a".to_owned(),
                     expected_seq_nr: 0,
                     actual_seq_nr: 2,
                 }),
-                Ok(()),
-                Ok(()),
+                Ok(None),
+                Ok(None),
                 Err(JournalError::StaleFencingToken {
                     persistence_id: "order|c".to_owned(),
                     token: 3,
                     current: 4,
                 }),
-                Ok(()),
-                Ok(()),
+                Ok(None),
+                Ok(None),
             ]
         );
         drop(connection);

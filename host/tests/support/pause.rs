@@ -139,6 +139,11 @@ impl Journal for PausableJournal {
         self.inner.record_fence(persistence_id, fencing_token).await
     }
 
+    async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
+        self.gate.pass("advance_fence").await;
+        self.inner.advance_fence(persistence_id).await
+    }
+
     async fn fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
         self.gate.pass("fence").await;
         self.inner.fence(persistence_id).await

@@ -83,6 +83,15 @@ pub fn cached_registry(limits: RuntimeLimits) -> PluginRegistry {
     registry(limits, Some(shared_compile_cache()))
 }
 
+/// A registry with the default limits and the shared compile cache, the counter plugin loaded.
+pub fn counter_registry() -> Arc<PluginRegistry> {
+    let plugins = cached_registry(RuntimeLimits::default());
+    plugins
+        .load("counter", &plugin_bytes("counter"))
+        .expect("load the counter");
+    Arc::new(plugins)
+}
+
 /// A writer context for one entity at HLC time `now`.
 pub fn context(entity_type: &str, entity_id: &str, now: u64) -> Context {
     Context {
