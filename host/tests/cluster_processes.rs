@@ -219,6 +219,7 @@ async fn check_against_the_journal(
                     | "not_writer"
                     | "entity_stopped"
                     | "stale_fencing_token"
+                    | "plugins_loading"
             ) && !code.starts_with("transport:")
         })
         .collect();
