@@ -44,3 +44,4 @@ pub mod settings;
 #[cfg(test)]
 mod simulation;
 pub mod timeline;
+pub mod upgrade;

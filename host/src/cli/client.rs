@@ -20,6 +20,10 @@ async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
+    // A refused upgrade answers with its report beside the error.
+    if let Some(report) = body.get("report") {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
     let error = &body["error"];
     bail!(
         "{} ({}): {}",
@@ -198,6 +202,43 @@ pub async fn load_plugin(url: &str, file: &Path, name: Option<&str>) -> anyhow::
         .put(endpoint(url, &format!("/plugins/{name}")))
         .header(reqwest::header::CONTENT_TYPE, "application/wasm")
         .body(bytes)
+        .send()
+        .await
+        .map_err(unreachable(url))?;
+    print_response(response).await
+}
+
+/// `weft plugin upgrade`: prints the report, also of a refusal (which is an error).
+pub async fn upgrade_plugin(
+    url: &str,
+    name: &str,
+    file: &Path,
+    sample: Option<usize>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut path = format!("/plugins/{name}/upgrade?force={force}");
+    if let Some(sample) = sample {
+        path.push_str(&format!("&sample={sample}"));
+    }
+    eprintln!(
+        "checking {} against the journal of `{name}` …",
+        file.display()
+    );
+    let response = reqwest::Client::new()
+        .post(endpoint(url, &path))
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .map_err(unreachable(url))?;
+    print_response(response).await
+}
+
+/// A POST with no body, printing the answer.
+pub async fn post_empty(url: &str, path: &str) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .post(endpoint(url, path))
         .send()
         .await
         .map_err(unreachable(url))?;

@@ -119,6 +119,20 @@ enum PluginCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Upload a new build of a loaded entity plugin, replay the journal of the entities it
+    /// serves through both builds, and activate it only if every state matches (docs/plugins.md).
+    Upgrade {
+        name: String,
+        file: PathBuf,
+        /// Replay only this many entities, a deterministic sample.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Activate even if the replay finds a divergence or a failure.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Return to the previous build in the plugin's deployment history.
+    Rollback { name: String },
     /// List loaded plugins.
     List,
     /// Write a ready-to-build plugin with a unit test (default folder: plugins/NAME).
@@ -243,6 +257,15 @@ impl Cli {
             Command::Plugin { command, url } => match command {
                 PluginCommand::Load { file, name } => {
                     client::load_plugin(&url, &file, name.as_deref()).await
+                }
+                PluginCommand::Upgrade {
+                    name,
+                    file,
+                    sample,
+                    force,
+                } => client::upgrade_plugin(&url, &name, &file, sample, force).await,
+                PluginCommand::Rollback { name } => {
+                    client::post_empty(&url, &format!("/plugins/{name}/rollback")).await
                 }
                 PluginCommand::List => client::get(&url, "/plugins").await,
                 PluginCommand::New {
