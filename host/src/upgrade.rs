@@ -85,10 +85,10 @@ pub struct Divergence {
     pub stream: String,
     pub entity_type: String,
     pub entity_id: String,
-    /// The event after which the states differ; 0 when the initial states already do.
+    /// The event after which the states differ.
     pub seq_nr: u64,
-    /// That event's payload (absent for the initial state).
-    pub event: Option<Value>,
+    /// That event's payload.
+    pub event: Value,
     pub current_state: Value,
     pub new_state: Value,
 }
@@ -484,16 +484,11 @@ impl Sessions<'_> {
             Ok(state) => state,
             Err(error) => return (0, Some(failed(0, Build::Current, error))),
         };
+        // The initial states are not compared: only what an entity holds after its events is.
         let mut new_state = match self.new.init(&ctx) {
             Ok(state) => state,
             Err(error) => return (0, Some(failed(0, Build::New, error))),
         };
-        if !same_state(&current_state, &new_state) {
-            return (
-                0,
-                Some(diverged(stream, 0, None, &current_state, &new_state)),
-            );
-        }
         let mut folded = 0;
         let mut from = 1;
         loop {
@@ -521,13 +516,7 @@ impl Sessions<'_> {
                 if !same_state(&current_state, &new_state) {
                     return (
                         folded,
-                        Some(diverged(
-                            stream,
-                            event.seq_nr,
-                            Some(event),
-                            &current_state,
-                            &new_state,
-                        )),
+                        Some(diverged(stream, event, &current_state, &new_state)),
                     );
                 }
             }
@@ -549,8 +538,7 @@ fn entity_of(stream: &Stream) -> (String, String) {
 
 fn diverged(
     stream: &Stream,
-    seq_nr: u64,
-    event: Option<&EventEnvelope>,
+    event: &EventEnvelope,
     current_state: &[u8],
     new_state: &[u8],
 ) -> Finding {
@@ -559,8 +547,8 @@ fn diverged(
         stream: stream.id.clone(),
         entity_type,
         entity_id,
-        seq_nr,
-        event: event.map(|event| shown(&event.payload)),
+        seq_nr: event.seq_nr,
+        event: shown(&event.payload),
         current_state: shown(current_state),
         new_state: shown(new_state),
     })
