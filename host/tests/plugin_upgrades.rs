@@ -9,21 +9,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use support::node::{ServeProcess, command_ok, get_json, send_command, upload_plugin, weft_binary};
-use support::{plugin_bytes, plugin_path};
-
-/// The same component with a custom section appended: another content hash, the same behaviour
-/// (a rebuild that changed nothing the host runs).
-fn rebuilt(wasm: &[u8]) -> Vec<u8> {
-    let name = b"weft-test-rebuild";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(b"second build");
-    let mut bytes = wasm.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(section.len() as u8); // its size (LEB128, < 128)
-    bytes.extend(section);
-    bytes
-}
+use support::{plugin_bytes, plugin_path, rebuilt};
 
 async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (reqwest::StatusCode, Value) {
     let response = http.post(url).body(body).send().await.unwrap();
