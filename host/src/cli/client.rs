@@ -225,22 +225,20 @@ pub async fn upgrade_plugin(
         "checking {} against the journal of `{name}` …",
         file.display()
     );
-    let response = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(endpoint(url, &path))
         .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .map_err(unreachable(url))?;
-    print_response(response).await
+        .body(bytes);
+    send_and_print(url, request).await
 }
 
 /// A POST with no body, printing the answer.
 pub async fn post_empty(url: &str, path: &str) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(endpoint(url, path))
-        .send()
-        .await
-        .map_err(unreachable(url))?;
+    send_and_print(url, reqwest::Client::new().post(endpoint(url, path))).await
+}
+
+/// Sends a request to the node at `url` and prints the answer.
+async fn send_and_print(url: &str, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let response = request.send().await.map_err(unreachable(url))?;
     print_response(response).await
 }

@@ -112,15 +112,9 @@ impl Drop for Session<'_> {
 impl Session<'_> {
     /// The initial state of an entity.
     pub fn init(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
-        let state = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
-        let version = self.version;
-        version
-            .output_limits(ctx)
-            .check_state(&version.id, &state)?;
-        Ok(state)
+        self.state_call(ctx, |store, plugin| {
+            plugin.weft_plugin_entity().call_init(store, ctx)
+        })
     }
 
     /// Folds one event into the state.
@@ -130,12 +124,21 @@ impl Session<'_> {
         state: &[u8],
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
+        self.state_call(ctx, |store, plugin| {
+            plugin
+                .weft_plugin_entity()
+                .call_apply_event(store, ctx, &state.to_vec(), event)
+        })
+    }
+
+    /// An entity-world call that returns a state, checked against the output limits.
+    fn state_call(
+        &mut self,
+        ctx: &Context,
+        f: impl FnOnce(&mut Store<GuestState>, &EntityPlugin) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, PluginError> {
         let state = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => {
-                Ok(plugin
-                    .weft_plugin_entity()
-                    .call_apply_event(store, ctx, &state.to_vec(), event))
-            }
+            Exports::Entity { plugin, .. } => Ok(f(store, plugin)),
             Exports::Resolver(_) => Err(World::Entity),
         })?;
         let version = self.version;
