@@ -131,6 +131,19 @@ impl Deployments {
             .collect()
     }
 
+    /// The version of `name` before its current one: the latest load of it over the API whose
+    /// build differs from the current build, with the file holding its bytes. So a rollback,
+    /// recorded as a load, makes a second rollback return to the build rolled back from.
+    pub fn previous_version(&self, name: &str) -> Option<(PluginInfo, PathBuf)> {
+        let history = self.history(name);
+        let (current, earlier) = history.split_last()?;
+        let previous = earlier
+            .iter()
+            .rev()
+            .find(|record| record.content_hash != current.content_hash)?;
+        Some((previous.clone(), self.wasm_path(&previous.content_hash)))
+    }
+
     fn wasm_path(&self, content_hash: &str) -> PathBuf {
         self.dir.join(format!("{content_hash}.wasm"))
     }
@@ -212,6 +225,10 @@ mod tests {
         );
         assert_eq!(reopened.history("a").len(), 2);
         assert_eq!(reopened.stamps()["a"], 3);
+        let (previous, path) = reopened.previous_version("a").unwrap();
+        assert_eq!(previous.content_hash, "aaaa1");
+        assert_eq!(std::fs::read(path).unwrap(), b"one");
+        assert!(reopened.previous_version("b").is_none());
         assert_eq!(reopened.bindings()["books"].plugin, "a");
     }
 }

@@ -45,3 +45,4 @@ pub mod settings;
 #[cfg(test)]
 mod simulation;
 pub mod timeline;
+pub mod upgrade;

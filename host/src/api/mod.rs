@@ -11,6 +11,7 @@
 //! - `payload`: JSON and MessagePack bodies, and the conversion between them.
 //! - `entities`: `/entities/...` and `/entity-types/...`.
 //! - `plugins`: `/plugins/...`, upload and hot-load.
+//! - `upgrades`: `/plugins/{name}/upgrade` and `/rollback`, verified against the journal.
 //! - `leases`: `/leases/{name}/...`, named leases with fencing tokens for external workers.
 //! - `notifications`: `/notifications`, lease changes of single-writer entities as server-sent
 //!   events.
@@ -25,6 +26,7 @@ mod notifications;
 mod ops;
 mod payload;
 mod plugins;
+mod upgrades;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -99,6 +101,8 @@ pub fn router(state: AppState) -> Router {
     let uploads = Router::new()
         .route("/plugins/{name}", put(plugins::upload))
         .route("/plugins/{name}/history", get(plugins::history))
+        .route("/plugins/{name}/upgrade", post(upgrades::upgrade))
+        .route("/plugins/{name}/rollback", post(upgrades::rollback))
         .layer(DefaultBodyLimit::max(limits.plugin_bytes));
     Router::new()
         .merge(commands)

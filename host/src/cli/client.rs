@@ -109,6 +109,33 @@ impl NodeClient {
         self.answer(request).await
     }
 
+    /// `weft plugin upgrade`: sends the new build to be checked against the journal and, if it
+    /// passes (or `force`), activated. The answer is the check's report.
+    pub async fn upgrade_plugin(
+        &self,
+        name: &str,
+        file: &Path,
+        sample: Option<usize>,
+        force: bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        eprintln!(
+            "checking {} against the journal of `{name}` …",
+            file.display()
+        );
+        let force = force.to_string();
+        let sample = sample.map(|sample| sample.to_string());
+        let mut query = vec![("force", force.as_str())];
+        query.extend(sample.as_deref().map(|sample| ("sample", sample)));
+        let request = self
+            .http
+            .post(self.endpoint(&["plugins", name, "upgrade"], &query))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes);
+        self.answer(request).await
+    }
+
     /// Follows an entity's events from `from` on: every event already written, then each new one
     /// as it is written (asked for every [`FOLLOW_POLL_INTERVAL`]), until Ctrl-C or `print` fails.
     pub async fn follow_events(
@@ -191,17 +218,29 @@ impl NodeClient {
     }
 }
 
-/// An error answer as an error: the API's code, the status and the message.
+/// A node's error answer: shown as the API's code, the status and the message; the whole body
+/// is kept for commands whose refusals carry more (an upgrade's report).
+#[derive(Debug, thiserror::Error)]
+#[error("{code} ({status}): {message}")]
+pub struct Refusal {
+    pub status: reqwest::StatusCode,
+    pub code: String,
+    pub message: String,
+    pub body: serde_json::Value,
+}
+
 async fn error_answer<T>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let error = &body["error"];
-    bail!(
-        "{} ({}): {}",
-        error["code"].as_str().unwrap_or("error"),
+    let text =
+        |field: &str, default: &str| body["error"][field].as_str().unwrap_or(default).to_owned();
+    Err(Refusal {
         status,
-        error["message"].as_str().unwrap_or("no message")
-    )
+        code: text("code", "error"),
+        message: text("message", "no message"),
+        body,
+    }
+    .into())
 }
 
 fn without_nulls(body: &serde_json::Value) -> serde_json::Value {

@@ -131,6 +131,20 @@ enum PluginCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Upload a new build of a loaded entity plugin, replay the journal of the entities it
+    /// serves through both builds, and activate it only if every state matches (docs/plugins.md).
+    Upgrade {
+        name: String,
+        file: PathBuf,
+        /// Replay only this many entities, a deterministic sample.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Activate even if the replay finds a divergence or a failure.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Return to the previous build in the plugin's deployment history.
+    Rollback { name: String },
     /// List loaded plugins.
     List,
     /// Write a ready-to-build plugin with a unit test (default folder: plugins/NAME).
@@ -259,6 +273,32 @@ impl Cli {
                     let node = NodeClient::new(&url)?;
                     print(node.load_plugin(&file, name.as_deref()).await?)
                 }
+                PluginCommand::Upgrade {
+                    name,
+                    file,
+                    sample,
+                    force,
+                } => {
+                    let node = NodeClient::new(&url)?;
+                    match node.upgrade_plugin(&name, &file, sample, force).await {
+                        Ok(report) => print(report),
+                        Err(error) => {
+                            // A refused upgrade answers with its report beside the error.
+                            let report = error
+                                .downcast_ref::<client::Refusal>()
+                                .and_then(|refusal| refusal.body.get("report"));
+                            if let Some(report) = report {
+                                print(report.clone())?;
+                            }
+                            Err(error)
+                        }
+                    }
+                }
+                PluginCommand::Rollback { name } => print(
+                    NodeClient::new(&url)?
+                        .post(&["plugins", &name, "rollback"], &serde_json::Value::Null)
+                        .await?,
+                ),
                 PluginCommand::List => print(NodeClient::new(&url)?.get(&["plugins"], &[]).await?),
                 PluginCommand::New {
                     name,

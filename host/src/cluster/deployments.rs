@@ -173,18 +173,29 @@ impl Deployer {
     pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Deployment, ApiError> {
         let _serial = self.inner.serial.lock().await;
         let report = self.load(name, bytes.clone()).await?;
+        let durable = self.deploy_installed(&report, &bytes);
+        Ok(Deployment { report, durable })
+    }
+
+    /// Deploys a build already made current here (a verified upgrade or a rollback installs its
+    /// build itself): stamps it, records it and announces it, so it spreads as an upload does.
+    /// Whether the record will survive a restart.
+    pub fn deploy_installed(&self, report: &LoadReport, bytes: &[u8]) -> bool {
         let deployed = {
             let state = self.state();
-            let seen = state.current.get(name).map_or(0, |current| current.stamp);
+            let seen = state
+                .current
+                .get(&report.name)
+                .map_or(0, |current| current.stamp);
             Deployed {
-                name: name.to_owned(),
+                name: report.name.clone(),
                 content_hash: report.content_hash.clone(),
                 stamp: self.inner.clock.now().max(seen + 1),
             }
         };
-        let durable = self.record(&report, &bytes, &deployed);
+        let durable = self.record(report, bytes, &deployed);
         self.announce(&deployed);
-        Ok(Deployment { report, durable })
+        durable
     }
 
     /// The registry builds are loaded into.

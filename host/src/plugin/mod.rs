@@ -42,6 +42,6 @@ pub use compile::{COMPILE_SUBCOMMAND, compile_in_child_processes, run_child_comp
 pub use engine::{PluginRuntime, RuntimeLimits};
 pub use error::PluginError;
 pub use limits::{OutputLimit, OutputLimits};
-pub use registry::{LoadReport, PluginInfo, PluginRegistry};
+pub use registry::{CheckedBuild, LoadReport, PluginInfo, PluginRegistry, Superseded};
 pub use validate::World;
-pub use version::PluginVersion;
+pub use version::{PluginVersion, Session};

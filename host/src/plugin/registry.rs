@@ -44,6 +44,33 @@ pub struct PluginInfo {
     pub loaded_at_ms: u64,
 }
 
+/// A build compiled and checked by [`PluginRegistry::check`], not yet current.
+pub struct CheckedBuild {
+    version: Arc<PluginVersion>,
+    from_cache: bool,
+    /// When its load began, for [`LoadReport::load_ms`].
+    started: Instant,
+}
+
+impl CheckedBuild {
+    pub fn version(&self) -> &Arc<PluginVersion> {
+        &self.version
+    }
+}
+
+/// Why [`PluginRegistry::install`] changed nothing: the name's current version is no longer the
+/// one the build was meant to replace.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{name}` changed meanwhile: expected build {expected}, found {}; nothing was changed",
+    current.as_deref().unwrap_or("none")
+)]
+pub struct Superseded {
+    pub name: String,
+    pub expected: String,
+    pub current: Option<String>,
+}
+
 pub struct PluginRegistry {
     runtime: Arc<PluginRuntime>,
     /// The instance slots and entity types' own `[limits.output]`, shared by every version.
@@ -110,6 +137,19 @@ impl PluginRegistry {
         bytes: &[u8],
         expected: Option<World>,
     ) -> Result<LoadReport, PluginError> {
+        let build = self.check(name, bytes, expected)?;
+        self.install(build, None)
+            .map_err(|superseded| PluginError::Host(superseded.to_string()))
+    }
+
+    /// Compiles and checks `bytes` as a load of `name` does, refusing a plugin of another world
+    /// than `expected`, but does not make it current: see [`install`](Self::install). Blocking.
+    pub fn check(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expected: Option<World>,
+    ) -> Result<CheckedBuild, PluginError> {
         validate_name(name)?;
         let started = Instant::now();
         let compiler = self.runtime.compiler();
@@ -140,8 +180,28 @@ impl PluginRegistry {
         let from_cache = compiled.from_cache;
         // Accepted: only now does the compiled artifact go to the cache.
         compiled.keep(compiler.cache());
+        Ok(CheckedBuild {
+            version,
+            from_cache,
+            started,
+        })
+    }
+
+    /// Makes a checked build the current version of its name. With `replacing`, only if the
+    /// name's current version still has that content hash (else nothing changes).
+    pub fn install(
+        &self,
+        build: CheckedBuild,
+        replacing: Option<&str>,
+    ) -> Result<LoadReport, Superseded> {
+        let CheckedBuild {
+            version,
+            from_cache,
+            started,
+        } = build;
+        let name = version.name().to_owned();
         let report = LoadReport {
-            name: name.to_owned(),
+            name: name.clone(),
             version: version.id().to_owned(),
             content_hash: version.content_hash().to_owned(),
             world: version.world(),
@@ -149,11 +209,19 @@ impl PluginRegistry {
             load_ms: started.elapsed().as_secs_f64() * 1e3,
             replaced: None,
         };
-        let replaced = self
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), version);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(expected) = replacing {
+            let now = current.get(&name).map(|v| v.content_hash().to_owned());
+            if now.as_deref() != Some(expected) {
+                return Err(Superseded {
+                    name,
+                    expected: expected.to_owned(),
+                    current: now,
+                });
+            }
+        }
+        let replaced = current.insert(name, version);
+        drop(current);
         let report = LoadReport {
             replaced: replaced.map(|old| old.id().to_owned()),
             ..report

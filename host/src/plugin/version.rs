@@ -91,6 +91,110 @@ impl Drop for PluginVersion {
     }
 }
 
+/// Calls on one instance of a [`PluginVersion`] (see [`PluginVersion::session`]). The instance
+/// is taken from the pool at the first call and given back when the session is dropped; a call
+/// that fails drops it, and the next call takes a fresh one.
+pub struct Session<'v> {
+    version: &'v PluginVersion,
+    /// Whose share of the pool's busy instances the session's instance counts against.
+    share: &'v str,
+    instance: Option<Instance>,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            self.version.recycle(self.share, instance);
+        }
+    }
+}
+
+impl Session<'_> {
+    /// The initial state of an entity.
+    pub fn init(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
+        self.state_call(ctx, |store, plugin| {
+            plugin.weft_plugin_entity().call_init(store, ctx)
+        })
+    }
+
+    /// Folds one event into the state.
+    pub fn apply_event(
+        &mut self,
+        ctx: &Context,
+        state: &[u8],
+        event: &Envelope,
+    ) -> Result<Vec<u8>, PluginError> {
+        self.state_call(ctx, |store, plugin| {
+            plugin
+                .weft_plugin_entity()
+                .call_apply_event(store, ctx, &state.to_vec(), event)
+        })
+    }
+
+    /// An entity-world call that returns a state, checked against the output limits.
+    fn state_call(
+        &mut self,
+        ctx: &Context,
+        f: impl FnOnce(&mut Store<GuestState>, &EntityPlugin) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, PluginError> {
+        let state = self.call(ctx.now, |store, exports| match exports {
+            Exports::Entity { plugin, .. } => Ok(f(store, plugin)),
+            Exports::Resolver(_) => Err(World::Entity),
+        })?;
+        let version = self.version;
+        version
+            .output_limits(ctx)
+            .check_state(&version.id, &state)?;
+        Ok(state)
+    }
+
+    /// Runs `f` on the session's instance. `f` returns `Err(world)` when the plugin is not of
+    /// the world the call needs, else the wasm call's own result.
+    fn call<R>(
+        &mut self,
+        now_hlc: u64,
+        f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
+    ) -> Result<R, PluginError> {
+        let version = self.version;
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => version.checkout(self.share)?,
+        };
+        instance.store.data_mut().begin_call(now_hlc);
+        instance
+            .store
+            .set_epoch_deadline(version.limits.epoch_deadline_ticks());
+        let outcome = f(&mut instance.store, &instance.exports);
+        let stderr = instance.store.data_mut().take_stderr();
+        match outcome {
+            Err(expected) => {
+                self.instance = Some(instance);
+                Err(PluginError::WrongKind {
+                    plugin: version.id.to_string(),
+                    expected: expected.name(),
+                    actual: version.world.name(),
+                })
+            }
+            Ok(Ok(value)) => {
+                if !stderr.is_empty() {
+                    tracing::debug!(target: "weft::guest", plugin = %version.id, "stderr: {stderr}");
+                }
+                self.instance = Some(instance);
+                Ok(value)
+            }
+            // The instance is dropped: after a trap it must not run again.
+            Ok(Err(error)) => {
+                let error = version.classify(&error, instance.store.data(), stderr);
+                version
+                    .shared
+                    .pool
+                    .checkin(self.share, version.pool_key, None);
+                Err(error)
+            }
+        }
+    }
+}
+
 impl PluginVersion {
     /// Links a compiled component after checking its world and imports, and instantiates it
     /// once to check its exports' function types.
@@ -148,9 +252,9 @@ impl PluginVersion {
     /// Instantiates the version once, which types every export the host calls against the WIT,
     /// and keeps the instance warm.
     fn check_export_types(&self) -> Result<(), PluginError> {
-        match self.checkout() {
+        match self.checkout(&self.name) {
             Ok(instance) => {
-                self.recycle(instance);
+                self.recycle(&self.name, instance);
                 Ok(())
             }
             Err(PluginError::Trapped { message, .. }) => Err(PluginError::Invalid {
@@ -192,12 +296,7 @@ impl PluginVersion {
 
     /// The initial state of an entity.
     pub fn init(&self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
-        let state = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
-        self.output_limits(ctx).check_state(&self.id, &state)?;
-        Ok(state)
+        self.session().init(ctx)
     }
 
     /// Runs the command handler. A handler's own refusal is [`PluginError::Rejected`].
@@ -238,16 +337,7 @@ impl PluginVersion {
         state: &[u8],
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
-        let state = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => {
-                Ok(plugin
-                    .weft_plugin_entity()
-                    .call_apply_event(store, ctx, &state.to_vec(), event))
-            }
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
-        self.output_limits(ctx).check_state(&self.id, &state)?;
-        Ok(state)
+        self.session().apply_event(ctx, state, event)
     }
 
     /// What a call for the context's entity type may hand the host.
@@ -317,44 +407,32 @@ impl PluginVersion {
         now_hlc: u64,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
     ) -> Result<R, PluginError> {
-        let mut instance = self.checkout()?;
-        instance.store.data_mut().begin_call(now_hlc);
-        instance
-            .store
-            .set_epoch_deadline(self.limits.epoch_deadline_ticks());
-        let outcome = f(&mut instance.store, &instance.exports);
-        let stderr = instance.store.data_mut().take_stderr();
-        match outcome {
-            Err(expected) => {
-                self.recycle(instance);
-                Err(PluginError::WrongKind {
-                    plugin: self.id.to_string(),
-                    expected: expected.name(),
-                    actual: self.world.name(),
-                })
-            }
-            Ok(Ok(value)) => {
-                if !stderr.is_empty() {
-                    tracing::debug!(target: "weft::guest", plugin = %self.id, "stderr: {stderr}");
-                }
-                self.recycle(instance);
-                Ok(value)
-            }
-            // The instance is dropped: after a trap it must not run again.
-            Ok(Err(error)) => {
-                let error = self.classify(&error, instance.store.data(), stderr);
-                self.shared.pool.checkin(&self.name, self.pool_key, None);
-                Err(error)
-            }
+        self.session().call(now_hlc, f)
+    }
+
+    /// A run of calls on one instance of this version, held until the session is dropped: a
+    /// replay folds many events without going back to the pool for each.
+    pub fn session(&self) -> Session<'_> {
+        self.session_in(&self.name)
+    }
+
+    /// A session whose instance counts against the busy share named `share` instead of the
+    /// plugin's own: a long replay then never takes the instances the plugin's calls need.
+    pub fn session_in<'v>(&'v self, share: &'v str) -> Session<'v> {
+        Session {
+            version: self,
+            share,
+            instance: None,
         }
     }
 
-    /// An idle instance of this version from the pool, or a new one in a free slot.
-    fn checkout(&self) -> Result<Instance, PluginError> {
-        match self.shared.pool.checkout(&self.name, self.pool_key) {
+    /// An idle instance of this version from the pool, or a new one in a free slot, counted
+    /// against `share`.
+    fn checkout(&self, share: &str) -> Result<Instance, PluginError> {
+        match self.shared.pool.checkout(share, self.pool_key) {
             Ok(Checkout::Idle(instance)) => Ok(instance),
             Ok(Checkout::Fresh) => self.instantiate().inspect_err(|_| {
-                self.shared.pool.checkin(&self.name, self.pool_key, None);
+                self.shared.pool.checkin(share, self.pool_key, None);
             }),
             Err(exhausted) => Err(PluginError::Busy {
                 plugin: self.id.to_string(),
@@ -364,11 +442,11 @@ impl PluginVersion {
     }
 
     /// Gives a healthy instance back to the pool, with the memory it holds.
-    fn recycle(&self, instance: Instance) {
+    fn recycle(&self, share: &str, instance: Instance) {
         let bytes = instance.store.data().memory_cap().current_bytes;
         self.shared
             .pool
-            .checkin(&self.name, self.pool_key, Some((instance, bytes)));
+            .checkin(share, self.pool_key, Some((instance, bytes)));
     }
 
     fn instantiate(&self) -> Result<Instance, PluginError> {

@@ -72,6 +72,20 @@ fn remove_stale_artifacts(cache: &std::path::Path) {
     }
 }
 
+/// The same component with a custom section appended: another content hash, the same
+/// behaviour (a rebuild that changed nothing the host runs).
+pub fn rebuilt(wasm: &[u8]) -> Vec<u8> {
+    let name = b"weft-test-rebuild";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(b"second build");
+    let mut bytes = wasm.to_vec();
+    bytes.push(0); // custom section id
+    bytes.push(section.len() as u8); // its size (LEB128, < 128)
+    bytes.extend(section);
+    bytes
+}
+
 /// A registry on a runtime of its own with `limits`, compiling through `cache_dir` if given.
 pub fn registry(limits: RuntimeLimits, cache_dir: Option<PathBuf>) -> PluginRegistry {
     let runtime = PluginRuntime::new(limits, cache_dir).expect("runtime");
