@@ -98,9 +98,12 @@ struct Committed {
 }
 
 /// A command handled in the current turn, waiting for the batch's append.
+/// A command's answer, held until the batch's events before it are durable: a reply, or a
+/// rejection decided against state that includes them (sent only if they are persisted; if the
+/// append fails, it fails with the append's error, since the state it judged never existed).
 struct Pending {
     reply: oneshot::Sender<Result<CommandReply, EntityError>>,
-    outcome: CommandReply,
+    outcome: Result<CommandReply, EntityError>,
 }
 
 impl Actor {
@@ -429,11 +432,19 @@ impl Actor {
                         Ok((new_state, new_events, outcome)) => {
                             state = new_state;
                             events.extend(new_events);
-                            pending.push(Pending { reply, outcome });
+                            pending.push(Pending {
+                                reply,
+                                outcome: Ok(outcome),
+                            });
                         }
-                        Err(error) => {
+                        // Judged against committed state only: it stands whatever follows.
+                        Err(error) if events.is_empty() => {
                             let _ = reply.send(Err(error));
                         }
+                        Err(error) => pending.push(Pending {
+                            reply,
+                            outcome: Err(error),
+                        }),
                     }
                 }
             }
@@ -507,15 +518,15 @@ impl Actor {
                 committed.seq_nr += count;
                 committed.state = std::mem::take(state);
                 *state = committed.state.clone();
-                if let Some(last) = pending.last() {
-                    committed.plugin = last.outcome.plugin.clone();
+                if let Some(last) = pending.iter().rev().find_map(|p| p.outcome.as_ref().ok()) {
+                    committed.plugin = last.plugin.clone();
                 }
                 self.shared
                     .metrics
                     .events_persisted
                     .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
                 for Pending { reply, outcome } in pending.drain(..) {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(outcome);
                 }
                 self.maybe_snapshot(committed).await;
                 Ok(())

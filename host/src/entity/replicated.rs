@@ -91,9 +91,12 @@ type StateReply = oneshot::Sender<Result<EntityState, EntityError>>;
 type Parked = BTreeMap<(String, u64), ParkedEvent>;
 
 /// A command handled in the current turn, waiting for the turn's append.
+/// A command's answer, held until the turn's events before it are durable (see the plain
+/// actor's `Pending`): a rejection judged against unsaved events fails with the append's error if
+/// they are never saved.
 struct Pending {
     reply: oneshot::Sender<Result<CommandReply, EntityError>>,
-    outcome: CommandReply,
+    outcome: Result<CommandReply, EntityError>,
 }
 
 impl ReplicatedActor {
@@ -529,24 +532,14 @@ impl ReplicatedActor {
                 {
                     let _ = reply.send(Err(refusal.clone().expect("guarded by the match")));
                 }
-                Message::Configure { resolver, reply } => match self.configure(live, &resolver) {
-                    Ok((new_events, outcome)) => {
-                        events.extend(new_events);
-                        pending.push(Pending { reply, outcome });
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                    }
-                },
-                Message::Command { command, reply } => match self.handle(live, &command) {
-                    Ok((new_events, outcome)) => {
-                        events.extend(new_events);
-                        pending.push(Pending { reply, outcome });
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                    }
-                },
+                Message::Configure { resolver, reply } => {
+                    let outcome = self.configure(live, &resolver);
+                    answer_after_append(outcome, reply, &mut events, &mut pending);
+                }
+                Message::Command { command, reply } => {
+                    let outcome = self.handle(live, &command);
+                    answer_after_append(outcome, reply, &mut events, &mut pending);
+                }
                 Message::GetState { reply } => {
                     // Answer with what is durable: persist what came before it first.
                     self.persist(live, &mut events, &mut pending).await?;
@@ -646,7 +639,7 @@ impl ReplicatedActor {
     ) -> Result<(), JournalError> {
         if events.is_empty() {
             for Pending { reply, outcome } in pending.drain(..) {
-                let _ = reply.send(Ok(outcome));
+                let _ = reply.send(outcome);
             }
             return Ok(());
         }
@@ -679,7 +672,7 @@ impl ReplicatedActor {
             complete: true,
         });
         for Pending { reply, outcome } in pending.drain(..) {
-            let _ = reply.send(Ok(outcome));
+            let _ = reply.send(outcome);
         }
         self.maybe_snapshot(live).await;
         Ok(())
@@ -924,5 +917,31 @@ impl ReplicatedActor {
                 .shared
                 .seat(&self.entity_type, &self.entity_id, &self.pid)
         }
+    }
+}
+
+/// Queues a command's answer behind the turn's events: its events join the turn's; a rejection
+/// judged with no unsaved events before it is sent at once, one judged after some waits for them.
+fn answer_after_append(
+    outcome: Result<(Vec<EventEnvelope>, CommandReply), EntityError>,
+    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    events: &mut Vec<EventEnvelope>,
+    pending: &mut Vec<Pending>,
+) {
+    match outcome {
+        Ok((new_events, outcome)) => {
+            events.extend(new_events);
+            pending.push(Pending {
+                reply,
+                outcome: Ok(outcome),
+            });
+        }
+        Err(error) if events.is_empty() => {
+            let _ = reply.send(Err(error));
+        }
+        Err(error) => pending.push(Pending {
+            reply,
+            outcome: Err(error),
+        }),
     }
 }
