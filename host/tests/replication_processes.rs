@@ -474,8 +474,9 @@ async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
     assert!(compacted.iter().any(|count| *count > 0), "{compacted:?}");
 }
 
-/// A resolver change under load across processes: a and b load a new resolver build (`bids`),
-/// c does not. While every node writes, a records the change. a and b fold on with it and agree,
+/// A resolver change under load across processes: a new resolver build (`bids`) is deployed to
+/// the cluster, and a and b load it; c cannot (an entity type bound there to the name `bids`
+/// needs an entity plugin, so c refuses the deployment). While every node writes, a records the change. a and b fold on with it and agree,
 /// byte for byte, on the exact sum of every increment (the change itself changes no state); the
 /// change is one event of a's stream, and b says it folds with the new build. c stops at the
 /// change and says so — its state read, `/health` and `/cluster` name the parked change with
@@ -485,11 +486,22 @@ async fn a_resolver_change_under_load_stops_a_node_without_the_build_and_it_says
     let postgres = Postgres::start();
     let (cluster, nodes, http) = three_replicas(&postgres, REPLICATED_TYPES).await;
     let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
-    let mut bids = Value::Null;
-    for url in &urls[..2] {
-        let report = upload_plugin(&http, url, "bids", support::plugin_bytes("highest-bid")).await;
-        bids = report["version"].clone();
-    }
+    let response = http
+        .put(format!("{}/entity-types/orders", urls[2]))
+        .json(&json!({"plugin": "bids"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "c binds a type to the name `bids`");
+    let report = upload_plugin(&http, urls[0], "bids", support::plugin_bytes("highest-bid")).await;
+    let bids = report["version"].clone();
+    support::eventually("b has the deployed resolver", || async {
+        let plugins = get_json(&http, &format!("{}/plugins", urls[1])).await;
+        plugins["plugins"]
+            .as_array()
+            .is_some_and(|plugins| plugins.iter().any(|plugin| plugin["version"] == bids))
+    })
+    .await;
     let path = "tally/r1";
     increment_everywhere(&http, &urls, path, 3).await;
     let response = http
