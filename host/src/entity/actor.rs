@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::EntityError;
+use super::pending::{Pending, answer_after_append};
 use super::system::{CommandReply, EntityState, Shared};
 use super::tenure::{Seat, Tenure, TenureChange};
 use super::types::{EntityTypeConfig, persistence_id};
@@ -95,15 +96,6 @@ struct Committed {
     snapshot_seq_nr: u64,
     /// The plugin version that last changed the state.
     plugin: String,
-}
-
-/// A command handled in the current turn, waiting for the batch's append.
-/// A command's answer, held until the batch's events before it are durable: a reply, or a
-/// rejection decided against state that includes them (sent only if they are persisted; if the
-/// append fails, it fails with the append's error, since the state it judged never existed).
-struct Pending {
-    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
-    outcome: Result<CommandReply, EntityError>,
 }
 
 impl Actor {
@@ -428,24 +420,13 @@ impl Actor {
                 }
                 Message::Command { command, reply } => {
                     let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
-                    match self.handle(&state, &command, next_seq_nr, tenure) {
-                        Ok((new_state, new_events, outcome)) => {
+                    let outcome = self.handle(&state, &command, next_seq_nr, tenure).map(
+                        |(new_state, new_events, outcome)| {
                             state = new_state;
-                            events.extend(new_events);
-                            pending.push(Pending {
-                                reply,
-                                outcome: Ok(outcome),
-                            });
-                        }
-                        // Judged against committed state only: it stands whatever follows.
-                        Err(error) if events.is_empty() => {
-                            let _ = reply.send(Err(error));
-                        }
-                        Err(error) => pending.push(Pending {
-                            reply,
-                            outcome: Err(error),
-                        }),
-                    }
+                            (new_events, outcome)
+                        },
+                    );
+                    answer_after_append(outcome, reply, &mut events, &mut pending);
                 }
             }
         }

@@ -17,11 +17,13 @@
 //! - `tenure`: the lease side of a single-writer entity: contending, writing with a fencing
 //!   token, losing it exactly once.
 //! - `notifications`: [`Notification`]s of lease changes, for `GET /notifications`.
+//! - `pending`: answers held back until a turn's events are durable, for both actors.
 //! - `system`: [`EntitySystem`]: routing commands to actors, spawning and retiring them.
 
 mod actor;
 mod error;
 mod notifications;
+mod pending;
 mod replicated;
 mod system;
 mod tenure;

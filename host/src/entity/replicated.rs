@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::actor::{Message, fencing_token, next_change, refuse_queued, run_guest, take_batch};
 use super::error::EntityError;
+use super::pending::{Pending, answer_after_append};
 use super::system::{CommandReply, EntityState, ParkedEvent, ReplicaStatus, Shared};
 use super::tenure::{Seat, Tenure, TenureChange};
 use super::types::{
@@ -89,15 +90,6 @@ struct Live {
 type StateReply = oneshot::Sender<Result<EntityState, EntityError>>;
 
 type Parked = BTreeMap<(String, u64), ParkedEvent>;
-
-/// A command handled in the current turn, waiting for the turn's append.
-/// A command's answer, held until the turn's events before it are durable (see the plain
-/// actor's `Pending`): a rejection judged against unsaved events fails with the append's error if
-/// they are never saved.
-struct Pending {
-    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
-    outcome: Result<CommandReply, EntityError>,
-}
 
 impl ReplicatedActor {
     pub fn new(
@@ -917,31 +909,5 @@ impl ReplicatedActor {
                 .shared
                 .seat(&self.entity_type, &self.entity_id, &self.pid)
         }
-    }
-}
-
-/// Queues a command's answer behind the turn's events: its events join the turn's; a rejection
-/// judged with no unsaved events before it is sent at once, one judged after some waits for them.
-fn answer_after_append(
-    outcome: Result<(Vec<EventEnvelope>, CommandReply), EntityError>,
-    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
-    events: &mut Vec<EventEnvelope>,
-    pending: &mut Vec<Pending>,
-) {
-    match outcome {
-        Ok((new_events, outcome)) => {
-            events.extend(new_events);
-            pending.push(Pending {
-                reply,
-                outcome: Ok(outcome),
-            });
-        }
-        Err(error) if events.is_empty() => {
-            let _ = reply.send(Err(error));
-        }
-        Err(error) => pending.push(Pending {
-            reply,
-            outcome: Err(error),
-        }),
     }
 }
