@@ -12,47 +12,16 @@ use support::node::{TestNode, config, send_command};
 use support::pause::Gate;
 use support::services::Postgres;
 use support::sse::EventStream;
-use support::{eventually, from_msgpack, msgpack, plugin_bytes};
+use support::{eventually, from_msgpack, msgpack};
 use tokio::sync::broadcast;
 use ulid::Ulid;
-use weft::clock::NodeClock;
 use weft::config::JournalBackend;
-use weft::entity::{
-    EntityError, EntitySystem, EntityTypeConfig, Notification, SystemSettings, lease_name,
-};
+use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, Notification, lease_name};
 use weft::journal::{Journal, PostgresJournal};
 use weft::lease::{Lease, PostgresLease};
-use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// One host: its own writer id and entity system over the given journal and leases.
-fn host(
-    journal: Arc<dyn Journal>,
-    lease: Arc<dyn Lease>,
-    writer_id: Ulid,
-    config: EntityTypeConfig,
-) -> EntitySystem {
-    let runtime = PluginRuntime::new(
-        RuntimeLimits::default(),
-        Some(support::shared_compile_cache()),
-    )
-    .expect("plugin runtime");
-    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
-    plugins
-        .load("counter", &plugin_bytes("counter"))
-        .expect("load the counter");
-    let settings = SystemSettings {
-        writer_id,
-        replica: writer_id.to_string(),
-        clustered: false,
-        per_node_journal: false,
-    };
-    let system = EntitySystem::new(journal, lease, plugins, settings, NodeClock::default());
-    system.bind_type("counter", config).expect("bind counter");
-    system
-}
 
 fn single_writer(lease_ttl_ms: u64, passivate_after_secs: u64) -> EntityTypeConfig {
     EntityTypeConfig {
@@ -91,7 +60,7 @@ async fn a_zombie_writer_is_fenced_and_becomes_an_observer() {
     let (a_id, b_id) = (Ulid::new(), Ulid::new());
     let (a_gate, b_gate) = (Gate::new(), Gate::new());
     let paused_host = |gate: &Arc<Gate>, writer_id| {
-        host(
+        support::counter_host(
             gate.journal(&journal),
             gate.lease(&lease),
             writer_id,
@@ -230,7 +199,7 @@ async fn a_zombie_writer_is_fenced_and_becomes_an_observer() {
 
     // The stream reads A, B, A with rising fencing tokens: each a new tenure, so a fresh host
     // recovers it in `fail` mode.
-    let c = host(journal, lease, Ulid::new(), single_writer(1_000, 120));
+    let c = support::counter_host(journal, lease, Ulid::new(), single_writer(1_000, 120));
     assert_eq!(value(&c, "z1").await, (14, 5));
 }
 
@@ -242,8 +211,8 @@ async fn without_the_lease_two_writers_are_caught_by_recovery_in_fail_mode() {
     let lease: Arc<dyn Lease> = Arc::new(PostgresLease::connect(&database, 2).await.unwrap());
     let unfenced = EntityTypeConfig::for_plugin("counter");
     let (a_id, b_id) = (Ulid::new(), Ulid::new());
-    let a = host(journal.clone(), lease.clone(), a_id, unfenced.clone());
-    let b = host(journal.clone(), lease.clone(), b_id, unfenced.clone());
+    let a = support::counter_host(journal.clone(), lease.clone(), a_id, unfenced.clone());
+    let b = support::counter_host(journal.clone(), lease.clone(), b_id, unfenced.clone());
 
     // Both hosts write one stream: A, A, then B (a takeover, fine on its own), then A again.
     assert_eq!(increment(&a, "s1", 1).await.unwrap(), 1);
@@ -255,7 +224,7 @@ async fn without_the_lease_two_writers_are_caught_by_recovery_in_fail_mode() {
     assert_eq!(increment(&a, "s1", 1000).await.unwrap(), 4);
 
     // A fresh host recovering the stream finds the old writer back after the new one.
-    let c = host(journal.clone(), lease.clone(), Ulid::new(), unfenced);
+    let c = support::counter_host(journal.clone(), lease.clone(), Ulid::new(), unfenced);
     match c.state("counter", "s1").await {
         Err(EntityError::WriterConflict(conflict)) => {
             assert_eq!(conflict.persistence_id, "counter|s1");
@@ -267,13 +236,13 @@ async fn without_the_lease_two_writers_are_caught_by_recovery_in_fail_mode() {
     }
 
     // The same two hosts with the lease: B is refused while A writes, naming A.
-    let a = host(
+    let a = support::counter_host(
         journal.clone(),
         lease.clone(),
         a_id,
         single_writer(10_000, 120),
     );
-    let b = host(
+    let b = support::counter_host(
         journal.clone(),
         lease.clone(),
         b_id,

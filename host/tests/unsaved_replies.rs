@@ -10,40 +10,13 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::pause::Gate;
-use support::{from_msgpack, msgpack, plugin_bytes};
+use support::{from_msgpack, msgpack};
 use ulid::Ulid;
-use weft::clock::NodeClock;
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, SystemSettings};
+use weft::entity::{EntityError, EntityTypeConfig};
 use weft::journal::{EventEnvelope, InMemoryJournal, Journal};
 use weft::lease::InMemoryLease;
-use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn counter_host(journal: Arc<dyn Journal>) -> EntitySystem {
-    let runtime = PluginRuntime::new(
-        RuntimeLimits::default(),
-        Some(support::shared_compile_cache()),
-    )
-    .expect("plugin runtime");
-    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
-    plugins
-        .load("counter", &plugin_bytes("counter"))
-        .expect("load the counter");
-    let writer_id = Ulid::new();
-    let settings = SystemSettings {
-        writer_id,
-        replica: writer_id.to_string(),
-        clustered: false,
-        per_node_journal: false,
-    };
-    let lease = Arc::new(InMemoryLease::new());
-    let system = EntitySystem::new(journal, lease, plugins, settings, NodeClock::default());
-    system
-        .bind_type("counter", EntityTypeConfig::for_plugin("counter"))
-        .expect("bind counter");
-    system
-}
 
 fn command(op: &str, by: i64) -> Vec<u8> {
     msgpack(&json!({"op": op, "by": by}))
@@ -72,7 +45,12 @@ fn foreign_increment(seq_nr: u64, by: i64) -> EventEnvelope {
 async fn a_rejection_in_a_batch_whose_append_fails_reports_no_unsaved_value() {
     let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
     let gate = Gate::new();
-    let system = counter_host(gate.journal(&journal));
+    let system = support::counter_host(
+        gate.journal(&journal),
+        Arc::new(InMemoryLease::new()),
+        Ulid::new(),
+        EntityTypeConfig::for_plugin("counter"),
+    );
     system
         .ask("counter", "x", command("increment", 1))
         .await

@@ -44,3 +44,36 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One host serving `counter` under `config`: its own writer id and entity system over the given
+/// journal and leases, outside a cluster.
+pub fn counter_host(
+    journal: std::sync::Arc<dyn weft::journal::Journal>,
+    lease: std::sync::Arc<dyn weft::lease::Lease>,
+    writer_id: ulid::Ulid,
+    config: weft::entity::EntityTypeConfig,
+) -> weft::entity::EntitySystem {
+    use std::sync::Arc;
+    use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
+    let runtime = PluginRuntime::new(RuntimeLimits::default(), Some(shared_compile_cache()))
+        .expect("plugin runtime");
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+    plugins
+        .load("counter", &plugin_bytes("counter"))
+        .expect("load the counter");
+    let settings = weft::entity::SystemSettings {
+        writer_id,
+        replica: writer_id.to_string(),
+        clustered: false,
+        per_node_journal: false,
+    };
+    let system = weft::entity::EntitySystem::new(
+        journal,
+        lease,
+        plugins,
+        settings,
+        weft::clock::NodeClock::default(),
+    );
+    system.bind_type("counter", config).expect("bind counter");
+    system
+}
