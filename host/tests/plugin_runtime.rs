@@ -250,7 +250,7 @@ fn bad_uploads_are_refused_with_a_reason() {
     let empty_component = b"\0asm\x0d\0\x01\0";
     let no_exports = reason("empty", empty_component);
     assert!(
-        no_exports.contains("exports neither `weft:plugin/entity@0.1.0`"),
+        no_exports.contains("exports neither `weft:plugin/resident-entity@0.1.0` or `weft:plugin/entity@0.1.0`"),
         "{no_exports}"
     );
     let mut truncated = plugin_bytes("counter");
@@ -266,7 +266,7 @@ fn bad_uploads_are_refused_with_a_reason() {
         .unwrap_err()
         .to_string();
     assert!(
-        wrong_world.contains("it is a resolver plugin, but what is bound to `highest-bid` needs an entity plugin (exporting `weft:plugin/entity@0.1.0`)"),
+        wrong_world.contains("it is a resolver plugin, but what is bound to `highest-bid` needs an entity plugin (exporting `weft:plugin/resident-entity@0.1.0` or `weft:plugin/entity@0.1.0`)"),
         "{wrong_world}"
     );
     assert!(registry.list().is_empty(), "nothing refused was installed");

@@ -116,11 +116,13 @@ async fn a_zombie_writer_is_fenced_and_becomes_an_observer() {
             ..
         } => {
             assert_eq!((fencing_token, reason), (a_token, "fenced"));
-            // The plugin's hook ran, on the state the journal holds (A's 3 increments).
+            // The plugin's hook ran, on the state the journal holds: A's refused append left
+            // A's resident state ahead of the journal, so A recovered it first (A's 3
+            // increments and B's 10), and never shows the unsaved 100.
             let notice = from_msgpack(&notice.expect("the counter's hook says something"));
             assert_eq!(
                 notice,
-                json!({"value": 3, "fencing_token": a_token, "reason": "fenced"})
+                json!({"value": 13, "fencing_token": a_token, "reason": "fenced"})
             );
         }
         other => panic!("expected A's lease loss, got {other:?}"),

@@ -121,7 +121,9 @@ impl From<PluginError> for ApiError {
         let status = match &error {
             PluginError::UnknownPlugin(_) => StatusCode::NOT_FOUND,
             PluginError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            PluginError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PluginError::Busy { .. } | PluginError::ResidentLost { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, error.code(), error.to_string())

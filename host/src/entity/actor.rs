@@ -1,11 +1,15 @@
 //! The task of one entity: recovery, turns, batching, snapshots, passivation.
 //!
-//! A turn takes the first queued message and every message queued behind it (up to
-//! `max_batch`), runs each command through the plugin against the state left by the previous
-//! one, and persists all their events in one conditional append. Only when the append succeeds
-//! do the commands' callers get their replies; if it fails, every command of the batch fails and
-//! the state goes back to what the journal holds. A rejected command persists nothing and does
-//! not affect the others.
+//! The entity's state is [`Resident`] in its plugin (see `plugin::resident`): a turn takes the
+//! first queued message and every message queued behind it (up to `max_batch`), hands the
+//! commands to the plugin in one call (each command sees the state its predecessors left), and
+//! persists all their events in one conditional append. Only when the append succeeds do the
+//! commands' callers get their replies; if it fails, every command of the batch fails, and the
+//! resident state, which is ahead of the journal, is dropped and recovered from it. A rejected
+//! command persists nothing and does not affect the others. When the plugin call itself fails (a
+//! trap, a bound), the entity recovers and runs the batch's commands one by one, so only the
+//! command at fault fails; when another entity's failure took the instance holding this state,
+//! the entity recovers and runs the batch again.
 //!
 //! A single-writer entity also keeps a [`Tenure`]: it handles commands only while this host holds
 //! the entity's lease, stamping its fencing token on every append; otherwise it observes — it
@@ -31,7 +35,9 @@ use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
     EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
 };
-use crate::plugin::{Context, Envelope, LeaseLost, PluginVersion, Role};
+use crate::plugin::{
+    Context, Envelope, LeaseLost, PluginError, PluginVersion, Resident, Role,
+};
 use crate::replication::ReplicationBody;
 
 /// Events read per journal query during recovery.
@@ -78,6 +84,12 @@ impl Message {
     }
 }
 
+/// A command waiting for its turn's plugin call.
+struct Call {
+    command: Vec<u8>,
+    reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+}
+
 pub(super) struct Actor {
     shared: Arc<Shared>,
     entity_type: String,
@@ -90,7 +102,8 @@ pub(super) struct Actor {
 
 /// What the journal holds for the entity, folded.
 struct Committed {
-    state: Vec<u8>,
+    /// The state, in the plugin; lost after a failed call or append until recovered.
+    resident: Resident,
     seq_nr: u64,
     /// Sequence number of the last snapshot written or read.
     snapshot_seq_nr: u64,
@@ -251,17 +264,16 @@ impl Actor {
     /// Switches to observer after the tenure writing with `fencing_token` ended (once per loss).
     async fn lose(
         &self,
-        committed: &Committed,
+        committed: &mut Committed,
         tenure: &mut Tenure,
         fencing_token: u64,
         fenced: bool,
     ) -> Result<(), EntityError> {
+        // A state lost after a failed append is recovered first: the hook sees what is durable.
+        self.ready(committed).await?;
         let hook = |lost: &LeaseLost| {
             let ctx = self.context(self.shared.clock.now(), false, Role::Observer);
-            let plugin = self.plugin()?;
-            Ok(run_guest(|| {
-                plugin.on_lease_lost(&ctx, &committed.state, lost)
-            })?)
+            Ok(run_guest(|| committed.resident.on_lease_lost(&ctx, lost))?)
         };
         self.seat().lose(tenure, fencing_token, fenced, hook).await
     }
@@ -283,7 +295,7 @@ impl Actor {
 
     /// Applies what other writers appended since `committed.seq_nr`.
     async fn catch_up(&self, committed: &mut Committed) -> Result<(), EntityError> {
-        let plugin = self.plugin()?;
+        self.ready(committed).await?;
         loop {
             let page = self
                 .shared
@@ -295,7 +307,7 @@ impl Actor {
             };
             let (seq_nr, writer_plugin) = (last.seq_nr, last.plugin.clone());
             let full_page = page.len() == RECOVERY_PAGE;
-            committed.state = self.fold(&plugin, std::mem::take(&mut committed.state), &page)?;
+            self.fold(&mut committed.resident, &page)?;
             committed.seq_nr = seq_nr;
             committed.plugin = writer_plugin;
             if !full_page {
@@ -313,14 +325,13 @@ impl Actor {
             ..ReplayFilterSettings::default()
         };
         let mut filter = ReplayFilter::new(self.pid.clone(), settings);
-        let (mut state, mut seq_nr, snapshot_seq_nr) =
-            match journal.latest_snapshot(&self.pid).await? {
-                Some(snapshot) => (snapshot.payload, snapshot.seq_nr, snapshot.seq_nr),
-                None => {
-                    let ctx = self.context(self.shared.clock.now(), true, self.observed_role());
-                    (run_guest(|| plugin.init(&ctx))?, 0, 0)
-                }
-            };
+        let snapshot = journal.latest_snapshot(&self.pid).await?;
+        let (mut seq_nr, snapshot_seq_nr) = snapshot
+            .as_ref()
+            .map_or((0, 0), |snapshot| (snapshot.seq_nr, snapshot.seq_nr));
+        let ctx = self.context(self.shared.clock.now(), true, self.observed_role());
+        let payload = snapshot.as_ref().map(|snapshot| snapshot.payload.as_slice());
+        let mut resident = run_guest(|| Resident::new(plugin.clone(), &ctx, payload))?;
         let mut applied = 0usize;
         loop {
             let page = journal.read(&self.pid, seq_nr + 1, RECOVERY_PAGE).await?;
@@ -331,38 +342,76 @@ impl Actor {
             for event in page {
                 events.extend(filter.push(event)?);
             }
-            state = self.fold(&plugin, state, &events)?;
+            self.fold(&mut resident, &events)?;
             applied += events.len();
             if !full_page {
                 break;
             }
         }
         let events = filter.finish();
-        state = self.fold(&plugin, state, &events)?;
+        self.fold(&mut resident, &events)?;
         applied += events.len();
         tracing::debug!(entity = %self.pid, seq_nr, applied, "recovered");
         Ok(Committed {
-            state,
+            resident,
             seq_nr,
             snapshot_seq_nr,
             plugin: plugin.id().to_owned(),
         })
     }
 
-    /// Applies recovered events in order.
-    fn fold(
+    /// Applies recovered events in order, in one plugin call.
+    fn fold(&self, resident: &mut Resident, events: &[EventEnvelope]) -> Result<(), EntityError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let ctx = self.context(first.timestamp, true, self.observed_role());
+        let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+        run_guest(|| resident.apply(&ctx, &envelopes)).map_err(EntityError::from)
+    }
+
+    /// Makes the resident state usable: recovered from the journal when a failed call or append
+    /// lost it, moved into the current build after a hot swap.
+    async fn ready(&self, committed: &mut Committed) -> Result<(), EntityError> {
+        if committed.resident.is_lost() {
+            *committed = self.recover().await?;
+            return Ok(());
+        }
+        let plugin = self.plugin()?;
+        if committed.resident.version().id() == plugin.id() {
+            return Ok(());
+        }
+        let ctx = self.context(self.shared.clock.now(), false, self.observed_role());
+        let moved = run_guest(|| {
+            let state = committed.resident.snapshot(&ctx)?;
+            Resident::new(plugin, &ctx, Some(&state))
+        });
+        match moved {
+            Ok(resident) => committed.resident = resident,
+            // The old build could not hand its state over: recover it into the new one.
+            Err(error) => {
+                tracing::warn!(entity = %self.pid, "state not moved to the new build ({error}); recovering");
+                *committed = self.recover().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on the ready resident state; when another entity's failure took the instance
+    /// holding it, recovers and runs it once more.
+    async fn with_resident<R>(
         &self,
-        plugin: &PluginVersion,
-        state: Vec<u8>,
-        events: &[EventEnvelope],
-    ) -> Result<Vec<u8>, EntityError> {
-        run_guest(|| {
-            events.iter().try_fold(state, |state, event| {
-                let ctx = self.context(event.timestamp, true, self.observed_role());
-                plugin.apply_event(&ctx, &state, &Envelope::from(event))
-            })
-        })
-        .map_err(EntityError::from)
+        committed: &mut Committed,
+        mut call: impl FnMut(&mut Resident) -> Result<R, PluginError>,
+    ) -> Result<R, EntityError> {
+        self.ready(committed).await?;
+        match run_guest(|| call(&mut committed.resident)) {
+            Err(PluginError::ResidentLost { .. }) => {
+                self.ready(committed).await?;
+                Ok(run_guest(|| call(&mut committed.resident))?)
+            }
+            outcome => Ok(outcome?),
+        }
     }
 
     /// One turn over a batch of messages. `Err` means the actor's view of its stream is stale
@@ -394,17 +443,19 @@ impl Actor {
             }
             _ => None,
         };
-        let mut state = committed.state.clone();
-        let mut events: Vec<EventEnvelope> = Vec::new();
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut segment: Vec<Call> = Vec::new();
         for message in batch {
             match message {
                 Message::GetState { reply } => {
                     // Answer with what is durable: persist what came before it first.
-                    self.persist(committed, tenure, &mut state, &mut events, &mut pending)
+                    self.run_segment(committed, tenure, std::mem::take(&mut segment))
                         .await?;
-                    let _ = reply.send(Ok(EntityState {
-                        state: committed.state.clone(),
+                    let ctx = self.context(self.shared.clock.now(), false, self.observed_role());
+                    let state = self
+                        .with_resident(committed, |resident| resident.snapshot(&ctx))
+                        .await;
+                    let _ = reply.send(state.map(|state| EntityState {
+                        state,
                         seq_nr: committed.seq_nr,
                         plugin: committed.plugin.clone(),
                         replica: None,
@@ -418,53 +469,97 @@ impl Actor {
                 Message::Configure { reply, .. } => {
                     let _ = reply.send(Err(EntityError::NotReplicated(self.pid.clone())));
                 }
-                Message::Command { command, reply } => {
-                    let next_seq_nr = committed.seq_nr + events.len() as u64 + 1;
-                    let outcome = self.handle(&state, &command, next_seq_nr, tenure).map(
-                        |(new_state, new_events, outcome)| {
-                            state = new_state;
-                            (new_events, outcome)
-                        },
-                    );
-                    answer_after_append(outcome, reply, &mut events, &mut pending);
-                }
+                Message::Command { command, reply } => segment.push(Call { command, reply }),
             }
         }
-        self.persist(committed, tenure, &mut state, &mut events, &mut pending)
-            .await
+        self.run_segment(committed, tenure, segment).await
     }
 
-    /// Runs one command against `state`: its new state, its events, and its reply.
-    fn handle(
+    /// Handles a run of commands in one plugin call and persists their events in one append.
+    /// When the call fails for the batch (a trap, a bound), the commands run one by one, so that
+    /// only the one at fault fails.
+    async fn run_segment(
         &self,
-        state: &[u8],
-        command: &[u8],
-        first_seq_nr: u64,
+        committed: &mut Committed,
+        tenure: &mut Option<Tenure>,
+        segment: Vec<Call>,
+    ) -> Result<(), JournalError> {
+        if segment.is_empty() {
+            return Ok(());
+        }
+        let commands: Vec<Vec<u8>> = segment.iter().map(|call| call.command.clone()).collect();
+        let outcomes = self.handle(committed, tenure, &commands).await;
+        match outcomes {
+            Ok((events, outcomes)) => {
+                let mut pending = Vec::with_capacity(segment.len());
+                let mut turn_events = Vec::with_capacity(events.len());
+                let mut events = events.into_iter();
+                for (call, outcome) in segment.into_iter().zip(outcomes) {
+                    let outcome = outcome.map(|(count, reply)| {
+                        (events.by_ref().take(count).collect::<Vec<_>>(), reply)
+                    });
+                    answer_after_append(outcome, call.reply, &mut turn_events, &mut pending);
+                }
+                self.persist(committed, tenure, turn_events, pending).await
+            }
+            Err(error) if segment.len() > 1 => {
+                tracing::warn!(entity = %self.pid, commands = segment.len(), "batch failed ({error}); running its commands one by one");
+                for call in segment {
+                    Box::pin(self.run_segment(committed, tenure, vec![call])).await?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for call in segment {
+                    let _ = call.reply.send(Err(error.clone()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs a batch of commands through the plugin: the batch's events, and per command either
+    /// how many of them it produced with its reply, or its rejection.
+    async fn handle(
+        &self,
+        committed: &mut Committed,
         tenure: &Option<Tenure>,
-    ) -> Result<(Vec<u8>, Vec<EventEnvelope>, CommandReply), EntityError> {
-        let plugin = self.plugin()?;
+        commands: &[Vec<u8>],
+    ) -> Result<(Vec<EventEnvelope>, Vec<Result<(usize, CommandReply), EntityError>>), EntityError>
+    {
         let now = self.shared.clock.now();
         let ctx = self.context(now, false, Role::Writer);
         let fencing_token = self.fencing_token(tenure);
-        run_guest(|| {
-            let decision = plugin.handle_command(&ctx, state, command)?;
-            let mut state = state.to_vec();
-            let mut events = Vec::with_capacity(decision.events.len());
-            for (offset, payload) in decision.events.into_iter().enumerate() {
-                let seq_nr = first_seq_nr + offset as u64;
-                let event = self.envelope(seq_nr, now, fencing_token, plugin.id(), payload);
-                state = plugin.apply_event(&ctx, &state, &Envelope::from(&event))?;
-                events.push(event);
-            }
-            let seq_nr = first_seq_nr + events.len() as u64 - 1;
-            let outcome = CommandReply {
-                reply: decision.reply,
-                seq_nr,
-                plugin: plugin.id().to_owned(),
-            };
-            Ok::<_, crate::plugin::PluginError>((state, events, outcome))
-        })
-        .map_err(EntityError::from)
+        let first_seq_nr = committed.seq_nr + 1;
+        let mut plugin_id = String::new();
+        let outcomes = self
+            .with_resident(committed, |resident| {
+                plugin_id = resident.version().id().to_owned();
+                let first = self.envelope(first_seq_nr, now, fencing_token, &plugin_id, Vec::new());
+                let first = Envelope::from(&first).meta;
+                resident.handle(&ctx, &first, commands)
+            })
+            .await?;
+        let mut events = Vec::new();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let decision = outcome?;
+                let count = decision.events.len();
+                for payload in decision.events {
+                    let seq_nr = first_seq_nr + events.len() as u64;
+                    events.push(self.envelope(seq_nr, now, fencing_token, &plugin_id, payload));
+                }
+                let seq_nr = first_seq_nr + events.len() as u64 - 1;
+                let reply = CommandReply {
+                    reply: decision.reply,
+                    seq_nr,
+                    plugin: plugin_id.clone(),
+                };
+                Ok((count, reply))
+            })
+            .collect();
+        Ok((events, outcomes))
     }
 
     /// Appends the batch's events in one write, then answers its commands.
@@ -472,9 +567,8 @@ impl Actor {
         &self,
         committed: &mut Committed,
         tenure: &mut Option<Tenure>,
-        state: &mut Vec<u8>,
-        events: &mut Vec<EventEnvelope>,
-        pending: &mut Vec<Pending>,
+        events: Vec<EventEnvelope>,
+        pending: Vec<Pending>,
     ) -> Result<(), JournalError> {
         if pending.is_empty() {
             return Ok(());
@@ -486,19 +580,12 @@ impl Actor {
         } else {
             self.shared
                 .journal
-                .append(
-                    &self.pid,
-                    committed.seq_nr,
-                    fencing_token,
-                    std::mem::take(events),
-                )
+                .append(&self.pid, committed.seq_nr, fencing_token, events)
                 .await
         };
         match outcome {
             Ok(()) => {
                 committed.seq_nr += count;
-                committed.state = std::mem::take(state);
-                *state = committed.state.clone();
                 if let Some(last) = pending.iter().rev().find_map(|p| p.outcome.as_ref().ok()) {
                     committed.plugin = last.plugin.clone();
                 }
@@ -506,16 +593,16 @@ impl Actor {
                     .metrics
                     .events_persisted
                     .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-                for Pending { reply, outcome } in pending.drain(..) {
+                for Pending { reply, outcome } in pending {
                     let _ = reply.send(outcome);
                 }
                 self.maybe_snapshot(committed).await;
                 Ok(())
             }
             Err(error) => {
-                events.clear();
-                *state = committed.state.clone();
-                for Pending { reply, .. } in pending.drain(..) {
+                // The resident state folded events the journal does not hold.
+                committed.resident.discard();
+                for Pending { reply, .. } in pending {
                     let _ = reply.send(Err(EntityError::from(error.clone())));
                 }
                 match (error, tenure.as_mut()) {
@@ -549,6 +636,17 @@ impl Actor {
         if every == 0 || committed.seq_nr < committed.snapshot_seq_nr + every {
             return;
         }
+        let ctx = self.context(self.shared.clock.now(), false, self.observed_role());
+        let payload = match self
+            .with_resident(committed, |resident| resident.snapshot(&ctx))
+            .await
+        {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(entity = %self.pid, "snapshot failed: {error}");
+                return;
+            }
+        };
         let snapshot = SnapshotEnvelope {
             persistence_id: self.pid.clone(),
             seq_nr: committed.seq_nr,
@@ -556,7 +654,7 @@ impl Actor {
             version: Default::default(),
             seen: Default::default(),
             plugin: committed.plugin.clone(),
-            payload: committed.state.clone(),
+            payload,
         };
         match self.shared.journal.save_snapshot(snapshot).await {
             Ok(()) => committed.snapshot_seq_nr = committed.seq_nr,

@@ -3,7 +3,8 @@
 //! Every world shares the `types` and `host` interfaces: the other worlds reuse the entity
 //! world's generated modules, so one `Context` type serves every call. Of the
 //! `entity-plugin-with-hooks` world only the optional `lease-hooks` export is used: the host
-//! probes a loaded entity plugin for it.
+//! probes a loaded entity plugin for it. An entity plugin exports either the byte-passing `entity`
+//! interface or `resident-entity`, whose resource keeps each entity's state in the guest.
 
 mod entity_world {
     wasmtime::component::bindgen!({
@@ -16,6 +17,17 @@ mod resolver_world {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "weft:plugin/resolver-plugin",
+        with: {
+            "weft:plugin/types": super::entity_world::weft::plugin::types,
+            "weft:plugin/host": super::entity_world::weft::plugin::host,
+        },
+    });
+}
+
+mod resident_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weft:plugin/resident-entity-plugin",
         with: {
             "weft:plugin/types": super::entity_world::weft::plugin::types,
             "weft:plugin/host": super::entity_world::weft::plugin::host,
@@ -40,6 +52,10 @@ pub use entity_world::{EntityPlugin, EntityPluginIndices};
 pub use hooks_world::exports::weft::plugin::lease_hooks::{
     Guest as LeaseHooks, GuestIndices as LeaseHooksIndices, LeaseLost,
 };
+pub use resident_world::exports::weft::plugin::resident_entity::{
+    Decision as ResidentDecision, LeaseLoss,
+};
+pub use resident_world::{ResidentEntityPlugin, ResidentEntityPluginPre};
 pub use resolver_world::exports::weft::plugin::resolver::Resolution;
 pub use resolver_world::{ResolverPlugin, ResolverPluginPre};
 

@@ -67,6 +67,11 @@ pub enum PluginError {
     #[error("{wanted} is not loaded on this node ({loaded}): load that build to fold on")]
     VersionMissing { wanted: String, loaded: String },
 
+    /// The instance holding an entity's resident state was thrown away (another entity's call
+    /// in it failed): the entity recovers from its journal and the call is tried again.
+    #[error("{plugin}: the instance holding the entity's state was replaced; retry shortly")]
+    ResidentLost { plugin: String },
+
     /// Something on the host side failed (the compile cache directory, the instance pool).
     #[error("plugin host error: {0}")]
     Host(String),
@@ -88,7 +93,18 @@ impl PluginError {
             PluginError::Invalid { .. } => "invalid_plugin",
             PluginError::InvalidName(_) => "invalid_plugin_name",
             PluginError::VersionMissing { .. } => "plugin_version_missing",
+            PluginError::ResidentLost { .. } => "plugin_busy",
             PluginError::Host(_) => "plugin_host_error",
         }
+    }
+
+    /// Whether the instance that ran the failed call must be thrown away: a trap, a bound or cap
+    /// hit, output the host refused. A handler's refusal and calls of the wrong kind leave it
+    /// as good as before.
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(
+            self,
+            PluginError::Rejected { .. } | PluginError::WrongKind { .. }
+        )
     }
 }

@@ -1,10 +1,12 @@
 //! The plugin runtime: user logic compiled to Wasm components, loaded, called safely, and swapped
 //! while the host runs.
 //!
-//! Guests are pure functions over host-owned bytes (see `wit/plugin.wit`): a call passes an
-//! entity's state in and gets events, a reply or a new state out. So instances are pooled per
-//! plugin version and shared by every entity, a hot swap needs no state migration, and a trapped
-//! call cannot corrupt anything: its instance is thrown away and the next call takes a fresh one.
+//! An entity plugin keeps each active entity's state resident in a guest instance (the
+//! `resident-entity` interface of `wit/plugin.wit`, what the SDKs build), so a call carries only
+//! commands or events; plugins of the first, byte-passing `entity` interface take the state in and
+//! out of every call. Instances are pooled per plugin version; the few that hold resident states
+//! are held out of the pool while they do. A trapped call cannot corrupt anything: its instance is
+//! thrown away, and entities whose state it held recover from the journal.
 //!
 //! # Layout
 //! - `bindings`: the host side of the WIT contract, generated from `wit/`.
@@ -20,6 +22,8 @@
 //! - `pool`: instance slots shared by every plugin version: idle instances kept within a
 //!   node-wide budget and evicted across versions, a busy share per plugin, bounded waits.
 //! - `validate`: checks a component's exports (its world) and imports (an allow-list) at load.
+//! - `resident`: entity state kept in guest instances between calls, and the adapters between
+//!   the byte-passing and the resident contract.
 //! - `version`: one loaded plugin version: its `InstancePre`, its instance pool, typed calls.
 //! - `registry`: plugins by name, each with its current version; atomic hot swap.
 //! - `error`: what can go wrong, worded for the person who wrote the plugin.
@@ -34,6 +38,7 @@ mod pool;
 mod registry;
 mod sandbox;
 mod validate;
+mod resident;
 mod version;
 
 pub use bindings::types::{Context, Envelope, EventMeta, Role, VersionEntry};
@@ -44,4 +49,5 @@ pub use error::PluginError;
 pub use limits::{OutputLimit, OutputLimits};
 pub use registry::{CheckedBuild, LoadReport, PluginInfo, PluginRegistry, Superseded};
 pub use validate::World;
+pub use resident::{Resident, nth_event_meta};
 pub use version::{PluginVersion, Session};

@@ -160,10 +160,10 @@ impl PluginRegistry {
                 plugin: name.to_owned(),
                 reason: format!(
                     "it is {} plugin, but what is bound to `{name}` needs {} plugin \
-                     (exporting `{}`); nothing was changed",
+                     (exporting {}); nothing was changed",
                     inspected.world.with_article(),
                     expected.with_article(),
-                    expected.export(),
+                    expected.exports_text(),
                 ),
             });
         }

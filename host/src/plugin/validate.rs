@@ -32,32 +32,47 @@ impl World {
         }
     }
 
-    /// The export that makes a component a plugin of this world.
-    pub fn export(self) -> &'static str {
+    /// The exports that make a component a plugin of this world (any one of them): an entity
+    /// plugin keeps its entities' state resident (what the SDKs build) or takes it as bytes on
+    /// every call (the first contract, still loaded).
+    pub fn exports(self) -> &'static [&'static str] {
         match self {
-            World::Entity => "weft:plugin/entity@0.1.0",
-            World::Resolver => "weft:plugin/resolver@0.1.0",
+            World::Entity => &[
+                "weft:plugin/resident-entity@0.1.0",
+                "weft:plugin/entity@0.1.0",
+            ],
+            World::Resolver => &["weft:plugin/resolver@0.1.0"],
         }
+    }
+
+    /// "`a` or `b`": the exports of [`exports`](Self::exports), for messages.
+    pub fn exports_text(self) -> String {
+        self.exports()
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
 
     /// Which world a component implements, judged by the names it exports.
     fn of(plugin: &str, exports: &[&str]) -> Result<World, PluginError> {
-        let has = |world: World| exports.iter().any(|name| *name == world.export());
+        let has = |world: World| exports.iter().any(|name| world.exports().contains(name));
         match (has(World::Entity), has(World::Resolver)) {
             (true, false) => Ok(World::Entity),
             (false, true) => Ok(World::Resolver),
             (true, true) => Err(invalid(
                 plugin,
-                "it exports both the entity and the resolver interface; a plugin implements one world"
+                "it exports both an entity and the resolver interface; a plugin implements one world"
                     .into(),
             )),
             (false, false) => Err(invalid(
                 plugin,
                 format!(
-                    "it exports neither `{}` nor `{}` (its exports: {}); build it against the \
-                     `entity-plugin` or `resolver-plugin` world of weft:plugin@0.1.0",
-                    World::Entity.export(),
-                    World::Resolver.export(),
+                    "it exports neither {} nor {} (its exports: {}); build it against the \
+                     `resident-entity-plugin`, `entity-plugin` or `resolver-plugin` world of \
+                     weft:plugin@0.1.0",
+                    World::Entity.exports_text(),
+                    World::Resolver.exports_text(),
                     list_or_none(exports)
                 ),
             )),

@@ -10,9 +10,15 @@
 //! A version is instantiated once when it is made: that links every export the host calls,
 //! the optional hooks included, and so checks their function types against the WIT before the
 //! version can replace anything.
+//!
+//! An entity plugin exports one of two interfaces. `entity` takes the state as bytes on every
+//! call; `resident-entity` keeps each active entity's state in the guest (see `resident`). Each
+//! side is served on top of the other where a caller needs it: the byte calls below run on a
+//! `resident-entity` plugin by restoring a transient resource from the bytes, and
+//! [`Resident`](super::resident::Resident) keeps the bytes itself for an `entity` plugin.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Engine, Store, Trap};
@@ -20,12 +26,13 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::types::{Context, Envelope};
 use super::bindings::{
     Decision, EntityPlugin, EntityPluginIndices, LeaseHooks, LeaseHooksIndices, LeaseLost,
-    Resolution, ResolverPlugin, ResolverPluginPre,
+    ResidentEntityPlugin, ResidentEntityPluginPre, Resolution, ResolverPlugin, ResolverPluginPre,
 };
 use super::engine::{PluginRuntime, RuntimeLimits};
 use super::error::PluginError;
 use super::limits::{OutputLimits, TypeOutputLimits};
 use super::pool::{Checkout, Pool};
+use super::resident::{self, Home};
 use super::sandbox::{self, GuestState};
 use super::validate::World;
 
@@ -37,22 +44,24 @@ enum Pre {
         /// Present when the plugin exports the optional `lease-hooks` interface.
         hooks: Option<LeaseHooksIndices>,
     },
+    Resident(ResidentEntityPluginPre<GuestState>),
     Resolver(ResolverPluginPre<GuestState>),
 }
 
 /// The exports of a live instance.
-enum Exports {
+pub(super) enum Exports {
     Entity {
         plugin: EntityPlugin,
         hooks: Option<LeaseHooks>,
     },
+    Resident(ResidentEntityPlugin),
     Resolver(ResolverPlugin),
 }
 
 /// A live instance: what the node's [`Pool`] holds.
 pub struct Instance {
-    store: Store<GuestState>,
-    exports: Exports,
+    pub(super) store: Store<GuestState>,
+    pub(super) exports: Exports,
 }
 
 /// The instance pool every version of a node shares.
@@ -83,6 +92,11 @@ pub struct PluginVersion {
     shared: Arc<Shared>,
     /// Tells this version's instances apart from other versions' in the pool.
     pool_key: u64,
+    /// The instances holding resident entity states (`resident-entity` plugins), at most
+    /// `busy_instances_per_plugin_max`; empty for other plugins.
+    homes: Mutex<Vec<Arc<Home>>>,
+    /// The pool share the homes' instances count against, apart from the plugin's calls.
+    home_share: String,
 }
 
 impl Drop for PluginVersion {
@@ -112,8 +126,10 @@ impl Drop for Session<'_> {
 impl Session<'_> {
     /// The initial state of an entity.
     pub fn init(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
-        self.state_call(ctx, |store, plugin| {
-            plugin.weft_plugin_entity().call_init(store, ctx)
+        self.state_call(ctx, |store, exports| match exports {
+            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
+            Exports::Resident(plugin) => Ok(resident::init_bytes(store, plugin, ctx)),
+            Exports::Resolver(_) => Err(World::Entity),
         })
     }
 
@@ -124,10 +140,17 @@ impl Session<'_> {
         state: &[u8],
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
-        self.state_call(ctx, |store, plugin| {
-            plugin
-                .weft_plugin_entity()
-                .call_apply_event(store, ctx, &state.to_vec(), event)
+        self.state_call(ctx, |store, exports| match exports {
+            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_apply_event(
+                store,
+                ctx,
+                &state.to_vec(),
+                event,
+            )),
+            Exports::Resident(plugin) => {
+                Ok(resident::apply_bytes(store, plugin, ctx, state, event))
+            }
+            Exports::Resolver(_) => Err(World::Entity),
         })
     }
 
@@ -135,12 +158,9 @@ impl Session<'_> {
     fn state_call(
         &mut self,
         ctx: &Context,
-        f: impl FnOnce(&mut Store<GuestState>, &EntityPlugin) -> wasmtime::Result<Vec<u8>>,
+        f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<Vec<u8>>, World>,
     ) -> Result<Vec<u8>, PluginError> {
-        let state = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => Ok(f(store, plugin)),
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
+        let state = self.call(ctx.now, f)?;
         let version = self.version;
         version
             .output_limits(ctx)
@@ -160,36 +180,18 @@ impl Session<'_> {
             Some(instance) => instance,
             None => version.checkout(self.share)?,
         };
-        instance.store.data_mut().begin_call(now_hlc);
-        instance
-            .store
-            .set_epoch_deadline(version.limits.epoch_deadline_ticks());
-        let outcome = f(&mut instance.store, &instance.exports);
-        let stderr = instance.store.data_mut().take_stderr();
-        match outcome {
-            Err(expected) => {
-                self.instance = Some(instance);
-                Err(PluginError::WrongKind {
-                    plugin: version.id.to_string(),
-                    expected: expected.name(),
-                    actual: version.world.name(),
-                })
-            }
-            Ok(Ok(value)) => {
-                if !stderr.is_empty() {
-                    tracing::debug!(target: "weft::guest", plugin = %version.id, "stderr: {stderr}");
-                }
-                self.instance = Some(instance);
-                Ok(value)
-            }
-            // The instance is dropped: after a trap it must not run again.
-            Ok(Err(error)) => {
-                let error = version.classify(&error, instance.store.data(), stderr);
+        match version.run(&mut instance, now_hlc, f) {
+            Err(error) if error.poisons_instance() => {
+                // The instance is dropped: after a trap it must not run again.
                 version
                     .shared
                     .pool
                     .checkin(self.share, version.pool_key, None);
                 Err(error)
+            }
+            outcome => {
+                self.instance = Some(instance);
+                outcome
             }
         }
     }
@@ -216,7 +218,13 @@ impl PluginVersion {
                 plugin: name.to_owned(),
                 reason: format!("its imports do not match what weft provides: {error:#}"),
             })?;
+        let resident = component
+            .get_export_index(None, World::Entity.exports()[0])
+            .is_some();
         let pre = match world {
+            World::Entity if resident => {
+                ResidentEntityPluginPre::new(instance_pre).map(Pre::Resident)
+            }
             World::Entity => EntityPluginIndices::new(&instance_pre).map(|entity| Pre::Entity {
                 hooks: LeaseHooksIndices::new(&instance_pre).ok(),
                 instance_pre,
@@ -231,8 +239,11 @@ impl PluginVersion {
                 world.name()
             ),
         })?;
+        let id: Arc<str> = format!("{name}@{}", &content_hash[..12]).into();
         let version = PluginVersion {
-            id: format!("{name}@{}", &content_hash[..12]).into(),
+            home_share: format!("{id}#resident"),
+            homes: Mutex::new(Vec::new()),
+            id,
             name: name.to_owned(),
             content_hash,
             world,
@@ -306,13 +317,25 @@ impl PluginVersion {
         state: &[u8],
         command: &[u8],
     ) -> Result<Decision, PluginError> {
-        let outcome =
-            self.call(ctx.now, |store, exports| match exports {
-                Exports::Entity { plugin, .. } => Ok(plugin
-                    .weft_plugin_entity()
-                    .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
-                Exports::Resolver(_) => Err(World::Entity),
-            })?;
+        let outcome = self.call(ctx.now, |store, exports| match exports {
+            Exports::Entity { plugin, .. } => Ok(plugin
+                .weft_plugin_entity()
+                .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
+            Exports::Resident(plugin) => {
+                Ok(resident::handle_bytes(store, plugin, ctx, state, command))
+            }
+            Exports::Resolver(_) => Err(World::Entity),
+        })?;
+        self.check_outcome(ctx, outcome)
+    }
+
+    /// Checks one command's outcome against the output limits; a handler's own refusal becomes
+    /// [`PluginError::Rejected`].
+    pub(super) fn check_outcome(
+        &self,
+        ctx: &Context,
+        outcome: Result<Decision, String>,
+    ) -> Result<Decision, PluginError> {
         let output = self.output_limits(ctx);
         match outcome {
             Ok(decision) => {
@@ -341,15 +364,24 @@ impl PluginVersion {
     }
 
     /// What a call for the context's entity type may hand the host.
-    fn output_limits(&self, ctx: &Context) -> Arc<OutputLimits> {
+    pub(super) fn output_limits(&self, ctx: &Context) -> Arc<OutputLimits> {
         self.shared
             .type_output_limits
             .of(&ctx.entity_type, &self.output_limits)
     }
 
-    /// Whether the plugin exports the optional `lease-hooks` interface.
+    /// Whether the plugin hears about lease losses: the optional `lease-hooks` interface, or the
+    /// method every `resident-entity` plugin has.
     pub fn has_lease_hooks(&self) -> bool {
-        matches!(&self.pre, Pre::Entity { hooks: Some(_), .. })
+        matches!(
+            &self.pre,
+            Pre::Entity { hooks: Some(_), .. } | Pre::Resident(_)
+        )
+    }
+
+    /// Whether the plugin keeps its entities' state resident (`resident-entity`).
+    pub fn is_resident(&self) -> bool {
+        matches!(&self.pre, Pre::Resident(_))
     }
 
     /// Tells the plugin its entity lost the write lease; `Ok(None)` when the plugin has no hook or
@@ -368,6 +400,7 @@ impl PluginVersion {
                 hooks: Some(hooks), ..
             } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
             Exports::Entity { hooks: None, .. } => Ok(Ok(None)),
+            Exports::Resident(plugin) => Ok(resident::lease_lost_bytes(store, plugin, ctx, state, lost)),
             Exports::Resolver(_) => Err(World::Entity),
         })?;
         if let Some(notice) = &notice {
@@ -392,7 +425,7 @@ impl PluginVersion {
                 incoming,
                 concurrent,
             )),
-            Exports::Entity { .. } => Err(World::Resolver),
+            Exports::Entity { .. } | Exports::Resident(_) => Err(World::Resolver),
         })?;
         if let Resolution::Replace(events) = &resolution {
             self.output_limits(ctx).check_events(&self.id, events)?;
@@ -423,6 +456,74 @@ impl PluginVersion {
             version: self,
             share,
             instance: None,
+        }
+    }
+
+    /// Runs `f` on `instance` under the call's limits: the clocks read `now_hlc`, the CPU
+    /// deadline is armed, stderr is collected. An error that
+    /// [poisons](PluginError::poisons_instance) the instance means it must not run again.
+    pub(super) fn run<R>(
+        &self,
+        instance: &mut Instance,
+        now_hlc: u64,
+        f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
+    ) -> Result<R, PluginError> {
+        instance.store.data_mut().begin_call(now_hlc);
+        instance
+            .store
+            .set_epoch_deadline(self.limits.epoch_deadline_ticks());
+        let outcome = f(&mut instance.store, &instance.exports);
+        let stderr = instance.store.data_mut().take_stderr();
+        match outcome {
+            Err(expected) => Err(PluginError::WrongKind {
+                plugin: self.id.to_string(),
+                expected: expected.name(),
+                actual: self.world.name(),
+            }),
+            Ok(Ok(value)) => {
+                if !stderr.is_empty() {
+                    tracing::debug!(target: "weft::guest", plugin = %self.id, "stderr: {stderr}");
+                }
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(self.classify(&error, instance.store.data(), stderr)),
+        }
+    }
+
+    /// The home (instance) a new resident state goes to: the one holding the fewest, or a new
+    /// one while there are fewer than the plugin's busy share.
+    pub(super) fn home(&self) -> Arc<Home> {
+        let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        let least = homes.iter().min_by_key(|home| home.residents()).cloned();
+        match least {
+            Some(home)
+                if home.residents() == 0
+                    || homes.len() >= self.limits.busy_instances_per_plugin_max as usize =>
+            {
+                home
+            }
+            _ => {
+                let home = Arc::new(Home::default());
+                homes.push(home.clone());
+                home
+            }
+        }
+    }
+
+    /// An instance for a home: counted against the homes' own share of the pool.
+    pub(super) fn checkout_home_instance(&self) -> Result<Instance, PluginError> {
+        self.checkout(&self.home_share)
+    }
+
+    /// Gives a home's instance back: kept idle when `healthy`, dropped otherwise.
+    pub(super) fn release_home_instance(&self, instance: Instance, healthy: bool) {
+        if healthy {
+            self.recycle(&self.home_share, instance);
+        } else {
+            drop(instance);
+            self.shared
+                .pool
+                .checkin(&self.home_share, self.pool_key, None);
         }
     }
 
@@ -472,6 +573,7 @@ impl PluginVersion {
                     },
                 })
             }),
+            Pre::Resident(pre) => pre.instantiate(&mut store).map(Exports::Resident),
             Pre::Resolver(pre) => pre.instantiate(&mut store).map(Exports::Resolver),
         };
         match exports {

@@ -1,0 +1,538 @@
+//! Entity state resident in guest instances, so that a command's cost does not grow with it.
+//!
+//! A `resident-entity` plugin keeps each active entity's state in a resource of one of its
+//! version's *homes*: a few instances (at most the plugin's busy share) held out of the pool for
+//! as long as they hold states, each shared by many entities and called under its own lock. A
+//! [`Resident`] is one entity's handle on its state there: a batch of commands, a run of events, a
+//! snapshot or a lease-loss notice is one call that carries only commands or events.
+//!
+//! The journal stays the durable truth. When a call in a home fails in a way that leaves the
+//! instance unusable (a trap, a bound, output the host refused), the home throws the instance
+//! away with every state in it and starts a new *generation*; the other entities' next calls
+//! return [`PluginError::ResidentLost`], and their actors recover them from snapshot and events.
+//! A failed call also leaves its own entity's state unusable (a handler may have folded events
+//! the host will not write): every call of a [`Resident`] after an error returns `ResidentLost`.
+//!
+//! For a plugin of the byte-passing `entity` interface a [`Resident`] keeps the state's bytes
+//! itself and calls the plugin per command and per event, as that contract requires. The byte
+//! calls on a `resident-entity` plugin (replicated entities, upgrade checks) go the other way:
+//! `*_bytes` below restore a transient resource from the bytes and drop it after the call.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::bindings::types::{Context, Envelope, EventMeta};
+use super::bindings::{Decision, LeaseLoss, LeaseLost, ResidentDecision, ResidentEntityPlugin};
+use super::error::PluginError;
+use super::sandbox::GuestState;
+use super::validate::World;
+use super::version::{Exports, Instance, PluginVersion};
+
+/// One instance holding resident states, and which generation of it is alive.
+#[derive(Default)]
+pub(super) struct Home {
+    occupant: Mutex<Occupant>,
+}
+
+#[derive(Default)]
+struct Occupant {
+    /// `None` until the first state moves in, and after the last one left or a failure.
+    instance: Option<Instance>,
+    /// Bumped each time the instance is thrown away: states of older generations are gone.
+    generation: u64,
+    /// States of the current generation.
+    residents: usize,
+}
+
+impl Home {
+    fn lock(&self) -> MutexGuard<'_, Occupant> {
+        self.occupant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// States living in this home now.
+    pub(super) fn residents(&self) -> usize {
+        self.lock().residents
+    }
+}
+
+/// Where one entity's state is.
+enum Held {
+    /// A resource in a home's instance, valid while the home is at `generation`.
+    Guest {
+        home: Arc<Home>,
+        generation: u64,
+        entity: ResourceAny,
+    },
+    /// Bytes kept by the host, for a plugin of the byte-passing `entity` interface.
+    Bytes(Vec<u8>),
+    /// Gone: an earlier call failed, or the instance holding it was thrown away.
+    Lost,
+}
+
+/// One active entity's state, resident in its plugin version (see the module doc).
+pub struct Resident {
+    version: Arc<PluginVersion>,
+    held: Held,
+}
+
+impl Resident {
+    /// The state of an entity with no events yet (`snapshot` is `None`), or one restored from a
+    /// snapshot's bytes.
+    pub fn new(
+        version: Arc<PluginVersion>,
+        ctx: &Context,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Resident, PluginError> {
+        if !version.is_resident() {
+            let state = match snapshot {
+                Some(bytes) => bytes.to_vec(),
+                None => version.init(ctx)?,
+            };
+            return Ok(Resident {
+                version,
+                held: Held::Bytes(state),
+            });
+        }
+        let home = version.home();
+        let mut occupant = home.lock();
+        let mut instance = match occupant.instance.take() {
+            Some(instance) => instance,
+            None => version.checkout_home_instance()?,
+        };
+        let snapshot = snapshot.map(<[u8]>::to_vec);
+        let made = version.run(&mut instance, ctx.now, |store, exports| {
+            resident_exports(exports).map(|plugin| {
+                plugin
+                    .weft_plugin_resident_entity()
+                    .entity()
+                    .call_constructor(store, ctx, snapshot.as_ref())
+            })
+        });
+        match made {
+            Ok(entity) => {
+                occupant.instance = Some(instance);
+                occupant.residents += 1;
+                let generation = occupant.generation;
+                drop(occupant);
+                Ok(Resident {
+                    version,
+                    held: Held::Guest {
+                        home,
+                        generation,
+                        entity,
+                    },
+                })
+            }
+            Err(error) => {
+                evict(&version, &mut occupant, instance);
+                Err(error)
+            }
+        }
+    }
+
+    /// The plugin version holding the state.
+    pub fn version(&self) -> &Arc<PluginVersion> {
+        &self.version
+    }
+
+    /// Whether the state is gone (a failed call, a thrown-away instance, [`discard`](Self::discard))
+    /// and must be recovered from the journal. A state whose instance was thrown away by another
+    /// entity's failure only finds out at its next call, which returns
+    /// [`PluginError::ResidentLost`].
+    pub fn is_lost(&self) -> bool {
+        matches!(self.held, Held::Lost)
+    }
+
+    /// Drops the state: it holds what the journal does not (an append failed).
+    pub fn discard(&mut self) {
+        self.lose();
+    }
+
+    /// Handles `commands` in order, each against the state its predecessors left, folding each
+    /// decision's events before the next command: one outcome per command, a handler's refusal
+    /// being [`PluginError::Rejected`]. `first_event` is the metadata of the batch's first event;
+    /// the others follow by [`nth_event_meta`]. An `Err` fails the whole batch and loses the state.
+    pub fn handle(
+        &mut self,
+        ctx: &Context,
+        first_event: &EventMeta,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<Result<Decision, PluginError>>, PluginError> {
+        let version = self.version.clone();
+        let outcomes = match &mut self.held {
+            Held::Bytes(state) => handle_on_bytes(&version, state, ctx, first_event, commands),
+            _ => self
+                .guest_call(ctx.now, |store, plugin, entity| {
+                    plugin.weft_plugin_resident_entity().entity().call_handle(
+                        store,
+                        entity,
+                        ctx,
+                        first_event,
+                        commands,
+                    )
+                })
+                .map(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .map(|outcome| outcome.map(decision_of))
+                        .collect()
+                }),
+        };
+        let outcomes = outcomes.inspect_err(|_| self.lose())?;
+        if outcomes.len() != commands.len() {
+            self.lose();
+            return Err(PluginError::InvalidOutput {
+                plugin: version.id().to_owned(),
+                reason: format!(
+                    "{} outcomes for a batch of {} commands",
+                    outcomes.len(),
+                    commands.len()
+                ),
+            });
+        }
+        let mut checked = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match version.check_outcome(ctx, outcome) {
+                Err(error @ PluginError::Rejected { .. }) => checked.push(Err(error)),
+                Err(error) => {
+                    // The guest folded events the host refuses to write.
+                    self.lose();
+                    return Err(error);
+                }
+                Ok(decision) => checked.push(Ok(decision)),
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Folds `events` into the state, in order (`ctx.now` is each event's timestamp).
+    pub fn apply(&mut self, ctx: &Context, events: &[Envelope]) -> Result<(), PluginError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let version = self.version.clone();
+        let applied = match &mut self.held {
+            Held::Bytes(state) => {
+                let mut session = version.session();
+                let mut ctx = ctx.clone();
+                events
+                    .iter()
+                    .try_fold(std::mem::take(state), |state, event| {
+                        ctx.now = event.meta.timestamp;
+                        session.apply_event(&ctx, &state, event)
+                    })
+                    .map(|folded| *state = folded)
+            }
+            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+                plugin
+                    .weft_plugin_resident_entity()
+                    .entity()
+                    .call_apply(store, entity, ctx, events)
+            }),
+        };
+        applied.inspect_err(|_| self.lose())
+    }
+
+    /// The state's bytes: for snapshots, state queries and hot swaps.
+    pub fn snapshot(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
+        let state = match &self.held {
+            Held::Bytes(state) => return Ok(state.clone()),
+            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+                plugin
+                    .weft_plugin_resident_entity()
+                    .entity()
+                    .call_snapshot(store, entity)
+            })?,
+        };
+        self.version
+            .output_limits(ctx)
+            .check_state(self.version.id(), &state)?;
+        Ok(state)
+    }
+
+    /// Tells the plugin the entity lost its write lease; what it wants published, if anything.
+    pub fn on_lease_lost(
+        &mut self,
+        ctx: &Context,
+        lost: &LeaseLost,
+    ) -> Result<Option<Vec<u8>>, PluginError> {
+        let notice = match &self.held {
+            Held::Bytes(state) => return self.version.on_lease_lost(ctx, state, lost),
+            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+                let loss = LeaseLoss {
+                    fencing_token: lost.fencing_token,
+                    reason: lost.reason.clone(),
+                };
+                plugin
+                    .weft_plugin_resident_entity()
+                    .entity()
+                    .call_on_lease_lost(store, entity, ctx, &loss)
+            })?,
+        };
+        if let Some(notice) = &notice {
+            self.version
+                .output_limits(ctx)
+                .check_reply(self.version.id(), notice)?;
+        }
+        Ok(notice)
+    }
+
+    /// Runs `f` on the state's resource in its home. A failure that poisons the instance throws
+    /// it away with every state in it.
+    fn guest_call<R>(
+        &mut self,
+        now_hlc: u64,
+        f: impl FnOnce(
+            &mut Store<GuestState>,
+            &ResidentEntityPlugin,
+            ResourceAny,
+        ) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let lost = || PluginError::ResidentLost {
+            plugin: self.version.id().to_owned(),
+        };
+        let Held::Guest {
+            home,
+            generation,
+            entity,
+        } = &self.held
+        else {
+            return Err(lost());
+        };
+        let (home, generation, entity) = (home.clone(), *generation, *entity);
+        let mut occupant = home.lock();
+        let Some(mut instance) = occupant
+            .instance
+            .take()
+            .filter(|_| occupant.generation == generation)
+        else {
+            drop(occupant);
+            self.held = Held::Lost;
+            return Err(lost());
+        };
+        let outcome = self.version.run(&mut instance, now_hlc, |store, exports| {
+            resident_exports(exports).map(|plugin| f(store, plugin, entity))
+        });
+        match outcome {
+            Err(error) if error.poisons_instance() => {
+                evict(&self.version, &mut occupant, instance);
+                drop(occupant);
+                self.held = Held::Lost;
+                Err(error)
+            }
+            outcome => {
+                occupant.instance = Some(instance);
+                outcome
+            }
+        }
+    }
+
+    /// Drops the state's resource (if its instance still lives) and marks it lost.
+    fn lose(&mut self) {
+        let held = std::mem::replace(&mut self.held, Held::Lost);
+        let Held::Guest {
+            home,
+            generation,
+            entity,
+        } = held
+        else {
+            return;
+        };
+        let mut occupant = home.lock();
+        if occupant.generation != generation {
+            return;
+        }
+        let Some(mut instance) = occupant.instance.take() else {
+            return;
+        };
+        let dropped = self.version.run(&mut instance, 0, |store, _| {
+            Ok(entity.resource_drop(store))
+        });
+        occupant.residents -= 1;
+        match dropped {
+            Ok(()) if occupant.residents > 0 => occupant.instance = Some(instance),
+            // The last state left: the instance goes back to the pool, warm.
+            Ok(()) => self.version.release_home_instance(instance, true),
+            Err(_) => evict(&self.version, &mut occupant, instance),
+        }
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.lose();
+    }
+}
+
+/// Throws a home's instance away with every state in it.
+fn evict(version: &PluginVersion, occupant: &mut Occupant, instance: Instance) {
+    occupant.generation += 1;
+    occupant.residents = 0;
+    version.release_home_instance(instance, false);
+}
+
+fn resident_exports(exports: &Exports) -> Result<&ResidentEntityPlugin, World> {
+    match exports {
+        Exports::Resident(plugin) => Ok(plugin),
+        _ => Err(World::Entity),
+    }
+}
+
+fn decision_of(decision: ResidentDecision) -> Decision {
+    Decision {
+        events: decision.events,
+        reply: decision.reply,
+    }
+}
+
+/// The metadata of a batch's `index`-th event (from 0), given its first event's: `seq-nr` and
+/// `origin-seq-nr` advance by `index`, and so does the version vector's entry of `replica`, if
+/// it has one (the rule of `resident-entity.handle` in the WIT).
+pub fn nth_event_meta(first: &EventMeta, index: u64, replica: &str) -> EventMeta {
+    let mut meta = first.clone();
+    meta.seq_nr += index;
+    meta.origin_seq_nr += index;
+    if let Some(entry) = meta.version.iter_mut().find(|e| e.replica == replica) {
+        entry.counter += index;
+    }
+    meta
+}
+
+/// [`Resident::handle`] for a plugin of the byte-passing `entity` interface: per command, then
+/// per event, against the bytes.
+fn handle_on_bytes(
+    version: &PluginVersion,
+    state: &mut Vec<u8>,
+    ctx: &Context,
+    first_event: &EventMeta,
+    commands: &[Vec<u8>],
+) -> Result<Vec<Result<Decision, String>>, PluginError> {
+    let mut session = version.session();
+    let mut next = 0;
+    let mut outcomes = Vec::with_capacity(commands.len());
+    for command in commands {
+        match version.handle_command(ctx, state, command) {
+            Ok(decision) => {
+                for payload in &decision.events {
+                    let event = Envelope {
+                        meta: nth_event_meta(first_event, next, &ctx.replica),
+                        payload: payload.clone(),
+                    };
+                    *state = session.apply_event(ctx, state, &event)?;
+                    next += 1;
+                }
+                outcomes.push(Ok(decision));
+            }
+            Err(PluginError::Rejected { message, .. }) => outcomes.push(Err(message)),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Runs `f` on a resource restored from `state` (`None`: a new entity) for the length of one
+/// byte call, and drops it after.
+fn with_transient<R>(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+    state: Option<&[u8]>,
+    f: impl FnOnce(&mut Store<GuestState>, ResourceAny) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    let state = state.map(<[u8]>::to_vec);
+    let entity = plugin
+        .weft_plugin_resident_entity()
+        .entity()
+        .call_constructor(&mut *store, ctx, state.as_ref())?;
+    let outcome = f(&mut *store, entity)?;
+    entity.resource_drop(&mut *store)?;
+    Ok(outcome)
+}
+
+/// `entity.init` on a `resident-entity` plugin.
+pub(super) fn init_bytes(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+) -> wasmtime::Result<Vec<u8>> {
+    with_transient(store, plugin, ctx, None, |store, entity| {
+        plugin
+            .weft_plugin_resident_entity()
+            .entity()
+            .call_snapshot(store, entity)
+    })
+}
+
+/// `entity.apply-event` on a `resident-entity` plugin.
+pub(super) fn apply_bytes(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+    state: &[u8],
+    event: &Envelope,
+) -> wasmtime::Result<Vec<u8>> {
+    with_transient(store, plugin, ctx, Some(state), |store, entity| {
+        let calls = plugin.weft_plugin_resident_entity().entity();
+        calls.call_apply(&mut *store, entity, ctx, std::slice::from_ref(event))?;
+        calls.call_snapshot(store, entity)
+    })
+}
+
+/// `entity.handle-command` on a `resident-entity` plugin. The transient state folds the
+/// decision's events with metadata the caller never sees (it applies the events it writes
+/// itself), so they carry the context's time and no position.
+pub(super) fn handle_bytes(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+    state: &[u8],
+    command: &[u8],
+) -> wasmtime::Result<Result<Decision, String>> {
+    let first_event = EventMeta {
+        persistence_id: format!("{}|{}", ctx.entity_type, ctx.entity_id),
+        seq_nr: 0,
+        writer: String::new(),
+        fencing_token: 0,
+        timestamp: ctx.now,
+        origin_replica: String::new(),
+        origin_seq_nr: 0,
+        version: Vec::new(),
+        concurrent: false,
+    };
+    with_transient(store, plugin, ctx, Some(state), |store, entity| {
+        let mut outcomes = plugin.weft_plugin_resident_entity().entity().call_handle(
+            store,
+            entity,
+            ctx,
+            &first_event,
+            &[command.to_vec()],
+        )?;
+        match outcomes.pop() {
+            Some(outcome) if outcomes.is_empty() => Ok(outcome.map(decision_of)),
+            _ => Err(wasmtime::Error::msg(
+                "the guest returned a number of outcomes other than one for one command",
+            )),
+        }
+    })
+}
+
+/// `lease-hooks.on-lease-lost` on a `resident-entity` plugin.
+pub(super) fn lease_lost_bytes(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+    state: &[u8],
+    lost: &LeaseLost,
+) -> wasmtime::Result<Option<Vec<u8>>> {
+    let loss = LeaseLoss {
+        fencing_token: lost.fencing_token,
+        reason: lost.reason.clone(),
+    };
+    with_transient(store, plugin, ctx, Some(state), |store, entity| {
+        plugin
+            .weft_plugin_resident_entity()
+            .entity()
+            .call_on_lease_lost(store, entity, ctx, &loss)
+    })
+}
