@@ -250,7 +250,9 @@ fn bad_uploads_are_refused_with_a_reason() {
     let empty_component = b"\0asm\x0d\0\x01\0";
     let no_exports = reason("empty", empty_component);
     assert!(
-        no_exports.contains("exports neither `weft:plugin/resident-entity@0.1.0` or `weft:plugin/entity@0.1.0`"),
+        no_exports.contains(
+            "exports neither `weft:plugin/resident-entity@0.1.0` or `weft:plugin/entity@0.1.0`"
+        ),
         "{no_exports}"
     );
     let mut truncated = plugin_bytes("counter");

@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::ResidentUsage;
 use super::error::EntityError;
 use super::pending::{Pending, answer_after_append};
 use super::system::{CommandReply, EntityState, Shared};
@@ -35,9 +36,7 @@ use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
     EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
 };
-use crate::plugin::{
-    Context, Envelope, LeaseLost, PluginError, PluginVersion, Resident, Role,
-};
+use crate::plugin::{Context, Envelope, LeaseLost, PluginError, PluginVersion, Resident, Role};
 use crate::replication::ReplicationBody;
 
 /// Events read per journal query during recovery.
@@ -98,6 +97,8 @@ pub(super) struct Actor {
     config: Arc<EntityTypeConfig>,
     /// The token this activation of a placed entity of a cluster writes with; 0 otherwise.
     activation_token: u64,
+    /// The entity's share of the node's resident-state budget.
+    usage: Arc<ResidentUsage>,
 }
 
 /// What the journal holds for the entity, folded.
@@ -117,6 +118,7 @@ impl Actor {
         entity_type: String,
         entity_id: String,
         config: Arc<EntityTypeConfig>,
+        usage: Arc<ResidentUsage>,
     ) -> Self {
         let pid = persistence_id(&entity_type, &entity_id);
         Actor {
@@ -126,6 +128,7 @@ impl Actor {
             pid,
             config,
             activation_token: 0,
+            usage,
         }
     }
 
@@ -162,6 +165,7 @@ impl Actor {
                 return;
             }
         };
+        self.measure(&mut committed).await;
         self.serve(&mut committed, &mut tenure, inbox).await;
         if let Some(tenure) = tenure {
             // Passivated or stopped: let another host take the entity over at once.
@@ -330,7 +334,9 @@ impl Actor {
             .as_ref()
             .map_or((0, 0), |snapshot| (snapshot.seq_nr, snapshot.seq_nr));
         let ctx = self.context(self.shared.clock.now(), true, self.observed_role());
-        let payload = snapshot.as_ref().map(|snapshot| snapshot.payload.as_slice());
+        let payload = snapshot
+            .as_ref()
+            .map(|snapshot| snapshot.payload.as_slice());
         let mut resident = run_guest(|| Resident::new(plugin.clone(), &ctx, payload))?;
         let mut applied = 0usize;
         loop {
@@ -397,6 +403,18 @@ impl Actor {
         Ok(())
     }
 
+    /// Charges the entity's state size to the node's budget, read from the plugin.
+    async fn measure(&self, committed: &mut Committed) {
+        let ctx = self.context(self.shared.clock.now(), false, self.observed_role());
+        match self
+            .with_resident(committed, |resident| resident.snapshot(&ctx))
+            .await
+        {
+            Ok(state) => self.shared.charge(&self.usage, state.len() as u64),
+            Err(error) => tracing::warn!(entity = %self.pid, "state size not read: {error}"),
+        }
+    }
+
     /// Runs `call` on the ready resident state; when another entity's failure took the instance
     /// holding it, recovers and runs it once more.
     async fn with_resident<R>(
@@ -422,6 +440,7 @@ impl Actor {
         tenure: &mut Option<Tenure>,
         batch: Vec<Message>,
     ) -> Result<(), JournalError> {
+        self.shared.budget.touch(&self.usage);
         let has_commands = batch
             .iter()
             .any(|message| matches!(message, Message::Command { .. }));
@@ -454,6 +473,9 @@ impl Actor {
                     let state = self
                         .with_resident(committed, |resident| resident.snapshot(&ctx))
                         .await;
+                    if let Ok(state) = &state {
+                        self.shared.charge(&self.usage, state.len() as u64);
+                    }
                     let _ = reply.send(state.map(|state| EntityState {
                         state,
                         seq_nr: committed.seq_nr,
@@ -525,8 +547,13 @@ impl Actor {
         committed: &mut Committed,
         tenure: &Option<Tenure>,
         commands: &[Vec<u8>],
-    ) -> Result<(Vec<EventEnvelope>, Vec<Result<(usize, CommandReply), EntityError>>), EntityError>
-    {
+    ) -> Result<
+        (
+            Vec<EventEnvelope>,
+            Vec<Result<(usize, CommandReply), EntityError>>,
+        ),
+        EntityError,
+    > {
         let now = self.shared.clock.now();
         let ctx = self.context(now, false, Role::Writer);
         let fencing_token = self.fencing_token(tenure);
@@ -647,6 +674,7 @@ impl Actor {
                 return;
             }
         };
+        self.shared.charge(&self.usage, payload.len() as u64);
         let snapshot = SnapshotEnvelope {
             persistence_id: self.pid.clone(),
             seq_nr: committed.seq_nr,

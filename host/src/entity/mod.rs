@@ -1,5 +1,5 @@
-//! Event-sourced entities: one task per active entity, fed by a bounded mailbox, one command at a
-//! time, its state kept as bytes and changed only through the plugin's `apply-event`.
+//! Event-sourced entities: one task per active entity, fed by a bounded mailbox, a batch of
+//! commands per turn, its state resident in the plugin and changed only by the plugin's fold.
 //!
 //! An entity is recovered on its first message (latest snapshot, then events through the
 //! replay filter), handles commands in turns, batches the commands queued behind a journal write
@@ -11,6 +11,8 @@
 //! # Layout
 //! - `types`: entity types and what they are bound to (`EntityTypeConfig`).
 //! - `error`: [`EntityError`], with stable codes for the API.
+//! - `budget`: the node's budget for resident entity state, and which entities to passivate
+//!   when it is exceeded.
 //! - `actor`: the task of one entity: recovery, turns, batching, snapshots, passivation.
 //! - `replicated`: the task of one replica of a replicated entity: its own stream, pushes and
 //!   pulls between replicas, lease mode.
@@ -21,6 +23,7 @@
 //! - `system`: [`EntitySystem`]: routing commands to actors, spawning and retiring them.
 
 mod actor;
+mod budget;
 mod error;
 mod notifications;
 mod pending;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
 use super::actor::{Actor, Message};
+use super::budget::{ResidentBudget, ResidentUsage};
 use super::error::EntityError;
 use super::notifications::Notifications;
 use super::replicated::ReplicatedActor;
@@ -115,6 +116,8 @@ pub struct EntityMetrics {
 struct ActorHandle {
     mailbox: mpsc::Sender<Message>,
     generation: u64,
+    /// The entity's share of the resident-state budget.
+    usage: Arc<ResidentUsage>,
     /// Becomes true once the actor has stopped for good.
     stopped: watch::Receiver<bool>,
 }
@@ -133,6 +136,8 @@ pub(super) struct Shared {
     pub peers: OnceLock<Arc<dyn Peers>>,
     /// The events this node's active replicas have parked, by replica stream.
     pub parked: Mutex<BTreeMap<String, Vec<ParkedEvent>>>,
+    /// What the active entities' states hold in the plugins, against `resident_state_bytes_max`.
+    pub budget: ResidentBudget,
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
     active: Mutex<HashMap<String, ActorHandle>>,
     generations: AtomicU64,
@@ -147,6 +152,41 @@ impl Shared {
             persistence_id: pid,
             notifications: &self.notifications,
             clustered: self.settings.clustered,
+        }
+    }
+
+    /// Records an entity's state size; over the budget, asks the least recently used entities
+    /// to passivate.
+    pub fn charge(&self, usage: &ResidentUsage, state_bytes: u64) {
+        if !self.budget.set_state_bytes(usage, state_bytes) {
+            return;
+        }
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let victims = self.budget.victims(
+            active
+                .iter()
+                .map(|(pid, handle)| (pid.clone(), handle.usage.as_ref())),
+        );
+        for pid in victims {
+            tracing::debug!(entity = %pid, "passivating: resident state over its budget");
+            ask_to_passivate(&active[&pid].mailbox);
+        }
+    }
+}
+
+/// Sends an entity the request to passivate, behind what is queued.
+fn ask_to_passivate(mailbox: &mpsc::Sender<Message>) {
+    match mailbox.try_send(Message::Passivate) {
+        // A closed mailbox is stopping already.
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        // A full one takes the request behind its backlog: the entity must not keep its
+        // lease until it goes idle while its new owner waits for it.
+        Err(mpsc::error::TrySendError::Full(request)) => {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move {
+                // Closed meanwhile: it stopped, which is what was asked.
+                let _ = mailbox.send(request).await;
+            });
         }
     }
 }
@@ -168,6 +208,7 @@ impl EntitySystem {
         settings: SystemSettings,
         clock: NodeClock,
     ) -> Self {
+        let budget = ResidentBudget::new(plugins.runtime().limits().resident_state_bytes_max);
         EntitySystem {
             shared: Arc::new(Shared {
                 journal,
@@ -180,6 +221,7 @@ impl EntitySystem {
                 peers: OnceLock::new(),
                 parked: Mutex::new(BTreeMap::new()),
                 types: RwLock::new(BTreeMap::new()),
+                budget,
                 active: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
             }),
@@ -390,22 +432,15 @@ impl EntitySystem {
     pub fn passivate(&self, entity_type: &str, entity_id: &str) {
         let pid = persistence_id(entity_type, entity_id);
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(handle) = active.get(&pid) else {
-            return;
-        };
-        match handle.mailbox.try_send(Message::Passivate) {
-            // A closed mailbox is stopping already.
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            // A full one takes the request behind its backlog: the entity must not keep its
-            // lease until it goes idle while its new owner waits for it.
-            Err(mpsc::error::TrySendError::Full(request)) => {
-                let mailbox = handle.mailbox.clone();
-                tokio::spawn(async move {
-                    // Closed meanwhile: it stopped, which is what was asked.
-                    let _ = mailbox.send(request).await;
-                });
-            }
+        if let Some(handle) = active.get(&pid) {
+            ask_to_passivate(&handle.mailbox);
         }
+    }
+
+    /// The resident-state budget: its maximum, what the active entities hold, and how many
+    /// were passivated to keep within it.
+    pub fn budget(&self) -> &ResidentBudget {
+        &self.shared.budget
     }
 
     /// Sends a command (MessagePack) to an entity and waits for its outcome.
@@ -581,11 +616,13 @@ impl EntitySystem {
         let (mailbox, inbox) = mpsc::channel(config.mailbox_capacity);
         let (stopped_tx, stopped) = watch::channel(false);
         let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
+        let usage = Arc::new(ResidentUsage::default());
         active.insert(
             pid.to_owned(),
             ActorHandle {
                 mailbox: mailbox.clone(),
                 generation,
+                usage: usage.clone(),
                 stopped: stopped.clone(),
             },
         );
@@ -614,9 +651,15 @@ impl EntitySystem {
                     .await
                 }
                 None => {
-                    Actor::new(shared.clone(), entity_type, entity_id, config)
-                        .run(inbox)
-                        .await
+                    Actor::new(
+                        shared.clone(),
+                        entity_type,
+                        entity_id,
+                        config,
+                        usage.clone(),
+                    )
+                    .run(inbox)
+                    .await
                 }
             }
             let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -624,6 +667,7 @@ impl EntitySystem {
                 active.remove(&pid);
             }
             drop(active);
+            shared.budget.release(&usage);
             shared.metrics.passivations.fetch_add(1, Ordering::Relaxed);
             // Nobody may be waiting; that is fine.
             let _ = stopped_tx.send(true);

@@ -47,6 +47,9 @@ pub struct RuntimeLimits {
     pub busy_instances_per_plugin_max: u32,
     /// How long a call waits for a free instance slot before it fails, in milliseconds.
     pub instance_wait_ms: u64,
+    /// Bytes of entity state the node keeps resident in plugins, across its active entities (an
+    /// estimate: see `entity::budget`). Over it, the least recently used entities passivate.
+    pub resident_state_bytes_max: u64,
     /// Bytes of a component a load accepts.
     pub component_bytes_max: usize,
     /// Bytes of one function's body in the component's core modules: larger functions make the
@@ -75,6 +78,7 @@ impl Default for RuntimeLimits {
             busy_instances_per_plugin_max: std::thread::available_parallelism()
                 .map_or(2, |cores| cores.get().max(2) as u32),
             instance_wait_ms: 2_000,
+            resident_state_bytes_max: 1 << 30,
             component_bytes_max: 64 << 20,
             function_body_bytes_max: 4 << 20,
             compile_timeout_ms: 60_000,
@@ -124,6 +128,11 @@ impl RuntimeLimits {
                     1..=10_000,
                 ),
                 ("instance_wait_ms", self.instance_wait_ms, 0..=600_000),
+                (
+                    "resident_state_bytes_max",
+                    self.resident_state_bytes_max,
+                    (1 << 20)..=(1 << 40),
+                ),
                 (
                     "component_bytes_max",
                     self.component_bytes_max as u64,

@@ -36,9 +36,9 @@ mod error;
 mod limits;
 mod pool;
 mod registry;
+mod resident;
 mod sandbox;
 mod validate;
-mod resident;
 mod version;
 
 pub use bindings::types::{Context, Envelope, EventMeta, Role, VersionEntry};
@@ -48,6 +48,6 @@ pub use engine::{PluginRuntime, RuntimeLimits};
 pub use error::PluginError;
 pub use limits::{OutputLimit, OutputLimits};
 pub use registry::{CheckedBuild, LoadReport, PluginInfo, PluginRegistry, Superseded};
-pub use validate::World;
 pub use resident::{Resident, nth_event_meta};
+pub use validate::World;
 pub use version::{PluginVersion, Session};

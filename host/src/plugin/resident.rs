@@ -346,9 +346,9 @@ impl Resident {
         let Some(mut instance) = occupant.instance.take() else {
             return;
         };
-        let dropped = self.version.run(&mut instance, 0, |store, _| {
-            Ok(entity.resource_drop(store))
-        });
+        let dropped =
+            self.version
+                .run(&mut instance, 0, |store, _| Ok(entity.resource_drop(store)));
         occupant.residents -= 1;
         match dropped {
             Ok(()) if occupant.residents > 0 => occupant.instance = Some(instance),

@@ -141,12 +141,11 @@ impl Session<'_> {
         event: &Envelope,
     ) -> Result<Vec<u8>, PluginError> {
         self.state_call(ctx, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_apply_event(
-                store,
-                ctx,
-                &state.to_vec(),
-                event,
-            )),
+            Exports::Entity { plugin, .. } => {
+                Ok(plugin
+                    .weft_plugin_entity()
+                    .call_apply_event(store, ctx, &state.to_vec(), event))
+            }
             Exports::Resident(plugin) => {
                 Ok(resident::apply_bytes(store, plugin, ctx, state, event))
             }
@@ -317,15 +316,16 @@ impl PluginVersion {
         state: &[u8],
         command: &[u8],
     ) -> Result<Decision, PluginError> {
-        let outcome = self.call(ctx.now, |store, exports| match exports {
-            Exports::Entity { plugin, .. } => Ok(plugin
-                .weft_plugin_entity()
-                .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
-            Exports::Resident(plugin) => {
-                Ok(resident::handle_bytes(store, plugin, ctx, state, command))
-            }
-            Exports::Resolver(_) => Err(World::Entity),
-        })?;
+        let outcome =
+            self.call(ctx.now, |store, exports| match exports {
+                Exports::Entity { plugin, .. } => Ok(plugin
+                    .weft_plugin_entity()
+                    .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
+                Exports::Resident(plugin) => {
+                    Ok(resident::handle_bytes(store, plugin, ctx, state, command))
+                }
+                Exports::Resolver(_) => Err(World::Entity),
+            })?;
         self.check_outcome(ctx, outcome)
     }
 
@@ -400,7 +400,9 @@ impl PluginVersion {
                 hooks: Some(hooks), ..
             } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
             Exports::Entity { hooks: None, .. } => Ok(Ok(None)),
-            Exports::Resident(plugin) => Ok(resident::lease_lost_bytes(store, plugin, ctx, state, lost)),
+            Exports::Resident(plugin) => {
+                Ok(resident::lease_lost_bytes(store, plugin, ctx, state, lost))
+            }
             Exports::Resolver(_) => Err(World::Entity),
         })?;
         if let Some(notice) = &notice {
