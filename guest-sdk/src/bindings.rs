@@ -1,5 +1,6 @@
 //! The generated WIT glue: one module per world, each behind the cargo feature of that world,
-//! plus the conversions between generated types and the SDK's plain ones.
+//! plus the conversions between generated types and the SDK's plain ones, and the `entity`
+//! resource that holds a [`crate::resident::Resident`].
 
 /// Conversions shared by both worlds' generated `types` (the two modules hold distinct types).
 macro_rules! conversions {
@@ -69,8 +70,8 @@ macro_rules! conversions {
 pub mod entity_world {
     wit_bindgen::generate!({
         path: "../wit",
-        // The entity world plus the optional lease hooks, whose default does nothing.
-        world: "weft:plugin/entity-plugin-with-hooks",
+        // Each active entity's state stays in the guest, in a resource, between calls.
+        world: "weft:plugin/resident-entity-plugin",
         runtime_path: "weft_guest::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "export_entity_world",
@@ -78,12 +79,63 @@ pub mod entity_world {
     });
     conversions!();
 
-    /// The context of an `apply-event` call, carrying the event's metadata, and the payload.
-    pub fn event_context(ctx: wit::Context, event: wit::Envelope) -> (Context, Vec<u8>) {
-        let (meta, payload) = open(event);
-        let mut ctx = Context::from(ctx);
-        ctx.event = Some(meta);
-        (ctx, payload)
+    use self::exports::weft::plugin::resident_entity::{Decision, GuestEntity, LeaseLoss};
+    use crate::resident::Resident;
+    use std::cell::RefCell;
+
+    /// The `entity` resource of an [`crate::Entity`] type: its resident state. The generated
+    /// methods take `&self`; a guest runs one call at a time, so the cell is never contended.
+    pub struct ResidentEntity<T: crate::Entity>(RefCell<Resident<T>>);
+
+    /// Bytes the guest cannot make sense of are a bug in the plugin or a corrupted journal, not a
+    /// user error: the call traps, the host reports the message and recovers the entity.
+    fn or_trap<V>(call: &str, result: Result<V, String>) -> V {
+        result.unwrap_or_else(|e| panic!("{call}: {e}"))
+    }
+
+    impl<T: crate::Entity + 'static> GuestEntity for ResidentEntity<T> {
+        fn new(ctx: wit::Context, snapshot: Option<Vec<u8>>) -> Self {
+            let resident = Resident::restore(&ctx.into(), snapshot.as_deref());
+            ResidentEntity(RefCell::new(or_trap("restore", resident)))
+        }
+
+        fn handle(
+            &self,
+            ctx: wit::Context,
+            first_event: wit::EventMeta,
+            commands: Vec<Vec<u8>>,
+        ) -> Vec<Result<Decision, String>> {
+            let results = self
+                .0
+                .borrow_mut()
+                .handle(&ctx.into(), &first_event.into(), &commands);
+            results
+                .into_iter()
+                .map(|result| {
+                    result.map(|decision| Decision {
+                        events: decision.events,
+                        reply: decision.reply,
+                    })
+                })
+                .collect()
+        }
+
+        fn apply(&self, ctx: wit::Context, events: Vec<wit::Envelope>) {
+            let events = events.into_iter().map(open);
+            or_trap("apply", self.0.borrow_mut().apply(&ctx.into(), events));
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            or_trap("snapshot", self.0.borrow().snapshot())
+        }
+
+        fn on_lease_lost(&self, ctx: wit::Context, loss: LeaseLoss) -> Option<Vec<u8>> {
+            let lost = crate::LeaseLost {
+                fencing_token: loss.fencing_token,
+                reason: loss.reason,
+            };
+            self.0.borrow().on_lease_lost(&ctx.into(), &lost)
+        }
     }
 }
 
