@@ -1,5 +1,6 @@
 //! The generated WIT glue: one module per world, each behind the cargo feature of that world,
-//! plus the conversions between generated types and the SDK's plain ones.
+//! plus the conversions between generated types and the SDK's plain ones, and the `entity`
+//! resource that holds a [`crate::resident::Resident`].
 
 /// Conversions shared by both worlds' generated `types` (the two modules hold distinct types).
 macro_rules! conversions {
@@ -69,8 +70,8 @@ macro_rules! conversions {
 pub mod entity_world {
     wit_bindgen::generate!({
         path: "../wit",
-        // The entity world plus the optional lease hooks, whose default does nothing.
-        world: "weft:plugin/entity-plugin-with-hooks",
+        // Each active entity's state stays in the guest, in a resource, between calls.
+        world: "weft:plugin/resident-entity-plugin",
         runtime_path: "weft_guest::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "export_entity_world",
@@ -78,12 +79,178 @@ pub mod entity_world {
     });
     conversions!();
 
-    /// The context of an `apply-event` call, carrying the event's metadata, and the payload.
-    pub fn event_context(ctx: wit::Context, event: wit::Envelope) -> (Context, Vec<u8>) {
-        let (meta, payload) = open(event);
-        let mut ctx = Context::from(ctx);
-        ctx.event = Some(meta);
-        (ctx, payload)
+    use self::exports::weft::plugin::resident_entity::{Decision, GuestEntity, LeaseLoss};
+    use crate::resident::Resident;
+    use std::cell::RefCell;
+
+    /// The `entity` resource of an [`crate::Entity`] type: its resident state. The generated
+    /// methods take `&self`; a guest runs one call at a time, so the cell is never contended.
+    pub struct ResidentEntity<T: crate::Entity>(RefCell<Resident<T>>);
+
+    /// Bytes the guest cannot make sense of are a bug in the plugin or a corrupted journal, not a
+    /// user error: the call traps, the host reports the message and recovers the entity.
+    fn or_trap<V>(call: &str, result: Result<V, String>) -> V {
+        result.unwrap_or_else(|e| panic!("{call}: {e}"))
+    }
+
+    impl<T: crate::Entity + 'static> GuestEntity for ResidentEntity<T> {
+        fn new(ctx: wit::Context, snapshot: Option<Vec<u8>>) -> Self {
+            let resident = Resident::restore(&ctx.into(), snapshot.as_deref());
+            ResidentEntity(RefCell::new(or_trap("restore", resident)))
+        }
+
+        fn handle(
+            &self,
+            ctx: wit::Context,
+            first_event: wit::EventMeta,
+            commands: Vec<Vec<u8>>,
+        ) -> Vec<Result<Decision, String>> {
+            let results = self
+                .0
+                .borrow_mut()
+                .handle(&ctx.into(), &first_event.into(), &commands);
+            results
+                .into_iter()
+                .map(|result| {
+                    result.map(|decision| Decision {
+                        events: decision.events,
+                        reply: decision.reply,
+                    })
+                })
+                .collect()
+        }
+
+        fn apply(&self, ctx: wit::Context, events: Vec<wit::Envelope>) {
+            let events = events.into_iter().map(open);
+            or_trap("apply", self.0.borrow_mut().apply(&ctx.into(), events));
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            or_trap("snapshot", self.0.borrow().snapshot())
+        }
+
+        fn on_lease_lost(&self, ctx: wit::Context, loss: LeaseLoss) -> Option<Vec<u8>> {
+            let lost = crate::LeaseLost {
+                fencing_token: loss.fencing_token,
+                reason: loss.reason,
+            };
+            self.0.borrow().on_lease_lost(&ctx.into(), &lost)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::codec::{decode, encode};
+
+        /// Keeps `(amount, seq_nr, version["a"])` of every event it folds.
+        struct Tally;
+
+        impl crate::Entity for Tally {
+            type State = Vec<(u64, u64, u64)>;
+            type Command = u64;
+            type Event = u64;
+            type Reply = usize;
+            type Error = String;
+
+            fn handle(
+                state: &Self::State,
+                _: &crate::Context,
+                amount: u64,
+            ) -> Result<crate::Decision<u64, usize>, String> {
+                Ok(crate::Decision::emit(vec![amount], state.len() + 1))
+            }
+
+            fn apply(mut state: Self::State, ctx: &crate::Context, amount: &u64) -> Self::State {
+                let meta = ctx.event.as_ref().expect("apply sees the event's metadata");
+                state.push((*amount, meta.seq_nr, meta.version["a"]));
+                state
+            }
+        }
+
+        fn ctx() -> wit::Context {
+            wit::Context {
+                entity_type: "tally".into(),
+                entity_id: "t1".into(),
+                replica: "a".into(),
+                all_replicas: vec!["a".into(), "b".into()],
+                now: 1,
+                recovery_running: false,
+                role: wit::Role::Writer,
+            }
+        }
+
+        fn meta(seq_nr: u64) -> wit::EventMeta {
+            wit::EventMeta {
+                persistence_id: "tally|t1".into(),
+                seq_nr,
+                writer: "01W".into(),
+                fencing_token: 0,
+                timestamp: 0,
+                origin_replica: "a".into(),
+                origin_seq_nr: seq_nr,
+                version: vec![
+                    wit::VersionEntry {
+                        replica: "a".into(),
+                        counter: seq_nr,
+                    },
+                    wit::VersionEntry {
+                        replica: "b".into(),
+                        counter: 9,
+                    },
+                ],
+                concurrent: false,
+            }
+        }
+
+        fn folded(entity: &ResidentEntity<Tally>) -> Vec<(u64, u64, u64)> {
+            decode("state", &entity.snapshot()).unwrap()
+        }
+
+        #[test]
+        fn the_resource_runs_batches_and_folds_envelopes_through_the_generated_types() {
+            let entity = ResidentEntity::<Tally>::new(ctx(), None);
+            let commands = vec![encode(&3u64).unwrap(), vec![0xc1], encode(&4u64).unwrap()];
+            let results = entity.handle(ctx(), meta(5), commands);
+            assert_eq!(results.len(), 3);
+            let first = results[0].as_ref().unwrap();
+            assert_eq!(first.events, [encode(&3u64).unwrap()]);
+            assert_eq!(decode::<usize>("reply", &first.reply).unwrap(), 1);
+            assert!(
+                results[1]
+                    .as_ref()
+                    .unwrap_err()
+                    .starts_with("cannot decode command")
+            );
+            assert_eq!(folded(&entity), [(3, 5, 5), (4, 6, 6)]);
+
+            let event = wit::Envelope {
+                meta: meta(7),
+                payload: encode(&8u64).unwrap(),
+            };
+            entity.apply(ctx(), vec![event]);
+            assert_eq!(folded(&entity), [(3, 5, 5), (4, 6, 6), (8, 7, 7)]);
+
+            let restored = ResidentEntity::<Tally>::new(ctx(), Some(entity.snapshot()));
+            assert_eq!(folded(&restored), folded(&entity));
+        }
+
+        #[test]
+        #[should_panic(expected = "restore: cannot decode state")]
+        fn a_snapshot_that_does_not_decode_traps() {
+            ResidentEntity::<Tally>::new(ctx(), Some(vec![0xc1]));
+        }
+
+        #[test]
+        #[should_panic(expected = "apply: event 7 of tally|t1: cannot decode event")]
+        fn an_event_that_does_not_decode_traps() {
+            let entity = ResidentEntity::<Tally>::new(ctx(), None);
+            let event = wit::Envelope {
+                meta: meta(7),
+                payload: vec![0xc1],
+            };
+            entity.apply(ctx(), vec![event]);
+        }
     }
 }
 

@@ -80,36 +80,37 @@ impl Notice {
     }
 }
 
-/// `on_lease_lost` over bytes.
-pub fn lease_lost_bytes<T: Entity>(
+/// A command's outcome as it crosses the boundary: events and reply encoded.
+pub type EncodedDecision = Decision<Vec<u8>, Vec<u8>>;
+
+/// Decodes `command` and decides it against `state`; on `Ok`, the events and reply encoded.
+/// Every failure (a command that does not decode, a rejection, a value that does not encode) is
+/// a message for the caller.
+pub(crate) fn decide<T: Entity>(
+    state: &T::State,
     ctx: &Context,
-    state: &[u8],
-    lost: &LeaseLost,
-) -> Option<Vec<u8>> {
-    let state: T::State = decode("state", state).unwrap_or_else(|e| panic!("on-lease-lost: {e}"));
-    T::on_lease_lost(&state, ctx, lost).map(Notice::into_bytes)
+    command: &[u8],
+) -> Result<EncodedDecision, String> {
+    let command: T::Command = decode("command", command)?;
+    let decision = T::handle(state, ctx, command).map_err(|e| e.to_string())?;
+    let events = decision
+        .events
+        .iter()
+        .map(encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Decision::emit(events, encode(&decision.reply)?))
 }
 
-/// `init` over bytes.
-pub fn init_bytes<T: Entity>(ctx: &Context) -> Vec<u8> {
-    encode(&T::init(ctx)).unwrap_or_else(|e| panic!("state of {}: {e}", ctx.entity_type))
-}
-
-/// `handle` over bytes: decodes, decides, encodes; every failure is a message for the caller.
+/// `handle` over bytes, for native tests and benchmarks: decodes the state and the command,
+/// decides, encodes; every failure is a message for the caller.
 pub fn handle_bytes<T: Entity>(
     ctx: &Context,
     state: &[u8],
     command: &[u8],
 ) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let state: T::State = decode("state", state)?;
-    let command: T::Command = decode("command", command)?;
-    let decision = T::handle(&state, ctx, command).map_err(|e| e.to_string())?;
-    let events = decision
-        .events
-        .iter()
-        .map(encode)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((events, encode(&decision.reply)?))
+    let decision = decide::<T>(&state, ctx, command)?;
+    Ok((decision.events, decision.reply))
 }
 
 /// `apply` over bytes. An event or state that does not decode is a bug in the plugin or a
@@ -123,7 +124,8 @@ pub fn apply_bytes<T: Entity>(ctx: &Context, state: &[u8], event: &[u8]) -> Vec<
     fold().unwrap_or_else(|e| panic!("apply-event: {e}"))
 }
 
-/// Exports an [`Entity`] implementation as the plugin's `entity` interface.
+/// Exports an [`Entity`] implementation as the plugin's `resident-entity` interface: each active
+/// entity's state stays decoded in the guest, in a [`crate::resident::Resident`], between calls.
 ///
 /// Needs the `entity` feature of `weft-guest`.
 #[macro_export]
@@ -134,52 +136,10 @@ macro_rules! export_entity {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeftEntityExport;
-            impl $crate::__private::entity_world::exports::weft::plugin::entity::Guest
+            impl $crate::__private::entity_world::exports::weft::plugin::resident_entity::Guest
                 for WeftEntityExport
             {
-                fn init(ctx: $crate::__private::entity_world::weft::plugin::types::Context) -> Vec<u8> {
-                    $crate::entity::init_bytes::<$entity>(&ctx.into())
-                }
-                fn handle_command(
-                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
-                    state: Vec<u8>,
-                    command: Vec<u8>,
-                ) -> Result<
-                    $crate::__private::entity_world::exports::weft::plugin::entity::Decision,
-                    String,
-                > {
-                    $crate::entity::handle_bytes::<$entity>(&ctx.into(), &state, &command).map(
-                        |(events, reply)| {
-                            $crate::__private::entity_world::exports::weft::plugin::entity::Decision {
-                                events,
-                                reply,
-                            }
-                        },
-                    )
-                }
-                fn apply_event(
-                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
-                    state: Vec<u8>,
-                    event: $crate::__private::entity_world::weft::plugin::types::Envelope,
-                ) -> Vec<u8> {
-                    let (ctx, payload) = $crate::__private::entity_world::event_context(ctx, event);
-                    $crate::entity::apply_bytes::<$entity>(&ctx, &state, &payload)
-                }
-            }
-            impl $crate::__private::entity_world::exports::weft::plugin::lease_hooks::Guest
-                for WeftEntityExport
-            {
-                fn on_lease_lost(
-                    ctx: $crate::__private::entity_world::weft::plugin::types::Context,
-                    state: Vec<u8>,
-                    lost: $crate::__private::entity_world::exports::weft::plugin::lease_hooks::LeaseLost,
-                ) -> Option<Vec<u8>> {
-                    let lost = $crate::LeaseLost {
-                        fencing_token: lost.fencing_token,
-                        reason: lost.reason,
-                    };
-                    $crate::entity::lease_lost_bytes::<$entity>(&ctx.into(), &state, &lost)
-                }
+                type Entity = $crate::__private::entity_world::ResidentEntity<$entity>;
             }
             $crate::__private::entity_world::export_entity_world!(
                 WeftEntityExport with_types_in $crate::__private::entity_world

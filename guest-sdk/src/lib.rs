@@ -35,6 +35,8 @@
 //! # Layout
 //! - [`context`]: what a handler knows about where and when it runs ([`Context`], [`EventMeta`]).
 //! - [`entity`]: the [`Entity`] trait, [`Decision`] and the lease-lost [`Notice`].
+//! - [`resident`]: an entity's state kept in the guest between calls, and the batch of commands
+//!   run against it (what `export_entity!` exports).
 //! - [`resolver`]: the [`Resolver`] trait and [`Resolution`].
 //! - [`codec`]: MessagePack with named fields, as the host expects it.
 //! - `bindings`: the generated WIT glue, one module per world (private).
@@ -45,6 +47,7 @@ extern crate self as weft_guest;
 pub mod codec;
 pub mod context;
 pub mod entity;
+pub mod resident;
 pub mod resolver;
 
 #[cfg(any(feature = "entity", feature = "resolver"))]

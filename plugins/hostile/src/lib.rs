@@ -1,7 +1,8 @@
 //! A plugin that misbehaves on command, so tests can check that the host contains it.
 //!
-//! It implements the entity interface on raw bytes (not through the SDK's typed `Entity`), so it
-//! can hand the host anything a guest could: output of any size, bytes that are not MessagePack,
+//! It implements the first `entity` interface (world `entity-plugin`, state passed in and out as
+//! bytes) with its own bindings, not through the SDK's typed `Entity`, so it can hand the host
+//! anything a guest could: output of any size, bytes that are not MessagePack,
 //! endless loops and sleeps, floods of log lines. Commands (MessagePack maps, `op` names one):
 //!
 //! - `spin` loops forever; `hog` allocates until memory runs out; `trap` panics;
@@ -176,9 +177,17 @@ fn string(text: &[u8]) -> Vec<u8> {
 
 #[cfg(all(target_arch = "wasm32", not(feature = "wrong-signatures")))]
 mod export {
-    use weft_guest::__private::entity_world::exports::weft::plugin::entity::{Decision, Guest};
-    use weft_guest::__private::entity_world::exports::weft::plugin::lease_hooks;
-    use weft_guest::__private::entity_world::weft::plugin::types::{Context, Envelope};
+    // The first `entity` interface, state passed in and out as bytes: the SDK builds
+    // `resident-entity`, and the host still loads components of this world.
+    weft_guest::__private::wit_bindgen::generate!({
+        path: "../../wit",
+        world: "weft:plugin/entity-plugin",
+        runtime_path: "weft_guest::__private::wit_bindgen::rt",
+    });
+
+    use exports::weft::plugin::entity::{Decision, Guest};
+    use weft::plugin::host::{Level, log};
+    use weft::plugin::types::{Context, Envelope};
 
     struct Hostile;
 
@@ -188,7 +197,7 @@ mod export {
         }
 
         fn handle_command(_: Context, _: Vec<u8>, command: Vec<u8>) -> Result<Decision, String> {
-            let log = |line: &str| weft_guest::log(weft_guest::Level::Info, line);
+            let log = |line: &str| log(Level::Info, line);
             super::handle(&command, log).map(|outcome| Decision {
                 events: outcome.events,
                 reply: outcome.reply,
@@ -200,15 +209,7 @@ mod export {
         }
     }
 
-    impl lease_hooks::Guest for Hostile {
-        fn on_lease_lost(_: Context, _: Vec<u8>, _: lease_hooks::LeaseLost) -> Option<Vec<u8>> {
-            None
-        }
-    }
-
-    weft_guest::__private::entity_world::export_entity_world!(
-        Hostile with_types_in weft_guest::__private::entity_world
-    );
+    export!(Hostile);
 }
 
 #[cfg(all(target_arch = "wasm32", feature = "wrong-signatures"))]
