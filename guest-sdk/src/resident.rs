@@ -33,7 +33,7 @@ impl<T: Entity> Resident<T> {
 
     /// Runs `commands` in order, one result each. An accepted command's events are folded into
     /// the state before the next command runs, each with the metadata [`event_meta`] derives
-    /// from `first_event`; a rejected one (including a command that does not decode) changes
+    /// from `first_event` (and its timestamp as `ctx.now`); a rejected one (including a command that does not decode) changes
     /// nothing and takes no event position.
     ///
     /// What is folded is each event decoded from the bytes returned, the bytes the journal will
@@ -53,7 +53,9 @@ impl<T: Entity> Resident<T> {
                 let decision = decide::<T>(&self.state, ctx, command.as_ref())?;
                 let events = decode_events::<T>(&decision.events)?;
                 for event in &events {
-                    apply_ctx.event = Some(event_meta(first_event, &ctx.replica, index));
+                    let meta = event_meta(first_event, &ctx.replica, index);
+                    apply_ctx.now = meta.timestamp;
+                    apply_ctx.event = Some(meta);
                     self.fold(&apply_ctx, event);
                     index += 1;
                 }
@@ -62,7 +64,8 @@ impl<T: Entity> Resident<T> {
             .collect()
     }
 
-    /// Folds events, in order, each with its metadata in `ctx.event`. An event that does not
+    /// Folds events, in order, each with its metadata in `ctx.event` and its timestamp as
+    /// `ctx.now` (as the byte contract's `apply-event` had them). An event that does not
     /// decode is an error naming it; the events before it stay folded.
     pub fn apply(
         &mut self,
@@ -73,6 +76,7 @@ impl<T: Entity> Resident<T> {
         for (meta, payload) in events {
             let event: T::Event = decode("event", &payload)
                 .map_err(|e| format!("event {} of {}: {e}", meta.seq_nr, meta.persistence_id))?;
+            apply_ctx.now = meta.timestamp;
             apply_ctx.event = Some(meta);
             self.fold(&apply_ctx, &event);
         }

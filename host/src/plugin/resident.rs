@@ -302,11 +302,8 @@ impl Resident {
         };
         let (home, generation, entity) = (home.clone(), *generation, *entity);
         let mut occupant = home.lock();
-        let Some(mut instance) = occupant
-            .instance
-            .take()
-            .filter(|_| occupant.generation == generation)
-        else {
+        let current = occupant.generation == generation;
+        let Some(mut instance) = occupant.instance.take_if(|_| current) else {
             drop(occupant);
             self.held = Held::Lost;
             return Err(lost());
