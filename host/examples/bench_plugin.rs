@@ -1,9 +1,11 @@
 //! Benchmark of the plugin runtime (a program, not a test): `cargo xtask bench plugin`.
 //!
 //! Prints, for the counter plugin:
-//! - handle-command + apply-event calls/s through the runtime, vs the same counter logic called
-//!   natively in this process with the same MessagePack encoding (the ratio is the cost of the
-//!   wasm boundary and sandbox);
+//! - commands/s with the state resident in the guest (`resident-entity`), one command per call
+//!   and 64 per call (a turn's batch), vs the same SDK code run natively in this process on the
+//!   same bytes (the ratio is the cost of the wasm boundary and sandbox);
+//! - handle-command + apply-event calls/s through the byte-passing calls (the state crossing the
+//!   boundary twice per command), vs the same logic natively;
 //! - the cost of instantiating from the `InstancePre` with the pooling allocator (a call on a
 //!   fresh instance minus a call on a pooled one);
 //! - plugin load time without and with the compile cache.
@@ -14,9 +16,11 @@ mod support;
 use counter::{Command, Counter, State};
 use std::time::{Duration, Instant};
 use support::{context, envelope, plugin_bytes, registry};
-use weft::plugin::RuntimeLimits;
+use weft::plugin::{Resident, RuntimeLimits};
 
 const CALLS: u32 = 200_000;
+/// Commands per call in the batched measure: a turn of 64 queued commands.
+const BATCH: usize = 64;
 const FRESH_CALLS: u32 = 5_000;
 const LOADS: u32 = 5;
 
@@ -40,7 +44,31 @@ fn main() -> anyhow::Result<()> {
         }
     });
 
+    let mut resident = Resident::new(plugin.clone(), &ctx, None)?;
+    let first_event = envelope(1, Vec::new()).meta;
+    let resident_per_command = time_per(CALLS, |_| {
+        let outcomes = resident
+            .handle(&ctx, &first_event, std::slice::from_ref(&command))
+            .expect("handle");
+        assert!(outcomes[0].is_ok());
+    });
+    let batch = vec![command.clone(); BATCH];
+    let resident_batched_per_command = time_per(CALLS / BATCH as u32, |_| {
+        resident.handle(&ctx, &first_event, &batch).expect("handle");
+    }) / BATCH as u32;
+
     let guest_ctx = weft_guest::Context::for_test("counter", "bench");
+    let guest_first_event = weft_guest::EventMeta::default();
+    let mut native_resident =
+        weft_guest::resident::Resident::<Counter>::restore(&guest_ctx, None).expect("restore");
+    let native_resident_per_command = time_per(CALLS, |_| {
+        let outcomes = native_resident.handle(
+            &guest_ctx,
+            &guest_first_event,
+            std::slice::from_ref(&command),
+        );
+        assert!(outcomes[0].is_ok());
+    });
     let mut native_state = rmp_serde::to_vec_named(&State::default())?;
     let native_per_call = time_per(CALLS, |_| {
         let (events, _reply) =
@@ -94,7 +122,27 @@ fn main() -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| handle+apply through the runtime | {:.2} µs/call, {:.0} calls/s |",
+        "| resident state, 1 command per call | {:.2} µs/command, {:.0} commands/s |",
+        micros(resident_per_command),
+        1.0 / resident_per_command.as_secs_f64()
+    );
+    println!(
+        "| resident state, {BATCH} commands per call | {:.2} µs/command, {:.0} commands/s |",
+        micros(resident_batched_per_command),
+        1.0 / resident_batched_per_command.as_secs_f64()
+    );
+    println!(
+        "| same SDK code natively (same MessagePack) | {:.2} µs/command, {:.0} commands/s |",
+        micros(native_resident_per_command),
+        1.0 / native_resident_per_command.as_secs_f64()
+    );
+    println!(
+        "| throughput resident / native, 1 and {BATCH} per call | {:.2}x, {:.2}x |",
+        native_resident_per_command.as_secs_f64() / resident_per_command.as_secs_f64(),
+        native_resident_per_command.as_secs_f64() / resident_batched_per_command.as_secs_f64()
+    );
+    println!(
+        "| handle+apply through the runtime (byte calls) | {:.2} µs/call, {:.0} calls/s |",
         micros(wasm_per_call),
         1.0 / wasm_per_call.as_secs_f64()
     );

@@ -139,3 +139,53 @@ async fn a_command_that_traps_fails_alone_in_its_batch() {
         assert_eq!(balance(&system, "busy").await, model, "after round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_entities_stay_within_the_resident_state_budget() {
+    const BUDGET_BYTES: u64 = 1 << 20;
+    const ENTITIES: usize = 3_000;
+    let limits = RuntimeLimits {
+        resident_state_bytes_max: BUDGET_BYTES,
+        ..RuntimeLimits::default()
+    };
+    let runtime = PluginRuntime::new(limits, None).unwrap();
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+    plugins.load("ledger", &plugin_bytes("ledger")).unwrap();
+    let system = EntitySystem::single_host(Arc::new(InMemoryJournal::new()), plugins);
+    system
+        .bind_type("ledger", EntityTypeConfig::for_plugin("ledger"))
+        .unwrap();
+
+    // Three times more entities than the budget holds, each with its own history.
+    let mut model = vec![Model::default(); ENTITIES];
+    for (n, entity) in model.iter_mut().enumerate() {
+        let amount = n as i64 % 97 - 40;
+        system
+            .ask("ledger", &format!("e{n}"), record(amount))
+            .await
+            .unwrap();
+        entity.record(amount);
+    }
+    let budget = system.budget();
+    assert!(
+        budget.passivations() > 0,
+        "{} entities of at least {} bytes each in a budget of {BUDGET_BYTES}",
+        ENTITIES,
+        weft::entity::ENTITY_OVERHEAD_BYTES
+    );
+    support::eventually("the active entities shrink to the budget", || async {
+        budget.total_bytes() <= BUDGET_BYTES
+    })
+    .await;
+    let most = (BUDGET_BYTES / weft::entity::ENTITY_OVERHEAD_BYTES) as usize;
+    assert!(
+        system.active_entities() <= most,
+        "{} active entities, at most {most} fit",
+        system.active_entities()
+    );
+
+    // Every entity, passivated or not, answers what it was told.
+    for (n, expected) in model.iter().enumerate().step_by(7) {
+        assert_eq!(balance(&system, &format!("e{n}")).await, *expected, "e{n}");
+    }
+}

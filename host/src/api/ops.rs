@@ -109,6 +109,14 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         "# HELP weft_active_entities Entity actors running.\n# TYPE weft_active_entities gauge\nweft_active_entities {}",
         app.entities.active_entities()
     );
+    let budget = app.entities.budget();
+    let _ = writeln!(
+        text,
+        "# HELP weft_resident_state_bytes Entity state kept in plugins by the active entities (estimated from their encoded size).\n# TYPE weft_resident_state_bytes gauge\nweft_resident_state_bytes {}\n# HELP weft_resident_state_bytes_max The node's budget for resident entity state.\n# TYPE weft_resident_state_bytes_max gauge\nweft_resident_state_bytes_max {}\n# HELP weft_resident_budget_passivations_total Entities passivated to keep resident state within its budget.\n# TYPE weft_resident_budget_passivations_total counter\nweft_resident_budget_passivations_total {}",
+        budget.total_bytes(),
+        budget.max_bytes(),
+        budget.passivations()
+    );
     let _ = writeln!(
         text,
         "# HELP weft_plugin_loaded Loaded plugin versions.\n# TYPE weft_plugin_loaded gauge"

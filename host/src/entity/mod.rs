@@ -32,6 +32,7 @@ mod system;
 mod tenure;
 mod types;
 
+pub use budget::{ENTITY_OVERHEAD_BYTES, ResidentBudget};
 pub use error::EntityError;
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{
