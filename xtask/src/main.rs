@@ -28,7 +28,7 @@ commands:
   plugins          build every plugin under plugins/ (Rust, Python, JavaScript) into target/plugins/
   test             setup, build plugins, run the whole test suite
   demo [ARGS…]     setup, build plugins, run a weft node with them (ARGS go to `weft serve`)
-  bench NAME       run a benchmark program (plugin, entity, state_size, http, lease, languages, cluster, ddata, replication, sandbox, upgrade) and print its figures
+  bench NAME       run a benchmark program (plugin, entity, asks, state_size, http, lease, languages, cluster, ddata, replication, sandbox, upgrade) and print its figures
 ";
 
 fn main() {
