@@ -57,7 +57,7 @@ class CounterTest(unittest.TestCase):
     def test_a_batch_as_the_host_hands_it_over(self):
         ctx = weft.Context.for_test("counter", "c1")
         first = weft.EventMeta(persistence_id="counter|c1", seq_nr=1, origin_seq_nr=1)
-        counter = weft.Resident(weft.entity.Plugin(app.init, app.handle, app.apply), ctx, None)
+        counter = weft.Resident(weft.Plugin(app.init, app.handle, app.apply), ctx, None)
         commands = [
             {"op": "increment", "by": 5},
             {"op": "decrement", "by": 6},

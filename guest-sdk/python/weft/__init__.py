@@ -28,13 +28,13 @@ byte-passing contract). A resolver is ``Resolver = weft.export_resolver(resolve=
 ``-w resolver-plugin``.
 
 Layout: ``codec`` (MessagePack), ``context`` (Context, EventMeta, Envelope, LeaseLost),
-``entity`` (Decision, Rejected, Resident, export_entity), ``resolver`` (KEEP, DROP, Replace,
-export_resolver), ``host`` (log).
+``entity`` (Decision, Rejected, Plugin, Resident, export_entity), ``resolver`` (KEEP, DROP,
+Replace, export_resolver), ``host`` (log).
 """
 
 from .codec import CodecError, decode, encode
 from .context import Context, Envelope, EventMeta, LeaseLost, Role
-from .entity import Decision, Rejected, Resident, export_entity
+from .entity import Decision, Plugin, Rejected, Resident, export_entity
 from .host import Level, log
 from .resolver import DROP, KEEP, Drop, Keep, Replace, export_resolver
 
@@ -48,6 +48,7 @@ __all__ = [
     "LeaseLost",
     "Role",
     "Decision",
+    "Plugin",
     "Rejected",
     "Resident",
     "export_entity",
