@@ -32,13 +32,11 @@ impl Kind {
         }
     }
 
-    /// The world of a plugin of this kind in `language`: Python and JavaScript entities keep
-    /// each active entity's state resident in the guest.
-    fn world(self, language: Language) -> &'static str {
-        match (self, language) {
-            (Kind::Entity, Language::Python | Language::Js) => "resident-entity-plugin",
-            (Kind::Entity, Language::Rust) => "entity-plugin",
-            (Kind::Resolver, _) => "resolver-plugin",
+    /// Every SDK builds an entity whose state stays resident in the guest.
+    fn world(self) -> &'static str {
+        match self {
+            Kind::Entity => "resident-entity-plugin",
+            Kind::Resolver => "resolver-plugin",
         }
     }
 }
@@ -167,7 +165,7 @@ impl NewPlugin {
             ("{{lib_name}}", &lib_name),
             ("{{type_name}}", &type_name),
             ("{{kind}}", self.kind.name()),
-            ("{{world}}", self.kind.world(self.language)),
+            ("{{world}}", self.kind.world()),
             ("{{weft_guest_path}}", weft_guest_path.unwrap_or("")),
             ("{{componentize_py}}", version("componentize-py")),
             ("{{componentize_qjs}}", version("componentize-qjs")),
@@ -213,7 +211,7 @@ impl NewPlugin {
             Language::Js => ("node --test", "npm install && npm run build"),
         };
         let build = build
-            .replace("WORLD", self.kind.world(self.language))
+            .replace("WORLD", self.kind.world())
             .replace("NAME", &self.name);
         format!(
             "test it:   cd {dir} && {test}\nbuild it:  cd {dir} && {build}\n           \
@@ -334,7 +332,7 @@ mod tests {
                 }
                 let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
                 assert!(all.contains("my-plugin"), "{language:?} {kind:?}");
-                assert!(all.contains(kind.world(language)), "{language:?} {kind:?}");
+                assert!(all.contains(kind.world()), "{language:?} {kind:?}");
             }
         }
     }
