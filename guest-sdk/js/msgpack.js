@@ -24,12 +24,32 @@ export class Ext {
 /** Bytes that are not one MessagePack value, or a value that cannot be encoded. */
 export class CodecError extends Error {}
 
+/** A scratch buffer larger than this is not kept for the next `encode`. */
+const SCRATCH_KEEP_MAX = 64 * 1024;
+
+/** The writer the next `encode` may reuse (null while one is in use). */
+let idleWriter = null;
+
 /** Encodes a plain value (null, boolean, number, bigint, string, Uint8Array, array, object, Map, Ext). */
 export function encode(value) {
-  const writer = new Writer();
-  writer.value(value, 0);
-  return writer.finish();
+  // Reusing one writer spares an allocation per value: every command, event and reply of a
+  // resident entity is encoded here.
+  const writer = idleWriter ?? new Writer();
+  idleWriter = null;
+  try {
+    writer.length = 0;
+    writer.value(value, 0);
+    return writer.finish();
+  } finally {
+    if (writer.bytes.length <= SCRATCH_KEEP_MAX) idleWriter = writer;
+  }
 }
+
+/** How many encoded short ASCII strings (field names, tags) are kept for reuse. */
+const TEXT_CACHE_MAX = 1024;
+
+/** Short ASCII string -> its fixstr encoding, filled until it holds TEXT_CACHE_MAX. */
+const encodedTexts = new Map();
 
 class Writer {
   constructor() {
@@ -97,19 +117,31 @@ class Writer {
       for (const [key, item] of value) this.value(key, depth + 1), this.value(item, depth + 1);
     } else if (typeof value === "object") {
       // Like JSON: properties whose value is undefined are left out.
-      const keys = Object.keys(value).filter((key) => value[key] !== undefined);
-      this.header(keys.length, [0x80, 16], [null, 0xde, 0xdf]);
-      for (const key of keys) this.text(key), this.value(value[key], depth + 1);
+      const keys = Object.keys(value);
+      let count = 0;
+      for (const key of keys) if (value[key] !== undefined) count++;
+      this.header(count, [0x80, 16], [null, 0xde, 0xdf]);
+      for (const key of keys) {
+        const item = value[key];
+        if (item !== undefined) this.text(key), this.value(item, depth + 1);
+      }
     } else throw new CodecError(`cannot encode a value of type ${typeof value}`);
   }
 
   text(value) {
-    if (value.length < 32 && isAscii(value)) {
-      // ASCII that fits a fixstr, the common case (field names, tags): a byte per character.
-      this.byte(0xa0 | value.length);
-      this.reserve(value.length);
-      for (let i = 0; i < value.length; i++) this.bytes[this.length++] = value.charCodeAt(i);
-      return;
+    if (value.length < 32) {
+      // ASCII that fits a fixstr, the common case (field names, tags): encoded once.
+      let encoded = encodedTexts.get(value);
+      if (encoded === undefined && isAscii(value)) {
+        encoded = new Uint8Array(value.length + 1);
+        encoded[0] = 0xa0 | value.length;
+        for (let i = 0; i < value.length; i++) encoded[i + 1] = value.charCodeAt(i);
+        if (encodedTexts.size < TEXT_CACHE_MAX) encodedTexts.set(value, encoded);
+      }
+      if (encoded !== undefined) {
+        this.raw(encoded);
+        return;
+      }
     }
     const data = utf8Encode(value);
     this.header(data.length, [0xa0, 32], [0xd9, 0xda, 0xdb]);
@@ -295,7 +327,7 @@ class Reader {
   }
 }
 
-/** Strings up to this many bytes are decoded a character at a time when they are ASCII. */
+/** Strings up to this many bytes are decoded in one call when they are ASCII. */
 const SHORT_TEXT_MAX = 32;
 
 /** A 64-bit integer as a Number when that is exact, else as a BigInt. */
@@ -304,9 +336,10 @@ function safe(big) {
 }
 
 function isAscii(text) {
-  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 0x7f) return false;
-  return true;
+  return !NOT_ASCII.test(text);
 }
+
+const NOT_ASCII = /[^\x00-\x7f]/;
 
 function utf8Encode(text) {
   const out = [];
@@ -324,13 +357,9 @@ function utf8Encode(text) {
 
 function utf8Decode(bytes, start, end) {
   if (end - start <= SHORT_TEXT_MAX) {
-    // Short ASCII, the common case (field names, tags): a character per byte.
-    let text = "";
-    for (let i = start; i < end; i++) {
-      if (bytes[i] >= 0x80) return utf8DecodeAny(bytes, start, end);
-      text += String.fromCharCode(bytes[i]);
-    }
-    return text;
+    // Short ASCII, the common case (field names, tags): a character per byte, in one call.
+    const text = String.fromCharCode.apply(null, bytes.subarray(start, end));
+    if (isAscii(text)) return text;
   }
   return utf8DecodeAny(bytes, start, end);
 }

@@ -50,6 +50,21 @@ test("long strings, ASCII or not, round-trip", () => {
   }
 });
 
+test("encoded bytes are the caller's own, however many values and strings follow", () => {
+  const first = encode({ type: "first", by: 1 });
+  const copy = Uint8Array.from(first);
+  // More distinct short strings than are kept encoded, a value larger than the reused buffer,
+  // then small ones again: each comes out right, and the first bytes never change.
+  for (let i = 0; i < 3000; i++) {
+    const key = `k${i}`;
+    assert.equal(hex(encode(key)), hex([0xa0 | key.length, ...Buffer.from(key)]));
+  }
+  assert.equal(decode(encode("y".repeat(200_000))).length, 200_000);
+  assert.deepEqual(decode(encode({ type: "second", by: 2 })), { type: "second", by: 2 });
+  assert.deepEqual(first, copy);
+  assert.deepEqual(decode(first), { type: "first", by: 1 });
+});
+
 test("a __proto__ key is data", () => {
   const decoded = decode(encode(new Map([["__proto__", { polluted: true }]])));
   assert.equal(Object.getPrototypeOf(decoded), Object.prototype);

@@ -11,13 +11,20 @@
 //     return { events: [{ type: "incremented", by: command.by }], reply: { value: state.value + command.by } };
 //   }
 //   export function apply(state, ctx, event) { return { value: state.value + event.by }; }
-//   export const entity = exportEntity({ init, handle, apply });
+//   export const residentEntity = exportEntity({ init, handle, apply });
+//
+// Built for the world `resident-entity-plugin`, each active entity is a `Resident`: its state is
+// decoded once and stays in the guest between calls, which carry a batch of commands or a run of
+// events. The same object exported as `entity` serves the byte-passing contract
+// (`entity-plugin`). An optional `onLeaseLost(state, ctx, lost)` returns a value to publish when
+// a single-writer entity loses its lease (`lost` is `{ fencingToken, reason }`), or null.
 //
 // A resolver exports `resolver = exportResolver({ resolve })`, where `resolve(state, ctx,
 // incoming, concurrent)` returns `keep`, `drop` or `replace(events)`.
 //
 // Contexts are `{ entityType, entityId, replica, allReplicas, now, recoveryRunning, role, event }`
-// (`event`, the applied event's metadata, in `apply` only); an envelope is `{ meta, event }`.
+// (`event`, the applied event's metadata, in `apply` only, where `now` is that event's
+// timestamp); an envelope is `{ meta, event }`.
 // componentize-qjs hands 64-bit WIT integers (`now`, timestamps, sequence numbers, version
 // counters) to JavaScript as Numbers: exact up to 2^53, rounded beyond.
 
@@ -93,13 +100,97 @@ function decodeOrReject(what, bytes) {
   }
 }
 
-/** `handle` over bytes: returns `{ events, reply }` as MessagePack, or throws Rejected. */
-export function handleBytes(handle, ctx, state, command) {
-  const decision = handle(decodeOrReject("state", state), ctx, decodeOrReject("command", command));
+/** A decision `{ events, reply }` as MessagePack. */
+function encodeDecision(decision) {
   if (decision === null || typeof decision !== "object" || !("reply" in decision)) {
     throw new TypeError("handle must return { events, reply }");
   }
   return { events: (decision.events ?? []).map(encode), reply: encode(decision.reply) };
+}
+
+/** `handle` over bytes: returns `{ events, reply }` as MessagePack, or throws Rejected. */
+export function handleBytes(handle, ctx, state, command) {
+  return encodeDecision(handle(decodeOrReject("state", state), ctx, decodeOrReject("command", command)));
+}
+
+/**
+ * The metadata of a batch's `index`-th event (from 0), given its first event's: `seqNr` and
+ * `originSeqNr` advance by `index`, and so does the version vector's entry of `replica` if it
+ * has one; every other field is the first event's (the rule of `resident-entity.handle` in the
+ * WIT, by which the host records the events).
+ */
+export function nthEventMeta(first, index, replica) {
+  if (index === 0) return first;
+  const meta = { ...first, seqNr: first.seqNr + index, originSeqNr: first.originSeqNr + index };
+  if (Object.hasOwn(first.version, replica)) {
+    meta.version = { ...first.version, [replica]: first.version[replica] + index };
+  }
+  return meta;
+}
+
+/**
+ * One active entity's decoded state, kept between calls, and the calls that move it. Works on
+ * the SDK's own shapes (contexts, metadata with `version` as an object, encoded payloads), so it
+ * runs natively under `node --test`; the exported resource converts the bindings' records.
+ *
+ * `handle` must not change the state it is given: the state is no longer decoded afresh for
+ * every command, so a change made before a rejection would stay.
+ */
+export class Resident {
+  /** A new entity (`snapshot` null) or one restored from `snapshot()`'s bytes. */
+  constructor(plugin, ctx, snapshot) {
+    this.plugin = plugin;
+    this.state = snapshot == null ? plugin.init(ctx) : decode(snapshot);
+  }
+
+  /**
+   * Runs a batch of encoded commands in order, folding each decision's events before the next
+   * command runs. Returns one outcome per command: `{ events, reply }` as MessagePack, or the
+   * `Rejected` that refused it, which changed nothing — a command that does not decode and a bug
+   * in `handle` (logged) are refused too. `firstEvent` is the metadata of the batch's first
+   * event; the others follow by `nthEventMeta`.
+   */
+  handle(ctx, firstEvent, commands) {
+    const outcomes = [];
+    let folded = 0;
+    for (const command of commands) {
+      let decided;
+      try {
+        decided = encodeDecision(this.plugin.handle(this.state, ctx, decodeOrReject("command", command)));
+      } catch (error) {
+        outcomes.push(error instanceof Rejected ? error : new Rejected(`handle failed: ${failed("handle", error)}`));
+        continue;
+      }
+      for (const payload of decided.events) {
+        this.fold(ctx, nthEventMeta(firstEvent, folded, ctx.replica), payload);
+        folded += 1;
+      }
+      outcomes.push(decided);
+    }
+    return outcomes;
+  }
+
+  /** Folds events in order: each `{ meta, payload }`. */
+  apply(ctx, envelopes) {
+    for (const { meta, payload } of envelopes) this.fold(ctx, meta, payload);
+  }
+
+  /** The state as MessagePack. */
+  snapshot() {
+    return encode(this.state);
+  }
+
+  /** The author's notice for a lost lease, encoded, or null. */
+  onLeaseLost(ctx, lost) {
+    const notice = this.plugin.onLeaseLost?.(this.state, ctx, lost) ?? null;
+    return notice === null ? null : encode(notice);
+  }
+
+  // The author's apply sees the event as the journal holds it (decoded from its bytes, as on
+  // replay) with a context whose clock is the event's own time.
+  fold(ctx, meta, payload) {
+    this.state = this.plugin.apply(this.state, { ...ctx, now: meta.timestamp, event: meta }, decode(payload));
+  }
 }
 
 /** `apply` over bytes. */
@@ -138,15 +229,57 @@ function failed(call, error) {
   return error;
 }
 
-/** The object to export as the `entity` interface: `export const entity = exportEntity({…})`. */
-export function exportEntity({ init, handle, apply }) {
+/** Runs `call()`; an exception is logged, then thrown on to fail the call. */
+function logged(name, call) {
+  try {
+    return call();
+  } catch (error) {
+    throw failed(name, error);
+  }
+}
+
+/** The class componentize-qjs exports as the `resident-entity` interface's `entity` resource. */
+function residentClass(plugin) {
+  return class Entity {
+    constructor(ctx, snapshot) {
+      const call = snapshot == null ? "init" : "restore";
+      this.resident = logged(call, () => new Resident(plugin, contextFromWit(ctx), snapshot));
+    }
+
+    handle(ctx, firstEvent, commands) {
+      const outcomes = logged("handle", () =>
+        this.resident.handle(contextFromWit(ctx), metaFromWit(firstEvent), commands),
+      );
+      return outcomes.map((outcome) =>
+        outcome instanceof Rejected ? { tag: "err", val: outcome.message } : { tag: "ok", val: outcome },
+      );
+    }
+
+    apply(ctx, events) {
+      const envelopes = events.map(({ meta, payload }) => ({ meta: metaFromWit(meta), payload }));
+      logged("apply", () => this.resident.apply(contextFromWit(ctx), envelopes));
+    }
+
+    snapshot() {
+      return logged("snapshot", () => this.resident.snapshot());
+    }
+
+    onLeaseLost(ctx, loss) {
+      const lost = { fencingToken: loss.fencingToken, reason: loss.reason };
+      return logged("onLeaseLost", () => this.resident.onLeaseLost(contextFromWit(ctx), lost));
+    }
+  };
+}
+
+/**
+ * The object to export for either entity contract: as `residentEntity` for the world
+ * `resident-entity-plugin` (its `Entity` is the resource), as `entity` for `entity-plugin`.
+ */
+export function exportEntity({ init, handle, apply, onLeaseLost }) {
   return {
+    Entity: residentClass({ init, handle, apply, onLeaseLost }),
     init(ctx) {
-      try {
-        return encode(init(contextFromWit(ctx)));
-      } catch (error) {
-        throw failed("init", error);
-      }
+      return logged("init", () => encode(init(contextFromWit(ctx))));
     },
     handleCommand(ctx, state, command) {
       let decision;
@@ -162,11 +295,8 @@ export function exportEntity({ init, handle, apply }) {
       return decision;
     },
     applyEvent(ctx, state, event) {
-      try {
-        return applyBytes(apply, contextFromWit(ctx, metaFromWit(event.meta)), state, event.payload);
-      } catch (error) {
-        throw failed("apply", error);
-      }
+      const context = contextFromWit(ctx, metaFromWit(event.meta));
+      return logged("apply", () => applyBytes(apply, context, state, event.payload));
     },
   };
 }

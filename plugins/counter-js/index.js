@@ -81,4 +81,4 @@ export function apply(state, ctx, event) {
   }
 }
 
-export const entity = exportEntity({ init, handle, apply });
+export const residentEntity = exportEntity({ init, handle, apply });

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { encode, handleBytes, Rejected, testContext } from "../../guest-sdk/js/weft.js";
+import { decode, encode, handleBytes, Rejected, Resident, testContext } from "../../guest-sdk/js/weft.js";
 import { apply, handle, I64_MAX, init } from "./index.js";
 
 const ctx = testContext("counter", "c1");
@@ -48,4 +48,21 @@ test("events encode like the Rust plugin", () => {
   // {"type": "incremented", "by": 2}: the tag first, as serde's internally tagged enums.
   assert.deepEqual(events, [Uint8Array.from([0x82, 0xa4, ...Buffer.from("type"), 0xab, ...Buffer.from("incremented"), 0xa2, ...Buffer.from("by"), 0x02])]);
   assert.deepEqual(reply, Uint8Array.from([0x81, 0xa5, ...Buffer.from("value"), 0x02]));
+});
+
+test("a batch as the host hands it over", () => {
+  const first = { persistenceId: "counter|c1", seqNr: 1, originSeqNr: 1, timestamp: 0, version: {} };
+  const counter = new Resident({ init, handle, apply }, ctx, null);
+  const commands = [
+    { op: "increment", by: 5 },
+    { op: "decrement", by: 6 },
+    { op: "decrement", by: 5 },
+    { op: "get" },
+  ];
+  const outcomes = counter.handle(ctx, first, commands.map(encode));
+  assert.deepEqual(decode(outcomes[0].reply), { value: 5 });
+  assert.equal(outcomes[1].message, "decrement by 6: the value 5 would go below the floor 0");
+  assert.deepEqual(decode(outcomes[2].reply), { value: 0 });
+  assert.deepEqual(outcomes[3], { events: [], reply: encode({ value: 0 }) });
+  assert.deepEqual(decode(counter.snapshot()), { value: 0 });
 });

@@ -54,6 +54,23 @@ class CounterTest(unittest.TestCase):
         self.assertEqual(events, [b"\x82\xa4type\xabincremented\xa2by\x02"])
         self.assertEqual(reply, b"\x81\xa5value\x02")
 
+    def test_a_batch_as_the_host_hands_it_over(self):
+        ctx = weft.Context.for_test("counter", "c1")
+        first = weft.EventMeta(persistence_id="counter|c1", seq_nr=1, origin_seq_nr=1)
+        counter = weft.Resident(weft.Plugin(app.init, app.handle, app.apply), ctx, None)
+        commands = [
+            {"op": "increment", "by": 5},
+            {"op": "decrement", "by": 6},
+            {"op": "decrement", "by": 5},
+            {"op": "get"},
+        ]
+        outcomes = counter.handle(ctx, first, [weft.encode(command) for command in commands])
+        self.assertEqual(weft.decode(outcomes[0][1]), {"value": 5})
+        self.assertEqual(str(outcomes[1]), "decrement by 6: the value 5 would go below the floor 0")
+        self.assertEqual(weft.decode(outcomes[2][1]), {"value": 0})
+        self.assertEqual(outcomes[3], ([], weft.encode({"value": 0})))
+        self.assertEqual(weft.decode(counter.snapshot()), {"value": 0})
+
 
 if __name__ == "__main__":
     unittest.main()

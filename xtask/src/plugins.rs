@@ -12,10 +12,11 @@
 //! - JavaScript: a folder with `index.js`, built with componentize-qjs; it imports the SDK from
 //!   `guest-sdk/js` (or its own copy).
 //!
-//! Python and JavaScript folders name their world in `weft-plugin.toml`
-//! (`world = "entity-plugin"` or `"resolver-plugin"`). Their builds take seconds, so next to each
-//! output `<name>.inputs` keeps a hash of what it was built from (sources, SDK, WIT, tool
-//! version); a plugin whose inputs are unchanged is not rebuilt.
+//! Python and JavaScript folders name their world in `weft-plugin.toml` (one of [`SCRIPT_WORLDS`]:
+//! `world = "resident-entity-plugin"` for an entity whose state stays in the guest,
+//! `"entity-plugin"` for the byte-passing contract, `"resolver-plugin"`). Their builds take
+//! seconds, so next to each output `<name>.inputs` keeps a hash of what it was built from
+//! (sources, SDK, WIT, tool version); a plugin whose inputs are unchanged is not rebuilt.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -26,6 +27,9 @@ use std::time::Instant;
 use crate::guest_tools;
 use crate::process::{self, Cmd, step};
 use crate::toolchain::{TARGET, Toolchain};
+
+/// The worlds a Python or JavaScript plugin may name in its `weft-plugin.toml`.
+const SCRIPT_WORLDS: [&str; 3] = ["resident-entity-plugin", "entity-plugin", "resolver-plugin"];
 
 /// Where test-only builds go, below `target/plugins/`: out of the directory a node (the demo)
 /// serves, since they exist to be refused.
@@ -52,7 +56,7 @@ enum Source {
 pub struct ScriptPlugin {
     pub language: Language,
     pub dir: PathBuf,
-    /// `entity-plugin` or `resolver-plugin`.
+    /// One of [`SCRIPT_WORLDS`].
     pub world: String,
 }
 
@@ -207,10 +211,11 @@ impl ScriptPlugin {
             return Ok(None);
         };
         let manifest = dir.join("weft-plugin.toml");
+        let worlds = SCRIPT_WORLDS.map(|world| format!("\"{world}\"")).join(", ");
         let text = std::fs::read_to_string(&manifest).with_context(|| {
             format!(
                 "{} has {} but no readable weft-plugin.toml naming its world \
-                 (world = \"entity-plugin\" or \"resolver-plugin\")",
+                 (world = one of {worlds})",
                 dir.display(),
                 language.entry()
             )
@@ -218,11 +223,8 @@ impl ScriptPlugin {
         let table: toml::Table = toml::from_str(&text)
             .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
         let world = match table.get("world").and_then(|world| world.as_str()) {
-            Some(world @ ("entity-plugin" | "resolver-plugin")) => world.to_owned(),
-            _ => bail!(
-                "{}: `world` must be \"entity-plugin\" or \"resolver-plugin\"",
-                manifest.display()
-            ),
+            Some(world) if SCRIPT_WORLDS.contains(&world) => world.to_owned(),
+            _ => bail!("{}: `world` must be one of {worlds}", manifest.display()),
         };
         Ok(Some(ScriptPlugin {
             language,
@@ -434,4 +436,50 @@ fn rust_builds(root: &Path, manifest: &Path) -> Result<(Vec<Build>, Vec<PathBuf>
         }
     }
     Ok((builds, member_dirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch folder holding `entry` and a `weft-plugin.toml` naming `world`.
+    fn plugin_dir(name: &str, entry: &str, world: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(entry), "").unwrap();
+        std::fs::write(
+            dir.join("weft-plugin.toml"),
+            format!("world = \"{world}\"\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn script_plugins_name_any_of_the_three_worlds() {
+        for (language, entry) in [
+            (Language::Python, "app.py"),
+            (Language::JavaScript, "index.js"),
+        ] {
+            for world in ["resident-entity-plugin", "entity-plugin", "resolver-plugin"] {
+                let dir = plugin_dir(&format!("{entry}-{world}"), entry, world);
+                let plugin = ScriptPlugin::find(&dir).unwrap().unwrap();
+                assert_eq!((plugin.language, plugin.world.as_str()), (language, world));
+                std::fs::remove_dir_all(dir).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn another_world_is_refused_with_the_ones_allowed() {
+        let dir = plugin_dir("unknown-world", "app.py", "entity");
+        let error = ScriptPlugin::find(&dir).err().unwrap().to_string();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(
+            error.ends_with(
+                "`world` must be one of \"resident-entity-plugin\", \"entity-plugin\", \"resolver-plugin\""
+            ),
+            "{error}"
+        );
+    }
 }

@@ -21,18 +21,20 @@ plumbing. The same functions run natively under ``python3 -m unittest``, with no
 
     Entity = weft.export_entity(init=init, handle=handle, apply=apply)
 
-Build it with ``componentize-py -d wit -w entity-plugin componentize app -o app.wasm
---stub-wasi`` (``-w resolver-plugin`` and ``Resolver = weft.export_resolver(resolve=…)`` for a
-resolver), with this package on the Python path (``-p``).
+Build it with ``componentize-py -d wit -w resident-entity-plugin componentize app -o app.wasm
+--stub-wasi``, with this package on the Python path (``-p``): each active entity's state then
+stays decoded in the guest between calls (``-w entity-plugin`` builds the same app for the
+byte-passing contract). A resolver is ``Resolver = weft.export_resolver(resolve=…)``, built with
+``-w resolver-plugin``.
 
-Layout: ``codec`` (MessagePack), ``context`` (Context, EventMeta, Envelope), ``entity``
-(Decision, Rejected, export_entity), ``resolver`` (KEEP, DROP, Replace, export_resolver),
-``host`` (log).
+Layout: ``codec`` (MessagePack), ``context`` (Context, EventMeta, Envelope, LeaseLost),
+``entity`` (Decision, Rejected, Plugin, Resident, export_entity), ``resolver`` (KEEP, DROP,
+Replace, export_resolver), ``host`` (log).
 """
 
 from .codec import CodecError, decode, encode
-from .context import Context, Envelope, EventMeta, Role
-from .entity import Decision, Rejected, export_entity
+from .context import Context, Envelope, EventMeta, LeaseLost, Role
+from .entity import Decision, Plugin, Rejected, Resident, export_entity
 from .host import Level, log
 from .resolver import DROP, KEEP, Drop, Keep, Replace, export_resolver
 
@@ -43,9 +45,12 @@ __all__ = [
     "Context",
     "Envelope",
     "EventMeta",
+    "LeaseLost",
     "Role",
     "Decision",
+    "Plugin",
     "Rejected",
+    "Resident",
     "export_entity",
     "Level",
     "log",

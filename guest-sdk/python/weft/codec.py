@@ -5,6 +5,10 @@ plain ``python3``). Encoding picks the same formats as the Rust SDK's
 ``rmp_serde::to_vec_named``, so a dict written here is byte for byte what a Rust struct with
 the same fields and values becomes: integers in their smallest format (non-negative ones as
 unsigned), floats as float64, ``str`` as str, ``bytes`` as bin, dicts as maps in insertion order.
+
+Every command, event and reply of a resident entity goes through here, so the common values —
+exactly ``str``, ``int``, ``dict``, ``list``, short ones — take the shortest paths, and the
+decoder walks the bytes by position instead of slicing.
 """
 
 import struct
@@ -48,37 +52,75 @@ def encode(value):
     return bytes(out)
 
 
+_FLOAT64 = struct.Struct(">Bd").pack
+
+
 def _encode(value, out, depth):
     if depth > DEPTH_MAX:
         raise CodecError(f"cannot encode: nested deeper than {DEPTH_MAX} levels")
-    if value is None:
+    # Exact types first (a bool is not an int here); subclasses and the rarer types after.
+    kind = type(value)
+    if kind is str:
+        data = value.encode("utf-8")
+        if len(data) < 32:
+            out.append(0xA0 | len(data))
+        else:
+            _encode_length(len(data), out, fix=None, markers=(0xD9, 0xDA, 0xDB))
+        out += data
+    elif kind is int:
+        if 0 <= value < 0x80:
+            out.append(value)
+        else:
+            _encode_int(value, out)
+    elif kind is dict:
+        if len(value) < 16:
+            out.append(0x80 | len(value))
+        else:
+            _encode_length(len(value), out, fix=None, markers=(None, 0xDE, 0xDF))
+        for key, item in value.items():
+            _encode(key, out, depth + 1)
+            _encode(item, out, depth + 1)
+    elif kind is list:
+        _encode_array(value, out, depth)
+    elif value is None:
         out.append(0xC0)
     elif value is True:
         out.append(0xC3)
     elif value is False:
         out.append(0xC2)
+    elif kind is float:
+        out += _FLOAT64(0xCB, value)
+    else:
+        _encode_other(value, out, depth)
+
+
+def _encode_array(value, out, depth):
+    if len(value) < 16:
+        out.append(0x90 | len(value))
+    else:
+        _encode_length(len(value), out, fix=None, markers=(None, 0xDC, 0xDD))
+    for item in value:
+        _encode(item, out, depth + 1)
+
+
+def _encode_other(value, out, depth):
+    """Subclasses of the common types, bytes, tuples and Ext."""
+    if isinstance(value, bool):
+        out.append(0xC3 if value else 0xC2)
     elif isinstance(value, int):
-        _encode_int(value, out)
+        _encode_int(int(value), out)
     elif isinstance(value, float):
-        out.append(0xCB)
-        out += struct.pack(">d", value)
+        out += _FLOAT64(0xCB, value)
     elif isinstance(value, str):
-        data = value.encode("utf-8")
-        _encode_length(len(data), out, fix=(0xA0, 32), markers=(0xD9, 0xDA, 0xDB))
-        out += data
+        _encode(str(value), out, depth)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         _encode_length(len(data), out, fix=None, markers=(0xC4, 0xC5, 0xC6))
         out += data
     elif isinstance(value, (list, tuple)):
-        _encode_length(len(value), out, fix=(0x90, 16), markers=(None, 0xDC, 0xDD))
-        for item in value:
-            _encode(item, out, depth + 1)
+        _encode_array(value, out, depth)
     elif isinstance(value, dict):
-        _encode_length(len(value), out, fix=(0x80, 16), markers=(None, 0xDE, 0xDF))
-        for key, item in value.items():
-            _encode(key, out, depth + 1)
-            _encode(item, out, depth + 1)
+        _encode(dict(value), out, depth)
     elif isinstance(value, Ext):
         _encode_ext(value, out)
     else:
@@ -138,113 +180,126 @@ def _encode_ext(value, out):
 
 def decode(data):
     """Decodes exactly one MessagePack value; maps become dicts, str becomes str, bin bytes."""
-    reader = _Reader(bytes(data))
-    value = reader.value(0)
-    if reader.pos != len(reader.data):
-        raise CodecError(f"{len(reader.data) - reader.pos} bytes follow the MessagePack value")
+    data = bytes(data)
+    value, pos = _value(data, 0, 0)
+    if pos != len(data):
+        raise CodecError(f"{len(data) - pos} bytes follow the MessagePack value")
     return value
 
 
-class _Reader:
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-
-    def take(self, count):
-        end = self.pos + count
-        if end > len(self.data):
-            raise CodecError(f"unexpected end of data at byte {self.pos} (wanted {count} more)")
-        chunk = self.data[self.pos:end]
-        self.pos = end
-        return chunk
-
-    def unpack(self, fmt):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def value(self, depth):
-        if depth > DEPTH_MAX:
-            raise CodecError(f"nested deeper than {DEPTH_MAX} levels")
-        marker = self.take(1)[0]
-        if marker <= 0x7F:
-            return marker
-        if marker >= 0xE0:
-            return marker - 0x100
-        if 0x80 <= marker <= 0x8F:
-            return self.map(marker & 0x0F, depth)
-        if 0x90 <= marker <= 0x9F:
-            return self.array(marker & 0x0F, depth)
-        if 0xA0 <= marker <= 0xBF:
-            return self.text(marker & 0x1F)
-        simple = _SIMPLE.get(marker)
-        if simple is not None:
-            kind, fmt = simple
-            if kind == "const":
-                return fmt
-            if kind == "number":
-                return self.unpack(fmt)
-            size = self.unpack(fmt)
-            if kind == "str":
-                return self.text(size)
-            if kind == "bin":
-                return self.take(size)
-            if kind == "array":
-                return self.array(size, depth)
-            if kind == "map":
-                return self.map(size, depth)
-            return self.ext(size)
-        if 0xD4 <= marker <= 0xD8:
-            return self.ext(1 << (marker - 0xD4))
-        raise CodecError(f"byte 0x{marker:02x} at {self.pos - 1} starts no MessagePack value")
-
-    def text(self, size):
-        try:
-            return self.take(size).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise CodecError(f"a string is not UTF-8: {error}") from None
-
-    def array(self, size, depth):
-        return [self.value(depth + 1) for _ in range(size)]
-
-    def map(self, size, depth):
-        result = {}
-        for _ in range(size):
-            key = self.value(depth + 1)
-            if isinstance(key, (list, dict)):
-                raise CodecError("a map key is an array or a map, which Python cannot use as a key")
-            result[key] = self.value(depth + 1)
-        return result
-
-    def ext(self, size):
-        code = self.unpack(">b")
-        return Ext(code, self.take(size))
+def _end(data, pos, count):
+    """Where ``count`` bytes from ``pos`` end, if the data holds them."""
+    end = pos + count
+    if end > len(data):
+        raise CodecError(f"unexpected end of data at byte {pos} (wanted {count} more)")
+    return end
 
 
-# Markers whose value (or length) is one fixed-size field: (kind, struct format or constant).
+def _value(data, pos, depth):
+    """The value starting at ``pos``, and the position after it."""
+    if depth > DEPTH_MAX:
+        raise CodecError(f"nested deeper than {DEPTH_MAX} levels")
+    if pos >= len(data):
+        raise CodecError(f"unexpected end of data at byte {pos} (wanted 1 more)")
+    marker = data[pos]
+    pos += 1
+    if marker <= 0x7F:
+        return marker, pos
+    if marker >= 0xE0:
+        return marker - 0x100, pos
+    if marker >= 0xA0 and marker <= 0xBF:
+        return _text(data, pos, marker & 0x1F)
+    if marker <= 0x8F:
+        return _map(data, pos, marker & 0x0F, depth)
+    if marker <= 0x9F:
+        return _array(data, pos, marker & 0x0F, depth)
+    simple = _SIMPLE.get(marker)
+    if simple is not None:
+        kind, fmt = simple
+        if kind == "const":
+            return fmt, pos
+        end = _end(data, pos, fmt.size)
+        number = fmt.unpack_from(data, pos)[0]
+        if kind == "number":
+            return number, end
+        if kind == "str":
+            return _text(data, end, number)
+        if kind == "bin":
+            stop = _end(data, end, number)
+            return data[end:stop], stop
+        if kind == "array":
+            return _array(data, end, number, depth)
+        if kind == "map":
+            return _map(data, end, number, depth)
+        return _ext(data, end, number)
+    if 0xD4 <= marker <= 0xD8:
+        return _ext(data, pos, 1 << (marker - 0xD4))
+    raise CodecError(f"byte 0x{marker:02x} at {pos - 1} starts no MessagePack value")
+
+
+def _text(data, pos, size):
+    end = _end(data, pos, size)
+    try:
+        return data[pos:end].decode("utf-8"), end
+    except UnicodeDecodeError as error:
+        raise CodecError(f"a string is not UTF-8: {error}") from None
+
+
+def _array(data, pos, size, depth):
+    items = []
+    for _ in range(size):
+        item, pos = _value(data, pos, depth + 1)
+        items.append(item)
+    return items, pos
+
+
+def _map(data, pos, size, depth):
+    result = {}
+    for _ in range(size):
+        key, pos = _value(data, pos, depth + 1)
+        if isinstance(key, (list, dict)):
+            raise CodecError("a map key is an array or a map, which Python cannot use as a key")
+        result[key], pos = _value(data, pos, depth + 1)
+    return result, pos
+
+
+def _ext(data, pos, size):
+    end = _end(data, pos, 1)
+    code = struct.unpack_from(">b", data, pos)[0]
+    stop = _end(data, end, size)
+    return Ext(code, data[end:stop]), stop
+
+
+def _marker(kind, fmt):
+    return kind, struct.Struct(fmt)
+
+
+# Markers whose value (or length) is one fixed-size field: (kind, struct or constant).
 _SIMPLE = {
     0xC0: ("const", None),
     0xC2: ("const", False),
     0xC3: ("const", True),
-    0xC4: ("bin", ">B"),
-    0xC5: ("bin", ">H"),
-    0xC6: ("bin", ">I"),
-    0xC7: ("ext", ">B"),
-    0xC8: ("ext", ">H"),
-    0xC9: ("ext", ">I"),
-    0xCA: ("number", ">f"),
-    0xCB: ("number", ">d"),
-    0xCC: ("number", ">B"),
-    0xCD: ("number", ">H"),
-    0xCE: ("number", ">I"),
-    0xCF: ("number", ">Q"),
-    0xD0: ("number", ">b"),
-    0xD1: ("number", ">h"),
-    0xD2: ("number", ">i"),
-    0xD3: ("number", ">q"),
-    0xD9: ("str", ">B"),
-    0xDA: ("str", ">H"),
-    0xDB: ("str", ">I"),
-    0xDC: ("array", ">H"),
-    0xDD: ("array", ">I"),
-    0xDE: ("map", ">H"),
-    0xDF: ("map", ">I"),
+    0xC4: _marker("bin", ">B"),
+    0xC5: _marker("bin", ">H"),
+    0xC6: _marker("bin", ">I"),
+    0xC7: _marker("ext", ">B"),
+    0xC8: _marker("ext", ">H"),
+    0xC9: _marker("ext", ">I"),
+    0xCA: _marker("number", ">f"),
+    0xCB: _marker("number", ">d"),
+    0xCC: _marker("number", ">B"),
+    0xCD: _marker("number", ">H"),
+    0xCE: _marker("number", ">I"),
+    0xCF: _marker("number", ">Q"),
+    0xD0: _marker("number", ">b"),
+    0xD1: _marker("number", ">h"),
+    0xD2: _marker("number", ">i"),
+    0xD3: _marker("number", ">q"),
+    0xD9: _marker("str", ">B"),
+    0xDA: _marker("str", ">H"),
+    0xDB: _marker("str", ">I"),
+    0xDC: _marker("array", ">H"),
+    0xDD: _marker("array", ">I"),
+    0xDE: _marker("map", ">H"),
+    0xDF: _marker("map", ">I"),
 }

@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["Role", "EventMeta", "Envelope", "Context"]
+__all__ = ["Role", "EventMeta", "Envelope", "Context", "LeaseLost"]
 
 
 class Role(enum.Enum):
@@ -43,6 +43,16 @@ class Envelope:
 
     meta: EventMeta
     event: Any
+
+
+@dataclass
+class LeaseLost:
+    """Why a single-writer entity stopped being the writer on this host (``on_lease_lost``)."""
+
+    # The fencing token of the tenure that ended.
+    fencing_token: int = 0
+    # ``expired``, ``taken-over`` or ``fenced``.
+    reason: str = ""
 
 
 @dataclass
@@ -99,3 +109,7 @@ def from_wit_context(ctx):
         recovery_running=ctx.recovery_running,
         role=Role[ctx.role.name],
     )
+
+
+def from_wit_lease_loss(loss):
+    return LeaseLost(fencing_token=loss.fencing_token, reason=loss.reason)

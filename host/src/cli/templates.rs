@@ -32,9 +32,10 @@ impl Kind {
         }
     }
 
+    /// Every SDK builds an entity whose state stays resident in the guest.
     fn world(self) -> &'static str {
         match self {
-            Kind::Entity => "entity-plugin",
+            Kind::Entity => "resident-entity-plugin",
             Kind::Resolver => "resolver-plugin",
         }
     }

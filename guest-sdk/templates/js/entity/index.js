@@ -30,4 +30,5 @@ export function apply(state, ctx, event) {
   return event.type === "added" ? { total: state.total + event.by } : state;
 }
 
-export const entity = exportEntity({ init, handle, apply });
+// Exported as the `resident-entity` interface: each active entity's state stays in the guest.
+export const residentEntity = exportEntity({ init, handle, apply });

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { decode, encode, handleBytes, Rejected, testContext } from "./weft.js";
+import { decode, encode, Rejected, Resident, testContext } from "./weft.js";
 import { apply, handle, init } from "./index.js";
 
 const ctx = testContext("{{name}}", "e1");
@@ -25,8 +25,13 @@ test("rejects bad commands", () => {
   }
 });
 
-test("over bytes, as the host calls it", () => {
-  const { events, reply } = handleBytes(handle, ctx, encode({ total: 1 }), encode({ op: "add", by: 2 }));
-  assert.deepEqual(events.map(decode), [{ type: "added", by: 2 }]);
-  assert.deepEqual(decode(reply), { total: 3 });
+test("a batch over bytes, as the host hands it over", () => {
+  const entity = new Resident({ init, handle, apply }, ctx, null);
+  const first = { persistenceId: "{{name}}|e1", seqNr: 1, originSeqNr: 1, timestamp: 0, version: {} };
+  const commands = [{ op: "add", by: 2 }, { op: "add", by: 0 }, { op: "add", by: 3 }];
+  const [added, rejected, next] = entity.handle(ctx, first, commands.map(encode));
+  assert.deepEqual(added.events.map(decode), [{ type: "added", by: 2 }]);
+  assert.ok(rejected instanceof Rejected);
+  assert.deepEqual(decode(next.reply), { total: 5 });
+  assert.deepEqual(decode(entity.snapshot()), { total: 5 });
 });

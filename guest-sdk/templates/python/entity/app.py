@@ -34,4 +34,5 @@ def apply(state, ctx, event):
     return state
 
 
+# Built for `resident-entity-plugin`: each active entity's state stays decoded in the guest.
 Entity = weft.export_entity(init=init, handle=handle, apply=apply)

@@ -27,12 +27,15 @@ class EntityTest(unittest.TestCase):
             with self.subTest(command=command), self.assertRaises(weft.Rejected):
                 run({"total": 0}, command)
 
-    def test_over_bytes_as_the_host_calls_it(self):
-        events, reply = weft.entity.handle_bytes(
-            app.handle, CTX, weft.encode({"total": 1}), weft.encode({"op": "add", "by": 2})
-        )
-        self.assertEqual([weft.decode(event) for event in events], [{"type": "added", "by": 2}])
-        self.assertEqual(weft.decode(reply), {"total": 3})
+    def test_a_batch_over_bytes_as_the_host_hands_it_over(self):
+        entity = weft.Resident(weft.Plugin(app.init, app.handle, app.apply), CTX, None)
+        first = weft.EventMeta(persistence_id="{{name}}|e1", seq_nr=1, origin_seq_nr=1)
+        commands = [{"op": "add", "by": 2}, {"op": "add", "by": 0}, {"op": "add", "by": 3}]
+        added, rejected, after = entity.handle(CTX, first, [weft.encode(c) for c in commands])
+        self.assertEqual([weft.decode(event) for event in added[0]], [{"type": "added", "by": 2}])
+        self.assertIsInstance(rejected, weft.Rejected)
+        self.assertEqual(weft.decode(after[1]), {"total": 5})
+        self.assertEqual(weft.decode(entity.snapshot()), {"total": 5})
 
 
 if __name__ == "__main__":
