@@ -89,10 +89,9 @@ async fn plain_asks(command: &[u8]) -> anyhow::Result<f64> {
                     while let Some((command, reply)) = inbox.recv().await {
                         let command: counter::Command =
                             rmp_serde::from_slice(&command).expect("command");
-                        let decision = <counter::Counter as weft_guest::Entity>::handle(
-                            &state, &ctx, command,
-                        )
-                        .expect("handle");
+                        let decision =
+                            <counter::Counter as weft_guest::Entity>::handle(&state, &ctx, command)
+                                .expect("handle");
                         for event in &decision.events {
                             let bytes = rmp_serde::to_vec_named(event).expect("event");
                             let event: counter::Event =
@@ -103,7 +102,8 @@ async fn plain_asks(command: &[u8]) -> anyhow::Result<f64> {
                                 &event,
                             );
                         }
-                        let _ = reply.send(rmp_serde::to_vec_named(&decision.reply).expect("reply"));
+                        let _ =
+                            reply.send(rmp_serde::to_vec_named(&decision.reply).expect("reply"));
                     }
                 });
                 mailbox

@@ -3,7 +3,8 @@
 //! The same counter entity and highest-bid resolver, built from Rust, Python and JavaScript
 //! (`cargo xtask plugins`), called through the plugin runtime. Prints, per language:
 //! - the component's size;
-//! - handle-command + apply-event calls/s on a pooled instance, and the time per call;
+//! - the time per command with the entity's state resident in the guest, one command per call
+//!   and a turn of 64 commands per call (each command's event folded before the next);
 //! - resolve calls/s with three concurrent bids;
 //! - the cost of instantiating (a call on a fresh instance minus a call on a pooled one);
 //! - load time without the compile cache (compiling) and with it (deserializing).
@@ -12,9 +13,10 @@
 mod support;
 
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{context, envelope, msgpack, plugin_bytes, registry};
-use weft::plugin::{PluginVersion, RuntimeLimits};
+use weft::plugin::{PluginVersion, Resident, RuntimeLimits};
 
 /// How long each rate is measured for.
 const MEASURE_FOR: Duration = Duration::from_secs(2);
@@ -22,6 +24,8 @@ const MEASURE_FOR: Duration = Duration::from_secs(2);
 const COLD_LOADS: u32 = 2;
 /// Loads from the cache, per language.
 const CACHED_LOADS: u32 = 5;
+/// Commands per call in the batched measure: a turn of 64 queued commands.
+const BATCH: usize = 64;
 
 struct Language {
     name: &'static str,
@@ -50,16 +54,17 @@ const LANGUAGES: [Language; 3] = [
 fn main() -> anyhow::Result<()> {
     println!("weft plugins per language: the counter entity and the highest-bid resolver");
     println!(
-        "| language | component | handle+apply | resolve (3 concurrent) | instantiate | load, no cache | load, cached |"
+        "| language | component | command, 1 per call | command, {BATCH} per call | resolve (3 concurrent) | instantiate | load, no cache | load, cached |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for language in &LANGUAGES {
         let wasm = plugin_bytes(language.entity);
         let pooled = registry(RuntimeLimits::default(), None);
         pooled.load(language.entity, &wasm)?;
         pooled.load(language.resolver, &plugin_bytes(language.resolver))?;
         let entity = pooled.get(language.entity)?;
-        let per_command = handle_and_apply(&entity)?;
+        let per_command = resident_commands(&entity, 1)?;
+        let per_batched_command = resident_commands(&entity, BATCH)?;
         let per_resolve = resolve(&*pooled.get(language.resolver)?)?;
 
         let fresh = registry(
@@ -75,11 +80,13 @@ fn main() -> anyhow::Result<()> {
         let (cold, cached) = loads(language.entity, &wasm)?;
 
         println!(
-            "| {} | {:.1} MiB | {:.1} µs ({:.0}/s) | {:.1} µs ({:.0}/s) | {:.1} µs | {:.0} ms | {:.1} ms |",
+            "| {} | {:.1} MiB | {:.1} µs ({:.0}/s) | {:.1} µs ({:.0}/s) | {:.1} µs ({:.0}/s) | {:.1} µs | {:.0} ms | {:.1} ms |",
             language.name,
             wasm.len() as f64 / (1 << 20) as f64,
             micros(per_command),
             per_second(per_command),
+            micros(per_batched_command),
+            per_second(per_batched_command),
             micros(per_resolve),
             per_second(per_resolve),
             micros(instantiate),
@@ -90,20 +97,20 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Time per increment: the command, then its event folded into the state.
-fn handle_and_apply(entity: &PluginVersion) -> anyhow::Result<Duration> {
+/// Time per increment with the state resident in the guest, `batch` commands per call: each
+/// command decided, its event encoded, decoded again and folded before the next.
+fn resident_commands(entity: &Arc<PluginVersion>, batch: usize) -> anyhow::Result<Duration> {
     let ctx = context("counter", "bench", 1 << 16);
-    let command = msgpack(&json!({"op": "increment", "by": 1}));
-    let mut state = entity.init(&ctx)?;
-    let mut seq_nr = 0;
-    time_per_call(|| {
-        let decision = entity.handle_command(&ctx, &state, &command)?;
-        for event in decision.events {
-            seq_nr += 1;
-            state = entity.apply_event(&ctx, &state, &envelope(seq_nr, event))?;
-        }
+    let commands = vec![msgpack(&json!({"op": "increment", "by": 1})); batch];
+    let mut resident = Resident::new(entity.clone(), &ctx, None)?;
+    let mut seq_nr = 1;
+    let per_call = time_per_call(|| {
+        let outcomes = resident.handle(&ctx, &envelope(seq_nr, Vec::new()).meta, &commands)?;
+        anyhow::ensure!(outcomes.iter().all(Result::is_ok), "a command failed");
+        seq_nr += batch as u64;
         Ok(())
-    })
+    })?;
+    Ok(per_call / batch as u32)
 }
 
 /// Time per resolve of an incoming bid against three concurrent ones.

@@ -8,6 +8,10 @@
 //! entries: a command whose cost does not depend on the state keeps that ratio near 1.
 //!
 //! Snapshots are taken every 100 events as by default, so the p99 shows their cost.
+//!
+//! Then the budget: [`BUDGET_ENTITIES`] counter entities activated one after another on a node
+//! whose `resident_state_bytes_max` is [`BUDGET_BYTES`]; prints how many stayed active, what they
+//! hold, and how many were passivated to keep within the budget.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +23,9 @@ const SIZES: [u64; 5] = [0, 1_000, 10_000, 100_000, 1_000_000];
 /// Commands timed per size, after [`WARM_UP`] untimed ones.
 const TIMED: usize = 2_000;
 const WARM_UP: usize = 200;
+/// Entities activated in the budget part, and the budget they share.
+const BUDGET_ENTITIES: u64 = 100_000;
+const BUDGET_BYTES: u64 = 32 << 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -69,6 +76,52 @@ async fn main() -> anyhow::Result<()> {
             p50.as_secs_f64() / base.as_secs_f64()
         );
     }
+    budget().await
+}
+
+/// Activates [`BUDGET_ENTITIES`] counters within a budget of [`BUDGET_BYTES`].
+async fn budget() -> anyhow::Result<()> {
+    let limits = RuntimeLimits {
+        resident_state_bytes_max: BUDGET_BYTES,
+        ..RuntimeLimits::default()
+    };
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(PluginRuntime::new(
+        limits, None,
+    )?)));
+    let wasm =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/counter.wasm");
+    plugins.load_file(&wasm, |_, _| Ok(None))?;
+    let system = EntitySystem::single_host(Arc::new(InMemoryJournal::new()), plugins);
+    system.bind_type("counter", EntityTypeConfig::for_plugin("counter"))?;
+    let increment = encode(serde_json::json!({"op": "increment", "by": 1}))?;
+    let started = Instant::now();
+    let mut most_active = 0;
+    for n in 0..BUDGET_ENTITIES {
+        system
+            .ask("counter", &format!("c{n}"), increment.clone())
+            .await?;
+        most_active = most_active.max(system.active_entities());
+    }
+    let elapsed = started.elapsed();
+    let budget = system.budget();
+    println!();
+    println!(
+        "{BUDGET_ENTITIES} counter entities activated one after another with resident_state_bytes_max = {} MiB, in {:.1} s",
+        BUDGET_BYTES >> 20,
+        elapsed.as_secs_f64()
+    );
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| most entities active at once | {most_active} |");
+    println!("| active at the end | {} |", system.active_entities());
+    println!(
+        "| resident state at the end (estimated) | {:.1} MiB |",
+        budget.total_bytes() as f64 / (1 << 20) as f64
+    );
+    println!(
+        "| passivated to keep within the budget | {} |",
+        budget.passivations()
+    );
     Ok(())
 }
 
