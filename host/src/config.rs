@@ -20,7 +20,7 @@
 //! [limits]                       # plugin calls, the instance pool, compiles (docs/plugins.md)
 //! cpu_per_call_ms = 1000
 //! memory_per_instance_bytes = 268435456
-//! # resident_state_bytes_max = 1073741824   # entity state kept in plugins, node-wide
+//! # resident_state_bytes_max = 268435456    # entity state kept in plugins, node-wide
 //! # compile_timeout_ms = 60000
 //!
 //! [limits.output]                # what a guest may hand the host in one call

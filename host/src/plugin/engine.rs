@@ -78,7 +78,7 @@ impl Default for RuntimeLimits {
             busy_instances_per_plugin_max: std::thread::available_parallelism()
                 .map_or(2, |cores| cores.get().max(2) as u32),
             instance_wait_ms: 2_000,
-            resident_state_bytes_max: 1 << 30,
+            resident_state_bytes_max: 256 << 20,
             component_bytes_max: 64 << 20,
             function_body_bytes_max: 4 << 20,
             compile_timeout_ms: 60_000,
