@@ -22,17 +22,24 @@
 //! - `pool`: instance slots shared by every plugin version: idle instances kept within a
 //!   node-wide budget and evicted across versions, a busy share per plugin, bounded waits.
 //! - `validate`: checks a component's exports (its world) and imports (an allow-list) at load.
-//! - `resident`: entity state kept in guest instances between calls, and the adapters between
-//!   the byte-passing and the resident contract.
+//! - `instance`: a live instance and its exports, typed by world and contract.
+//! - `home`: an instance holding many entities' resident states, and its generation.
+//! - `resident`: entity state kept in homes between calls ([`Resident`]), and the byte-passing
+//!   contract served behind the same handle.
+//! - `byte_calls`: the byte-passing calls served by a `resident-entity` plugin, through a
+//!   transient resource.
 //! - `version`: one loaded plugin version: its `InstancePre`, its instance pool, typed calls.
 //! - `registry`: plugins by name, each with its current version; atomic hot swap.
 //! - `error`: what can go wrong, worded for the person who wrote the plugin.
 
 mod bindings;
+mod byte_calls;
 mod compile;
 mod engine;
 mod envelope;
 mod error;
+mod home;
+mod instance;
 mod limits;
 mod pool;
 mod registry;

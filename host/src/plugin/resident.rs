@@ -18,43 +18,19 @@
 //! calls on a `resident-entity` plugin (replicated entities, upgrade checks) go the other way:
 //! `*_bytes` below restore a transient resource from the bytes and drop it after the call.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use super::bindings::types::{Context, Envelope, EventMeta};
-use super::bindings::{Decision, LeaseLoss, LeaseLost, ResidentDecision, ResidentEntityPlugin};
+use super::bindings::{Decision, LeaseLoss, LeaseLost, ResidentEntityPlugin};
+use super::byte_calls::decision_of;
 use super::error::PluginError;
+use super::home::{Home, Occupant};
+use super::instance::{Exports, Instance};
 use super::sandbox::GuestState;
 use super::validate::World;
-use super::version::{Exports, Instance, PluginVersion};
-
-/// One instance holding resident states, and which generation of it is alive.
-#[derive(Default)]
-pub(super) struct Home {
-    occupant: Mutex<Occupant>,
-}
-
-#[derive(Default)]
-struct Occupant {
-    /// `None` until the first state moves in, and after the last one left or a failure.
-    instance: Option<Instance>,
-    /// Bumped each time the instance is thrown away: states of older generations are gone.
-    generation: u64,
-    /// States of the current generation.
-    residents: usize,
-}
-
-impl Home {
-    fn lock(&self) -> MutexGuard<'_, Occupant> {
-        self.occupant.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// States living in this home now.
-    pub(super) fn residents(&self) -> usize {
-        self.lock().residents
-    }
-}
+use super::version::PluginVersion;
 
 /// Where one entity's state is.
 enum Held {
@@ -376,13 +352,6 @@ fn resident_exports(exports: &Exports) -> Result<&ResidentEntityPlugin, World> {
     }
 }
 
-fn decision_of(decision: ResidentDecision) -> Decision {
-    Decision {
-        events: decision.events,
-        reply: decision.reply,
-    }
-}
-
 /// The metadata of a batch's `index`-th event (from 0), given its first event's: `seq-nr` and
 /// `origin-seq-nr` advance by `index`, and so does the version vector's entry of `replica`, if
 /// it has one (the rule of `resident-entity.handle` in the WIT).
@@ -426,110 +395,4 @@ fn handle_on_bytes(
         }
     }
     Ok(outcomes)
-}
-
-/// Runs `f` on a resource restored from `state` (`None`: a new entity) for the length of one
-/// byte call, and drops it after.
-fn with_transient<R>(
-    store: &mut Store<GuestState>,
-    plugin: &ResidentEntityPlugin,
-    ctx: &Context,
-    state: Option<&[u8]>,
-    f: impl FnOnce(&mut Store<GuestState>, ResourceAny) -> wasmtime::Result<R>,
-) -> wasmtime::Result<R> {
-    let state = state.map(<[u8]>::to_vec);
-    let entity = plugin
-        .weft_plugin_resident_entity()
-        .entity()
-        .call_constructor(&mut *store, ctx, state.as_ref())?;
-    let outcome = f(&mut *store, entity)?;
-    entity.resource_drop(&mut *store)?;
-    Ok(outcome)
-}
-
-/// `entity.init` on a `resident-entity` plugin.
-pub(super) fn init_bytes(
-    store: &mut Store<GuestState>,
-    plugin: &ResidentEntityPlugin,
-    ctx: &Context,
-) -> wasmtime::Result<Vec<u8>> {
-    with_transient(store, plugin, ctx, None, |store, entity| {
-        plugin
-            .weft_plugin_resident_entity()
-            .entity()
-            .call_snapshot(store, entity)
-    })
-}
-
-/// `entity.apply-event` on a `resident-entity` plugin.
-pub(super) fn apply_bytes(
-    store: &mut Store<GuestState>,
-    plugin: &ResidentEntityPlugin,
-    ctx: &Context,
-    state: &[u8],
-    event: &Envelope,
-) -> wasmtime::Result<Vec<u8>> {
-    with_transient(store, plugin, ctx, Some(state), |store, entity| {
-        let calls = plugin.weft_plugin_resident_entity().entity();
-        calls.call_apply(&mut *store, entity, ctx, std::slice::from_ref(event))?;
-        calls.call_snapshot(store, entity)
-    })
-}
-
-/// `entity.handle-command` on a `resident-entity` plugin. The transient state folds the
-/// decision's events with metadata the caller never sees (it applies the events it writes
-/// itself), so they carry the context's time and no position.
-pub(super) fn handle_bytes(
-    store: &mut Store<GuestState>,
-    plugin: &ResidentEntityPlugin,
-    ctx: &Context,
-    state: &[u8],
-    command: &[u8],
-) -> wasmtime::Result<Result<Decision, String>> {
-    let first_event = EventMeta {
-        persistence_id: format!("{}|{}", ctx.entity_type, ctx.entity_id),
-        seq_nr: 0,
-        writer: String::new(),
-        fencing_token: 0,
-        timestamp: ctx.now,
-        origin_replica: String::new(),
-        origin_seq_nr: 0,
-        version: Vec::new(),
-        concurrent: false,
-    };
-    with_transient(store, plugin, ctx, Some(state), |store, entity| {
-        let mut outcomes = plugin.weft_plugin_resident_entity().entity().call_handle(
-            store,
-            entity,
-            ctx,
-            &first_event,
-            &[command.to_vec()],
-        )?;
-        match outcomes.pop() {
-            Some(outcome) if outcomes.is_empty() => Ok(outcome.map(decision_of)),
-            _ => Err(wasmtime::Error::msg(
-                "the guest returned a number of outcomes other than one for one command",
-            )),
-        }
-    })
-}
-
-/// `lease-hooks.on-lease-lost` on a `resident-entity` plugin.
-pub(super) fn lease_lost_bytes(
-    store: &mut Store<GuestState>,
-    plugin: &ResidentEntityPlugin,
-    ctx: &Context,
-    state: &[u8],
-    lost: &LeaseLost,
-) -> wasmtime::Result<Option<Vec<u8>>> {
-    let loss = LeaseLoss {
-        fencing_token: lost.fencing_token,
-        reason: lost.reason.clone(),
-    };
-    with_transient(store, plugin, ctx, Some(state), |store, entity| {
-        plugin
-            .weft_plugin_resident_entity()
-            .entity()
-            .call_on_lease_lost(store, entity, ctx, &loss)
-    })
 }

@@ -25,14 +25,16 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::types::{Context, Envelope};
 use super::bindings::{
-    Decision, EntityPlugin, EntityPluginIndices, LeaseHooks, LeaseHooksIndices, LeaseLost,
-    ResidentEntityPlugin, ResidentEntityPluginPre, Resolution, ResolverPlugin, ResolverPluginPre,
+    Decision, EntityPluginIndices, LeaseHooksIndices, LeaseLost, ResidentEntityPluginPre,
+    Resolution, ResolverPluginPre,
 };
+use super::byte_calls;
 use super::engine::{PluginRuntime, RuntimeLimits};
 use super::error::PluginError;
+use super::home::Home;
+use super::instance::{Exports, Instance};
 use super::limits::{OutputLimits, TypeOutputLimits};
 use super::pool::{Checkout, Pool};
-use super::resident::{self, Home};
 use super::sandbox::{self, GuestState};
 use super::validate::World;
 
@@ -46,22 +48,6 @@ enum Pre {
     },
     Resident(ResidentEntityPluginPre<GuestState>),
     Resolver(ResolverPluginPre<GuestState>),
-}
-
-/// The exports of a live instance.
-pub(super) enum Exports {
-    Entity {
-        plugin: EntityPlugin,
-        hooks: Option<LeaseHooks>,
-    },
-    Resident(ResidentEntityPlugin),
-    Resolver(ResolverPlugin),
-}
-
-/// A live instance: what the node's [`Pool`] holds.
-pub struct Instance {
-    pub(super) store: Store<GuestState>,
-    pub(super) exports: Exports,
 }
 
 /// The instance pool every version of a node shares.
@@ -128,7 +114,7 @@ impl Session<'_> {
     pub fn init(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
         self.state_call(ctx, |store, exports| match exports {
             Exports::Entity { plugin, .. } => Ok(plugin.weft_plugin_entity().call_init(store, ctx)),
-            Exports::Resident(plugin) => Ok(resident::init_bytes(store, plugin, ctx)),
+            Exports::Resident(plugin) => Ok(byte_calls::init_bytes(store, plugin, ctx)),
             Exports::Resolver(_) => Err(World::Entity),
         })
     }
@@ -147,7 +133,7 @@ impl Session<'_> {
                     .call_apply_event(store, ctx, &state.to_vec(), event))
             }
             Exports::Resident(plugin) => {
-                Ok(resident::apply_bytes(store, plugin, ctx, state, event))
+                Ok(byte_calls::apply_bytes(store, plugin, ctx, state, event))
             }
             Exports::Resolver(_) => Err(World::Entity),
         })
@@ -322,7 +308,7 @@ impl PluginVersion {
                     .weft_plugin_entity()
                     .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
                 Exports::Resident(plugin) => {
-                    Ok(resident::handle_bytes(store, plugin, ctx, state, command))
+                    Ok(byte_calls::handle_bytes(store, plugin, ctx, state, command))
                 }
                 Exports::Resolver(_) => Err(World::Entity),
             })?;
@@ -400,9 +386,9 @@ impl PluginVersion {
                 hooks: Some(hooks), ..
             } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
             Exports::Entity { hooks: None, .. } => Ok(Ok(None)),
-            Exports::Resident(plugin) => {
-                Ok(resident::lease_lost_bytes(store, plugin, ctx, state, lost))
-            }
+            Exports::Resident(plugin) => Ok(byte_calls::lease_lost_bytes(
+                store, plugin, ctx, state, lost,
+            )),
             Exports::Resolver(_) => Err(World::Entity),
         })?;
         if let Some(notice) = &notice {
