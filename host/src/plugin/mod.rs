@@ -55,6 +55,6 @@ pub use engine::{PluginRuntime, RuntimeLimits};
 pub use error::PluginError;
 pub use limits::{OutputLimit, OutputLimits};
 pub use registry::{CheckedBuild, LoadReport, PluginInfo, PluginRegistry, Superseded};
-pub use resident::{Resident, nth_event_meta};
+pub use resident::Resident;
 pub use validate::World;
 pub use version::{PluginVersion, Session};

@@ -355,7 +355,7 @@ fn resident_exports(exports: &Exports) -> Result<&ResidentEntityPlugin, World> {
 /// The metadata of a batch's `index`-th event (from 0), given its first event's: `seq-nr` and
 /// `origin-seq-nr` advance by `index`, and so does the version vector's entry of `replica`, if
 /// it has one (the rule of `resident-entity.handle` in the WIT).
-pub fn nth_event_meta(first: &EventMeta, index: u64, replica: &str) -> EventMeta {
+fn nth_event_meta(first: &EventMeta, index: u64, replica: &str) -> EventMeta {
     let mut meta = first.clone();
     meta.seq_nr += index;
     meta.origin_seq_nr += index;
@@ -395,4 +395,57 @@ fn handle_on_bytes(
         }
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::VersionEntry;
+
+    /// What the rule may change: positions and the version vector.
+    fn moved(meta: &EventMeta) -> (u64, u64, Vec<(String, u64)>) {
+        let version = meta
+            .version
+            .iter()
+            .map(|entry| (entry.replica.clone(), entry.counter))
+            .collect();
+        (meta.seq_nr, meta.origin_seq_nr, version)
+    }
+
+    #[test]
+    fn a_batch_s_events_advance_their_positions_and_their_replica_s_counter_only() {
+        let entry = |replica: &str, counter| VersionEntry {
+            replica: replica.into(),
+            counter,
+        };
+        let first = EventMeta {
+            persistence_id: "t|e".into(),
+            seq_nr: 10,
+            writer: "w".into(),
+            fencing_token: 3,
+            timestamp: 7 << 16,
+            origin_replica: "a".into(),
+            origin_seq_nr: 4,
+            version: vec![entry("a", 4), entry("b", 9)],
+            concurrent: false,
+        };
+        assert_eq!(moved(&nth_event_meta(&first, 0, "a")), moved(&first));
+        let third = nth_event_meta(&first, 2, "a");
+        assert_eq!(
+            moved(&third),
+            (12, 6, vec![("a".into(), 6), ("b".into(), 9)])
+        );
+        assert_eq!(
+            (
+                third.persistence_id.as_str(),
+                third.writer.as_str(),
+                third.fencing_token,
+                third.timestamp,
+                third.origin_replica.as_str()
+            ),
+            ("t|e", "w", 3, 7 << 16, "a")
+        );
+        // A replica without an entry (an entity that is not replicated) keeps the vector.
+        assert_eq!(moved(&nth_event_meta(&first, 2, "c")).2, moved(&first).2);
+    }
 }
