@@ -59,9 +59,21 @@ pub(super) fn apply_bytes(
     state: &[u8],
     event: &Envelope,
 ) -> wasmtime::Result<Vec<u8>> {
+    apply_all_bytes(store, plugin, ctx, state, std::slice::from_ref(event))
+}
+
+/// A run of `apply-event`s on a `resident-entity` plugin: the state restored once, the events
+/// folded in one call, the state encoded once.
+pub(super) fn apply_all_bytes(
+    store: &mut Store<GuestState>,
+    plugin: &ResidentEntityPlugin,
+    ctx: &Context,
+    state: &[u8],
+    events: &[Envelope],
+) -> wasmtime::Result<Vec<u8>> {
     with_transient(store, plugin, ctx, Some(state), |store, entity| {
         let calls = plugin.weft_plugin_resident_entity().entity();
-        calls.call_apply(&mut *store, entity, ctx, std::slice::from_ref(event))?;
+        calls.call_apply(&mut *store, entity, ctx, events)?;
         calls.call_snapshot(store, entity)
     })
 }

@@ -339,6 +339,31 @@ impl PluginVersion {
         }
     }
 
+    /// Folds events into the state, in order (each with its own timestamp as the time): one call
+    /// on a `resident-entity` plugin, the state restored and encoded once; one call per event on
+    /// a byte-passing one.
+    pub fn apply_events(
+        &self,
+        ctx: &Context,
+        state: &[u8],
+        events: &[Envelope],
+    ) -> Result<Vec<u8>, PluginError> {
+        let mut session = self.session();
+        if !self.is_resident() {
+            let mut ctx = ctx.clone();
+            return events.iter().try_fold(state.to_vec(), |state, event| {
+                ctx.now = event.meta.timestamp;
+                session.apply_event(&ctx, &state, event)
+            });
+        }
+        session.state_call(ctx, |store, exports| match exports {
+            Exports::Resident(plugin) => Ok(byte_calls::apply_all_bytes(
+                store, plugin, ctx, state, events,
+            )),
+            _ => Err(World::Entity),
+        })
+    }
+
     /// Folds one event into the state.
     pub fn apply_event(
         &self,

@@ -53,6 +53,15 @@ pub enum Resolution {
 pub trait Fold {
     fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError>;
 
+    /// Folds a run of events in order: what [`Fold::apply`] one after another gives, in as few
+    /// calls as the fold can make (a plugin with resident state: one, with the state encoded
+    /// once).
+    fn apply_run(&self, state: &[u8], events: &[EventEnvelope]) -> Result<Vec<u8>, PluginError> {
+        events
+            .iter()
+            .try_fold(state.to_vec(), |state, event| self.apply(&state, event))
+    }
+
     /// Called only when `concurrent` (events already applied, concurrent with `incoming`) is
     /// not empty.
     fn resolve(
@@ -183,6 +192,15 @@ impl Fold for PluginFold {
     fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError> {
         self.entity
             .apply_event(&self.context_at(event), state, &Envelope::from(event))
+    }
+
+    fn apply_run(&self, state: &[u8], events: &[EventEnvelope]) -> Result<Vec<u8>, PluginError> {
+        let Some(first) = events.first() else {
+            return Ok(state.to_vec());
+        };
+        let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+        self.entity
+            .apply_events(&self.context_at(first), state, &envelopes)
     }
 
     fn resolve(

@@ -52,6 +52,19 @@ pub struct MergeLog {
     current: Position,
 }
 
+/// Applies the events collected in `run` to `at`'s state, in one call of the fold.
+fn flush(
+    fold: &impl Fold,
+    at: &mut Position,
+    run: &mut Vec<EventEnvelope>,
+) -> Result<(), PluginError> {
+    if !run.is_empty() {
+        at.state = fold.apply_run(&at.state, run)?;
+        run.clear();
+    }
+    Ok(())
+}
+
 /// The order every replica folds in: HLC timestamp, origin replica, origin sequence number. Sort
 /// by it wherever events must be in fold order.
 pub fn order_key(event: &EventEnvelope) -> (u64, &str, u64) {
@@ -132,9 +145,11 @@ impl MergeLog {
             Ok(_) => return Ok(0),
             Err(position) => position,
         };
+        let mut run = Vec::new();
         if position == self.events.len() {
             let mut at = self.current.clone();
-            let folded = self.fold_one(fold, &mut at, event, position)?;
+            let folded = self.fold_one(fold, &mut at, &mut run, event, position)?;
+            flush(fold, &mut at, &mut run)?;
             self.events.push(folded);
             self.current = at;
             self.checkpoint_if_due();
@@ -160,25 +175,34 @@ impl MergeLog {
             checkpoints: self.checkpoints[..kept_checkpoints].to_vec(),
             current: Position::default(),
         };
+        // Events to apply collect in a run, folded in one call where the state is needed: at a
+        // checkpoint, before a resolver looks at it, and at the end.
         let count = pending.len();
         for event in pending {
             let index = refolded.events.len();
-            let folded = refolded.fold_one(fold, &mut at, event, index)?;
+            let folded = refolded.fold_one(fold, &mut at, &mut run, event, index)?;
             refolded.events.push(folded);
-            refolded.current = at.clone();
-            refolded.checkpoint_if_due();
+            if refolded.events.len().is_multiple_of(CHECKPOINT_EVERY) {
+                flush(fold, &mut at, &mut run)?;
+                refolded.current = at.clone();
+                refolded.checkpoint_if_due();
+            }
         }
+        flush(fold, &mut at, &mut run)?;
+        refolded.current = at;
         *self = refolded;
         Ok(count)
     }
 
-    /// Folds `event`, to be placed at `index`, from `at`. A configuration event changes the
+    /// Folds `event`, to be placed at `index`, from `at` and the events of `run` still to be
+    /// applied to it: an event to apply joins `run`. A configuration event changes the
     /// configuration from there on (once the fold has checked it can follow it) and nothing
     /// else: it is never resolved, applied, or shown to a resolver among the concurrent events.
     fn fold_one(
         &self,
         fold: &impl Fold,
         at: &mut Position,
+        run: &mut Vec<EventEnvelope>,
         mut event: EventEnvelope,
         index: usize,
     ) -> Result<Folded, PluginError> {
@@ -190,7 +214,6 @@ impl MergeLog {
                 outcome: Outcome::Dropped,
             });
         }
-        let state = &mut at.state;
         let applied = self.events[..index]
             .iter()
             .filter(|folded| folded.outcome == Outcome::Applied)
@@ -205,22 +228,21 @@ impl MergeLog {
         let resolution = if concurrent.is_empty() {
             Resolution::Keep
         } else {
-            fold.resolve_under(at.config.as_deref(), state, &event, &concurrent)?
+            // The resolver sees the state with every earlier event applied.
+            flush(fold, at, run)?;
+            fold.resolve_under(at.config.as_deref(), &at.state, &event, &concurrent)?
         };
         let outcome = match resolution {
             Resolution::Keep => {
-                *state = fold.apply(state, &event)?;
+                run.push(event.clone());
                 Outcome::Applied
             }
             Resolution::Drop => Outcome::Dropped,
             Resolution::Replace(payloads) => {
-                for payload in payloads {
-                    let replacement = EventEnvelope {
-                        payload,
-                        ..event.clone()
-                    };
-                    *state = fold.apply(state, &replacement)?;
-                }
+                run.extend(payloads.into_iter().map(|payload| EventEnvelope {
+                    payload,
+                    ..event.clone()
+                }));
                 Outcome::Applied
             }
         };
@@ -228,6 +250,7 @@ impl MergeLog {
     }
 
     fn checkpoint_if_due(&mut self) {
+        // Callers flush the run before: a checkpoint holds a state with every event applied.
         if self.events.len().is_multiple_of(CHECKPOINT_EVERY) {
             self.checkpoints.push(self.current.clone());
         }
@@ -278,6 +301,8 @@ mod tests {
     struct Concat {
         fail_on: Option<Vec<u8>>,
         applies: Cell<usize>,
+        /// Calls of `apply_run`: how often the state was handed to the fold.
+        runs: Cell<usize>,
     }
 
     impl Concat {
@@ -285,11 +310,23 @@ mod tests {
             Concat {
                 fail_on: None,
                 applies: Cell::new(0),
+                runs: Cell::new(0),
             }
         }
     }
 
     impl Fold for Concat {
+        fn apply_run(
+            &self,
+            state: &[u8],
+            events: &[EventEnvelope],
+        ) -> Result<Vec<u8>, PluginError> {
+            self.runs.set(self.runs.get() + 1);
+            events
+                .iter()
+                .try_fold(state.to_vec(), |state, event| self.apply(&state, event))
+        }
+
         fn apply(&self, state: &[u8], event: &EventEnvelope) -> Result<Vec<u8>, PluginError> {
             if self.fail_on.as_ref() == Some(&event.payload) {
                 return Err(PluginError::Trapped {
@@ -375,6 +412,55 @@ mod tests {
                 .unwrap(),
             0,
             "duplicates are ignored"
+        );
+    }
+
+    #[test]
+    fn a_rewind_hands_the_state_to_the_fold_once_per_checkpoint_not_per_event() {
+        let total = 3 * CHECKPOINT_EVERY as u64;
+        // a1..a5 before b1; every later event of a has seen b1, so only b1 is concurrent.
+        let a = |seq: u64| {
+            let version: &[(&str, u64)] = if seq <= 5 {
+                &[("a", seq)]
+            } else {
+                &[("a", seq), ("b", 1)]
+            };
+            event("a", seq, seq * 10, version, &format!("a{seq:03}"))
+        };
+        let late = event("b", 1, 55, &[("b", 1)], "b1");
+        let fold = Concat::new();
+        let mut log = MergeLog::new(Vec::new());
+        for seq in 1..=total {
+            log.insert(&fold, a(seq)).unwrap();
+        }
+        let (runs, applies) = (fold.runs.get(), fold.applies.get());
+        assert_eq!(
+            log.insert(&fold, late.clone()).unwrap(),
+            total as usize + 1,
+            "b1 sorts after a5: refold from the base"
+        );
+        let refold_runs = fold.runs.get() - runs;
+        assert_eq!(fold.applies.get() - applies, total as usize + 1);
+        // One run up to b1 (its resolver sees the state), then one per checkpoint and the end.
+        assert!(
+            refold_runs <= 5,
+            "{refold_runs} runs for a refold of {} events",
+            total + 1
+        );
+        // The same events delivered in order fold to the same state.
+        let in_order = Concat::new();
+        let mut expected = MergeLog::new(Vec::new());
+        for seq in 1..=5 {
+            expected.insert(&in_order, a(seq)).unwrap();
+        }
+        expected.insert(&in_order, late).unwrap();
+        for seq in 6..=total {
+            expected.insert(&in_order, a(seq)).unwrap();
+        }
+        assert_eq!(log.state(), expected.state());
+        assert_eq!(
+            log.events().map(|e| e.concurrent).collect::<Vec<_>>(),
+            expected.events().map(|e| e.concurrent).collect::<Vec<_>>()
         );
     }
 
