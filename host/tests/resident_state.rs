@@ -10,7 +10,7 @@ mod support;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use support::{from_msgpack, msgpack, plugin_bytes};
+use support::{from_msgpack, msgpack, plugin_bytes, rebuilt};
 use weft::entity::{EntitySystem, EntityTypeConfig};
 use weft::journal::{InMemoryJournal, Journal};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
@@ -187,5 +187,41 @@ async fn active_entities_stay_within_the_resident_state_budget() {
     // Every entity, passivated or not, answers what it was told.
     for (n, expected) in model.iter().enumerate().step_by(7) {
         assert_eq!(balance(&system, &format!("e{n}")).await, *expected, "e{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_loaded_again_serves_new_and_old_entities() {
+    let runtime = PluginRuntime::new(RuntimeLimits::default(), None).unwrap();
+    let plugins = Arc::new(PluginRegistry::new(Arc::new(runtime)));
+    let (first, second) = (plugin_bytes("ledger"), rebuilt(&plugin_bytes("ledger")));
+    plugins.load("ledger", &first).unwrap();
+    let system = EntitySystem::single_host(Arc::new(InMemoryJournal::new()), plugins.clone());
+    system
+        .bind_type("ledger", EntityTypeConfig::for_plugin("ledger"))
+        .unwrap();
+    let mut model: BTreeMap<String, Model> = BTreeMap::new();
+    let mut record_to = async |id: &str, amount: i64| {
+        let reply = system
+            .ask("ledger", id, record(amount))
+            .await
+            .unwrap_or_else(|error| panic!("{id}: {error}"));
+        let entity = model.entry(id.to_owned()).or_default();
+        entity.record(amount);
+        assert_eq!(reply_model(&from_msgpack(&reply.reply)), *entity, "{id}");
+    };
+    // Entities whose states fill every home of the first load.
+    for n in 0..8 {
+        record_to(&format!("old-{n}"), n + 1).await;
+    }
+    // Another build, then the first one again (a deployment that went back to it): a new load
+    // of the same build, while the old entities' states still sit in the first load's homes.
+    plugins.load("ledger", &second).unwrap();
+    plugins.load("ledger", &first).unwrap();
+    for n in 0..4 {
+        record_to(&format!("new-{n}"), 10 * n - 7).await;
+    }
+    for n in 0..8 {
+        record_to(&format!("old-{n}"), -n).await;
     }
 }

@@ -384,7 +384,9 @@ impl Actor {
             return Ok(());
         }
         let plugin = self.plugin()?;
-        if committed.resident.version().id() == plugin.id() {
+        // The loaded version, not its id: the same build loaded again is another version, and
+        // states must leave the homes of the one it replaced.
+        if Arc::ptr_eq(committed.resident.version(), &plugin) {
             return Ok(());
         }
         let ctx = self.context(self.shared.clock.now(), false, self.observed_role());

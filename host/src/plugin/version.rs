@@ -81,7 +81,8 @@ pub struct PluginVersion {
     /// The instances holding resident entity states (`resident-entity` plugins), at most
     /// `busy_instances_per_plugin_max`; empty for other plugins.
     homes: Mutex<Vec<Arc<Home>>>,
-    /// The pool share the homes' instances count against, apart from the plugin's calls.
+    /// The pool share the homes' instances count against, apart from the plugin's calls: this
+    /// loaded version's own.
     home_share: String,
 }
 
@@ -225,8 +226,11 @@ impl PluginVersion {
             ),
         })?;
         let id: Arc<str> = format!("{name}@{}", &content_hash[..12]).into();
+        let pool_key = POOL_KEYS.fetch_add(1, Ordering::Relaxed);
         let version = PluginVersion {
-            home_share: format!("{id}#resident"),
+            // Per loaded object, not per build: the same build loaded again (a deployment that
+            // went back to it) must not find its share taken by the homes of the earlier load.
+            home_share: format!("{id}#resident-{pool_key}"),
             homes: Mutex::new(Vec::new()),
             id,
             name: name.to_owned(),
@@ -239,7 +243,7 @@ impl PluginVersion {
             limits: runtime.limits().clone(),
             output_limits: Arc::new(runtime.limits().output.clone()),
             shared,
-            pool_key: POOL_KEYS.fetch_add(1, Ordering::Relaxed),
+            pool_key,
         };
         version.check_export_types()?;
         Ok(version)
