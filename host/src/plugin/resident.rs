@@ -23,7 +23,7 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use super::bindings::types::{Context, Envelope, EventMeta};
-use super::bindings::{Decision, LeaseLoss, LeaseLost, ResidentEntityPlugin};
+use super::bindings::{Decision, LeaseLoss, LeaseLost, ResidentDecision, ResidentEntityPlugin};
 use super::byte_calls::decision_of;
 use super::error::PluginError;
 use super::home::{Home, Occupant};
@@ -137,6 +137,7 @@ impl Resident {
     ) -> Result<Vec<Result<Decision, PluginError>>, PluginError> {
         let version = self.version.clone();
         let outcomes = match &mut self.held {
+            // The byte calls check each outcome themselves.
             Held::Bytes(state) => handle_on_bytes(&version, state, ctx, first_event, commands),
             _ => self
                 .guest_call(ctx.now, |store, plugin, entity| {
@@ -148,38 +149,10 @@ impl Resident {
                         commands,
                     )
                 })
-                .map(|outcomes| {
-                    outcomes
-                        .into_iter()
-                        .map(|outcome| outcome.map(decision_of))
-                        .collect()
-                }),
+                .and_then(|outcomes| check_batch(&version, ctx, outcomes, commands.len())),
         };
-        let outcomes = outcomes.inspect_err(|_| self.lose())?;
-        if outcomes.len() != commands.len() {
-            self.lose();
-            return Err(PluginError::InvalidOutput {
-                plugin: version.id().to_owned(),
-                reason: format!(
-                    "{} outcomes for a batch of {} commands",
-                    outcomes.len(),
-                    commands.len()
-                ),
-            });
-        }
-        let mut checked = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            match version.check_outcome(ctx, outcome) {
-                Err(error @ PluginError::Rejected { .. }) => checked.push(Err(error)),
-                Err(error) => {
-                    // The guest folded events the host refuses to write.
-                    self.lose();
-                    return Err(error);
-                }
-                Ok(decision) => checked.push(Ok(decision)),
-            }
-        }
-        Ok(checked)
+        // On an error the guest may have folded events the host will not write.
+        outcomes.inspect_err(|_| self.lose())
     }
 
     /// Folds `events` into the state, in order (`ctx.now` is each event's timestamp).
@@ -189,17 +162,9 @@ impl Resident {
         }
         let version = self.version.clone();
         let applied = match &mut self.held {
-            Held::Bytes(state) => {
-                let mut session = version.session();
-                let mut ctx = ctx.clone();
-                events
-                    .iter()
-                    .try_fold(std::mem::take(state), |state, event| {
-                        ctx.now = event.meta.timestamp;
-                        session.apply_event(&ctx, &state, event)
-                    })
-                    .map(|folded| *state = folded)
-            }
+            Held::Bytes(state) => version
+                .apply_events(ctx, state, events)
+                .map(|folded| *state = folded),
             _ => self.guest_call(ctx.now, |store, plugin, entity| {
                 plugin
                     .weft_plugin_resident_entity()
@@ -365,6 +330,35 @@ fn nth_event_meta(first: &EventMeta, index: u64, replica: &str) -> EventMeta {
     meta
 }
 
+/// A batch's outcomes from the guest, checked against the output limits: one per command, a
+/// handler's refusal being [`PluginError::Rejected`]; any other failure fails the batch.
+fn check_batch(
+    version: &PluginVersion,
+    ctx: &Context,
+    outcomes: Vec<Result<ResidentDecision, String>>,
+    commands: usize,
+) -> Result<Vec<Result<Decision, PluginError>>, PluginError> {
+    if outcomes.len() != commands {
+        return Err(PluginError::InvalidOutput {
+            plugin: version.id().to_owned(),
+            reason: format!(
+                "{} outcomes for a batch of {commands} commands",
+                outcomes.len()
+            ),
+        });
+    }
+    outcomes
+        .into_iter()
+        .map(
+            |outcome| match version.check_outcome(ctx, outcome.map(decision_of)) {
+                Err(error @ PluginError::Rejected { .. }) => Ok(Err(error)),
+                Err(error) => Err(error),
+                Ok(decision) => Ok(Ok(decision)),
+            },
+        )
+        .collect()
+}
+
 /// [`Resident::handle`] for a plugin of the byte-passing `entity` interface: per command, then
 /// per event, against the bytes.
 fn handle_on_bytes(
@@ -373,7 +367,7 @@ fn handle_on_bytes(
     ctx: &Context,
     first_event: &EventMeta,
     commands: &[Vec<u8>],
-) -> Result<Vec<Result<Decision, String>>, PluginError> {
+) -> Result<Vec<Result<Decision, PluginError>>, PluginError> {
     let mut session = version.session();
     let mut next = 0;
     let mut outcomes = Vec::with_capacity(commands.len());
@@ -390,7 +384,7 @@ fn handle_on_bytes(
                 }
                 outcomes.push(Ok(decision));
             }
-            Err(PluginError::Rejected { message, .. }) => outcomes.push(Err(message)),
+            Err(rejected @ PluginError::Rejected { .. }) => outcomes.push(Err(rejected)),
             Err(error) => return Err(error),
         }
     }
