@@ -1,7 +1,8 @@
-//! Linearizability of single-writer entities through a cluster under faults.
+//! Linearizability of entities through a cluster under faults, for single-writer and placed
+//! types.
 //!
 //! Three `weft serve` processes share a real PostgreSQL journal and lease backend. Clients append
-//! unique entries to `ledger` entities and read their whole state, each request through a random
+//! unique entries to `ledger` entities of both types and read their whole state, each request through a random
 //! node (which forwards to the owner), while a seeded nemesis pauses a node past its lease
 //! (`SIGSTOP`), kills one (`SIGKILL`) and restarts it, or cuts one off from the others. Every
 //! request is recorded with the instants it was sent and answered; the history is then checked
@@ -23,7 +24,10 @@ use weft::journal::{Journal, PostgresJournal};
 /// Seeded runs, each with its own entities, faults and client schedule.
 const RUNS: u64 = 20;
 const NODES: [&str; 3] = ["l1", "l2", "l3"];
-const KEYS_PER_RUN: usize = 3;
+/// A single-writer type (a lease per entity) and a placed one (fenced per activation).
+const ENTITY_TYPES: [&str; 2] = ["ledger", "placed-ledger"];
+/// Entities of each type in one run.
+const KEYS_PER_RUN: usize = 2;
 const CLIENTS: u64 = 6;
 /// How long the clients send in one run; the nemesis acts within it.
 const RUN_LENGTH: Duration = Duration::from_millis(4_000);
@@ -155,7 +159,7 @@ async fn client(
             appended += 1;
             let entry = (number as i64 + 1) * 1_000_000 + appended;
             let response = http
-                .post(format!("{url}/entities/ledger/{key}"))
+                .post(format!("{url}/entities/{key}"))
                 .json(&json!({"op": "record", "amount": entry}))
                 .send()
                 .await;
@@ -176,10 +180,7 @@ async fn client(
                 },
             }
         } else {
-            let response = http
-                .get(format!("{url}/entities/ledger/{key}"))
-                .send()
-                .await;
+            let response = http.get(format!("{url}/entities/{key}")).send().await;
             let state: Option<Value> = match response {
                 Ok(response) if response.status() == 200 => response.json().await.ok(),
                 _ => None,
@@ -315,7 +316,7 @@ async fn until_writable(http: &reqwest::Client, urls: &Urls, key: &str) {
     loop {
         let url = urls.read().unwrap()[0].clone();
         let response = http
-            .post(format!("{url}/entities/ledger/{key}"))
+            .post(format!("{url}/entities/{key}"))
             .json(&json!({"op": "balance"}))
             .timeout(REQUEST_TIMEOUT)
             .send()
@@ -329,12 +330,13 @@ async fn until_writable(http: &reqwest::Client, urls: &Urls, key: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_writer_entities_stay_linearizable_through_pauses_kills_and_partitions() {
+async fn entities_stay_linearizable_through_pauses_kills_and_partitions() {
     let postgres = Postgres::start();
     let cluster = TestCluster {
         fault_injection: true,
         extra: format!(
-            "[entities.ledger]\nplugin = \"ledger\"\nsingle_writer = true\nlease_ttl_ms = {LEASE_TTL_MS}\n"
+            "[entities.ledger]\nplugin = \"ledger\"\nsingle_writer = true\nlease_ttl_ms = {LEASE_TTL_MS}\n\
+             [entities.placed-ledger]\nplugin = \"ledger\"\n"
         ),
         ..TestCluster::new(&postgres, NODES[0]).await
     };
@@ -364,8 +366,11 @@ async fn single_writer_entities_stay_linearizable_through_pauses_kills_and_parti
         for url in nodes.urls.read().unwrap().clone() {
             wait_for_members(&http, &url, &NODES).await;
         }
-        let keys: Vec<String> = (0..KEYS_PER_RUN)
-            .map(|key| format!("r{run}k{key}"))
+        let keys: Vec<String> = ENTITY_TYPES
+            .iter()
+            .flat_map(|entity_type| {
+                (0..KEYS_PER_RUN).map(move |key| format!("{entity_type}/r{run}k{key}"))
+            })
             .collect();
         for key in &keys {
             until_writable(&http, &nodes.urls, key).await;
@@ -404,7 +409,7 @@ async fn single_writer_entities_stay_linearizable_through_pauses_kills_and_parti
         for key in &keys {
             until_writable(&http, &nodes.urls, key).await;
             let stream: Vec<i64> = journal
-                .read(&format!("ledger|{key}"), 1, 1_000_000)
+                .read(&key.replace('/', "|"), 1, 1_000_000)
                 .await
                 .unwrap()
                 .iter()
