@@ -258,6 +258,14 @@ impl Nodes {
         self.processes[index] = Some(process);
     }
 
+    /// Waits until every node sees all of them.
+    async fn wait_for_one_view(&self, http: &reqwest::Client) {
+        let urls = self.urls.read().unwrap().clone();
+        for url in urls {
+            wait_for_members(http, &url, &NODES).await;
+        }
+    }
+
     fn process(&self, index: usize) -> &ServeProcess {
         self.processes[index].as_ref().expect("a running node")
     }
@@ -363,9 +371,7 @@ async fn entities_stay_linearizable_through_pauses_kills_and_partitions() {
         let seed = 0x5eed_0000 + run;
         let mut rng = SplitMix64(seed);
         let faults = draw_faults(&mut rng);
-        for url in nodes.urls.read().unwrap().clone() {
-            wait_for_members(&http, &url, &NODES).await;
-        }
+        nodes.wait_for_one_view(&http).await;
         let keys: Vec<String> = ENTITY_TYPES
             .iter()
             .flat_map(|entity_type| {
@@ -402,9 +408,7 @@ async fn entities_stay_linearizable_through_pauses_kills_and_partitions() {
 
         // Quiet again: every node up, one view, every entity writable; then the journal is the
         // order of the appends.
-        for url in nodes.urls.read().unwrap().clone() {
-            wait_for_members(&http, &url, &NODES).await;
-        }
+        nodes.wait_for_one_view(&http).await;
         let history = std::mem::take(&mut *history.lock().unwrap());
         for key in &keys {
             until_writable(&http, &nodes.urls, key).await;
