@@ -2,7 +2,8 @@
 //! every activation advances the entity's fence, so when two hosts (or two activations on one
 //! host) hold the entity at once, the older one's append is refused with a stale token instead
 //! of interleaving with the newer one's. The stream then reads as tenures (`A@1 B@2 A@3`), and
-//! recovery in `fail` mode accepts it. Outside a cluster nothing is fenced.
+//! recovery in `fail` mode accepts it; the older one answers no read from its memory either.
+//! Outside a cluster nothing is fenced.
 
 mod support;
 
@@ -103,6 +104,31 @@ async fn an_older_activation_is_fenced_and_the_stream_recovers() {
         .collect();
     assert_eq!(tenures, vec![(a_id, 1), (b_id, 2), (a_id, 3)]);
     assert_eq!(journal.fence("counter|x").await, Ok(4), "B's activation");
+}
+
+/// A read on the older activation, after a newer one wrote: never answered from the older one's
+/// memory (which still holds the value before the newer one's write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_activation_answers_no_read_from_memory() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let (a, b) = (
+        host(&journal, Ulid::new(), true),
+        host(&journal, Ulid::new(), true),
+    );
+    increment(&a, "z", 1).await.expect("A's increment");
+    increment(&b, "z", 10)
+        .await
+        .expect("B takes the entity over");
+    let read = a.state("counter", "z").await;
+    assert!(
+        matches!(read, Err(EntityError::Fenced(_))),
+        "the read on A's activation is refused as fenced: {:?}",
+        read.map(|state| from_msgpack(&state.state))
+    );
+    wait_until_idle(&a).await;
+    // A's next activation is the newer one, and reads what B wrote.
+    let state = a.state("counter", "z").await.expect("A's new activation");
+    assert_eq!(from_msgpack(&state.state)["value"], 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

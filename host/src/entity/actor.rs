@@ -282,6 +282,46 @@ impl Actor {
         self.seat().lose(tenure, fencing_token, fenced, hook).await
     }
 
+    /// A placed entity of a cluster answers a read from memory only while no newer activation
+    /// (on another node, after placement moved it there) has advanced its fence: that one may
+    /// have written since. One read of the fence, after the state to answer with is final.
+    async fn confirm_activation_current(&self) -> Result<(), JournalError> {
+        if self.activation_token == 0 {
+            return Ok(());
+        }
+        let current = self.shared.journal.fence(&self.pid).await?;
+        if current > self.activation_token {
+            return Err(JournalError::StaleFencingToken {
+                persistence_id: self.pid.clone(),
+                token: self.activation_token,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// A writer whose lease's local deadline has passed is not the writer any more, whether or not
+    /// the task keeping the lease has noticed (after a pause of the process, either may run first):
+    /// it steps down and catches up with the journal, so that a read is never answered from a
+    /// tenure another host may have taken over meanwhile.
+    async fn step_down_if_lease_ran_out(
+        &self,
+        committed: &mut Committed,
+        tenure: &mut Option<Tenure>,
+    ) -> Result<(), EntityError> {
+        let Some(tenure) = tenure.as_mut() else {
+            return Ok(());
+        };
+        let Some(fencing_token) = tenure.fencing_token() else {
+            return Ok(());
+        };
+        if tenure.writing_at(std::time::Instant::now()).is_some() {
+            return Ok(());
+        }
+        self.lose(committed, tenure, fencing_token, false).await?;
+        self.catch_up(committed).await
+    }
+
     /// Makes this host the writer for a batch of commands (see [`Seat::claim`]).
     async fn claim(
         &self,
@@ -471,10 +511,27 @@ impl Actor {
                     // Answer with what is durable: persist what came before it first.
                     self.run_segment(committed, tenure, std::mem::take(&mut segment))
                         .await?;
-                    let ctx = self.context(self.shared.clock.now(), false, self.observed_role());
-                    let state = self
-                        .with_resident(committed, |resident| resident.snapshot(&ctx))
-                        .await;
+                    match self.confirm_activation_current().await {
+                        Ok(()) => {}
+                        // A newer activation took over: this one stops, as after a fenced append.
+                        Err(stale @ JournalError::StaleFencingToken { .. }) => {
+                            let _ = reply.send(Err(EntityError::from(stale.clone())));
+                            return Err(stale);
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(EntityError::from(error)));
+                            continue;
+                        }
+                    }
+                    let state = match self.step_down_if_lease_ran_out(committed, tenure).await {
+                        Ok(()) => {
+                            let ctx =
+                                self.context(self.shared.clock.now(), false, self.observed_role());
+                            self.with_resident(committed, |resident| resident.snapshot(&ctx))
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    };
                     if let Ok(state) = &state {
                         self.shared.charge(&self.usage, state.len() as u64);
                     }

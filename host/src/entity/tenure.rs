@@ -85,6 +85,14 @@ impl Tenure {
         self.writing
     }
 
+    /// The token this host writes with, if its lease's local deadline has not passed at `now`.
+    /// `Some` from [`Tenure::fencing_token`] but `None` here: the lease ran out while the process
+    /// was paused, and the task keeping it has not noticed yet.
+    pub fn writing_at(&self, now: std::time::Instant) -> Option<u64> {
+        self.writing
+            .filter(|token| self.watch.held_at(now) == Some(*token))
+    }
+
     /// The next change worth acting on. Pending while nothing changes.
     pub async fn next_change(&mut self) -> TenureChange {
         loop {

@@ -179,6 +179,14 @@ impl LeaseState {
         }
     }
 
+    /// Until when the lease may be acted on as held: the local deadline, while held.
+    pub fn valid_until(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Held { deadline, .. } => Some(deadline),
+            Phase::Acquiring { .. } | Phase::Ended(_) => None,
+        }
+    }
+
     pub fn status(&self) -> LeaseStatus {
         match self.phase {
             Phase::Acquiring { .. } => LeaseStatus::Acquiring,
@@ -377,11 +385,29 @@ impl LeaseState {
 #[derive(Clone, Debug)]
 pub struct LeaseWatch {
     status: watch::Receiver<LeaseStatus>,
+    /// The local deadline while held ([`LeaseState::valid_until`]), kept by the manager's task.
+    valid_until: ValidUntil,
 }
+
+type ValidUntil = std::sync::Arc<std::sync::Mutex<Option<Instant>>>;
 
 impl LeaseWatch {
     pub fn current(&self) -> LeaseStatus {
         *self.status.borrow()
+    }
+
+    /// The token to act with at `now`: held, and the local deadline not passed. Unlike
+    /// [`LeaseWatch::current`], this does not wait for the manager's task to notice the deadline:
+    /// after the process was paused past it, the lease is not held from the first instant on,
+    /// whichever task runs first.
+    pub fn held_at(&self, now: Instant) -> Option<u64> {
+        let valid_until = *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.current()
+            .fencing_token()
+            .filter(|_| valid_until.is_some_and(|deadline| now < deadline))
     }
 
     /// Waits for the next change of status and returns it; `None` once the manager has ended and
@@ -424,17 +450,20 @@ impl LeaseManager {
         super::rules::validate_grant_request(name, owner, timing.ttl)?;
         let (status, status_updates) = watch::channel(LeaseStatus::Acquiring);
         let (release, release_requested) = oneshot::channel();
+        let valid_until = ValidUntil::default();
         let driver = Driver {
             lease,
             name: name.to_owned(),
             owner: owner.to_owned(),
             timing,
             status,
+            valid_until: valid_until.clone(),
         };
         Ok(LeaseManager {
             name: name.to_owned(),
             watch: LeaseWatch {
                 status: status_updates,
+                valid_until,
             },
             release: Some(release),
             task: tokio::spawn(driver.run(release_requested)),
@@ -482,6 +511,7 @@ struct Driver {
     owner: String,
     timing: LeaseTiming,
     status: watch::Sender<LeaseStatus>,
+    valid_until: ValidUntil,
 }
 
 /// The outcome of the backend call in flight, with when it was sent.
@@ -499,6 +529,11 @@ impl Driver {
         let mut in_flight: Option<InFlight> = None;
         let mut release_pending = true;
         loop {
+            // Before a `Held` report goes out, so that a holder never reads one without its deadline.
+            *self
+                .valid_until
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = state.valid_until();
             for action in actions.drain(..) {
                 if let Some(call) = self.perform(action).await {
                     in_flight = Some(call);
@@ -891,5 +926,31 @@ mod tests {
                 LeaseAction::Report(LeaseStatus::Lost)
             ]
         );
+    }
+
+    #[test]
+    fn the_lease_is_valid_until_the_local_deadline_while_held() {
+        let t0 = Instant::now();
+        let mut state = held_at(t0);
+        assert_eq!(state.valid_until(), Some(t0 + ms(2400)));
+        state.tick(t0 + ms(2400));
+        assert_eq!(state.valid_until(), None);
+    }
+
+    /// After a pause past the deadline, the watch says the lease is not held from the first
+    /// instant, before the manager's task has run and reported the loss.
+    #[tokio::test]
+    async fn a_holder_reads_its_lease_as_gone_once_the_deadline_passed() {
+        let lease = std::sync::Arc::new(super::super::InMemoryLease::new());
+        let manager = LeaseManager::start(lease, "order|7", "node-1", timing()).unwrap();
+        let mut watch = manager.watch();
+        let status = watch
+            .wait_for(|status| status.fencing_token().is_some())
+            .await;
+        let fencing_token = status.fencing_token().unwrap();
+        let now = Instant::now();
+        assert_eq!(watch.held_at(now), Some(fencing_token));
+        assert_eq!(manager.status(), LeaseStatus::Held { fencing_token });
+        assert_eq!(watch.held_at(now + TTL), None);
     }
 }

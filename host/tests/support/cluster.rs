@@ -40,7 +40,8 @@ pub struct NodeSpec<'a> {
 }
 
 /// Writes `root/<name>/weft.toml` for `spec`: a PostgreSQL journal, fast failure detection (probe
-/// period 200 ms, suspicion 1 s), the counter as a single-writer type with a 2 s lease.
+/// period 200 ms, suspicion 1 s), the counter as a single-writer type with a 2 s lease (and the
+/// ledger plugin loaded, for `extra` to bind).
 pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
     let NodeSpec {
         name,
@@ -54,7 +55,7 @@ pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
     } = *spec;
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let plugins = plugins_dir(&dir, &["counter"]);
+    let plugins = plugins_dir(&dir, &["counter", "ledger"]);
     let text = format!(
         r#"
 [node]
