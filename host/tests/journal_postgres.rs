@@ -1,14 +1,17 @@
 //! The PostgreSQL journal against a throwaway server: the conformance suite every backend passes,
-//! data shared by two journals on one database, and a database of another schema version refused.
+//! data shared by two journals on one database, a database of another schema version refused, and
+//! a row lock left behind by a session gone quiet delaying appends by a bounded time only.
 
 mod support;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use support::services::Postgres;
 use ulid::Ulid;
 use weft::journal::conformance::{self, sample_batch};
-use weft::journal::{Journal, JournalError, PostgresJournal};
+use weft::journal::{Journal, JournalError, PostgresJournal, PostgresJournalOptions};
+use weft::postgres::{PgPool, SessionBounds};
 
 async fn open(url: &str) -> PostgresJournal {
     PostgresJournal::open(url)
@@ -91,4 +94,76 @@ async fn an_unreachable_server_is_a_clear_error() {
         error.to_string().contains("connecting to PostgreSQL"),
         "{error}"
     );
+}
+
+/// Another host's session takes a stream's fence row lock inside a transaction and goes quiet, as
+/// a host frozen mid-transaction would: an append waiting on that lock fails as `Busy` after the
+/// lock bound instead of hanging, and writes nothing; once the server has ended the quiet session
+/// (its idle-in-transaction bound), appends go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_quiet_session_delays_appends_by_bounded_times() {
+    let postgres = Postgres::start();
+    let url = postgres.fresh_database().await;
+    let bounds = SessionBounds {
+        lock_wait: Duration::from_millis(100),
+        idle_in_transaction: Duration::from_secs(3),
+        statement: Duration::from_secs(5),
+    };
+    let options = PostgresJournalOptions {
+        session_bounds: bounds,
+        ..PostgresJournalOptions::default()
+    };
+    let journal = PostgresJournal::open_with_options(&url, options)
+        .await
+        .expect("open the PostgreSQL journal");
+    let writer = Ulid::new();
+    journal
+        .append("order|1", 0, 0, sample_batch("order|1", 0, 0, 1, writer))
+        .await
+        .expect("the first append");
+
+    let quiet_host = PgPool::connect(&url, "quiet-host", 1, bounds)
+        .await
+        .expect("connect the quiet host");
+    let quiet_session = quiet_host.get().await.expect("a session");
+    quiet_session
+        .client
+        .batch_execute(
+            "BEGIN; SELECT fencing_token FROM weft_fences WHERE persistence_id = 'order|1' FOR UPDATE",
+        )
+        .await
+        .expect("lock the fence row");
+
+    let started = Instant::now();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        journal.append("order|1", 1, 0, sample_batch("order|1", 1, 0, 1, writer)),
+    )
+    .await
+    .expect("an append waiting on a held lock gives up within its bound");
+    assert!(
+        matches!(waited, Err(JournalError::Busy(_))),
+        "{waited:?} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        journal.highest_seq_nr("order|1").await,
+        Ok(1),
+        "nothing written"
+    );
+
+    support::eventually(
+        "the server ends the quiet session and appends pass",
+        || async {
+            let batch = sample_batch("order|1", 1, 0, 1, writer);
+            match journal.append("order|1", 1, 0, batch).await {
+                Ok(()) => true,
+                Err(JournalError::Busy(_)) => false,
+                Err(other) => panic!("an append behind the quiet session failed with {other:?}"),
+            }
+        },
+    )
+    .await;
+    let ended = quiet_session.client.batch_execute("COMMIT").await;
+    assert!(ended.is_err(), "the quiet session was ended by the server");
 }

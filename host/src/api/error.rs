@@ -22,6 +22,9 @@ pub struct ApiError {
 
 /// What `Retry-After` says for routing errors: about one membership round.
 const ROUTING_RETRY_AFTER_SECS: u64 = 1;
+/// What `Retry-After` says when the journal or the lease backend gave up on a call: their time
+/// bounds are a fraction of a lease, so a second is usually enough.
+const STORAGE_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(
@@ -77,6 +80,7 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         }
         EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        EntityError::JournalBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::NotWriter { .. }
         | EntityError::Fenced(_)
         | EntityError::NotAReplica { .. }
@@ -88,7 +92,13 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
 
 impl From<EntityError> for ApiError {
     fn from(error: EntityError) -> Self {
-        ApiError::new(entity_error_status(&error), error.code(), error.to_string())
+        // Storage that timed out or could not be reached: the next attempt may well pass.
+        let retry_after_secs = matches!(error, EntityError::JournalBusy(_) | EntityError::Lease(_))
+            .then_some(STORAGE_RETRY_AFTER_SECS);
+        ApiError {
+            retry_after_secs,
+            ..ApiError::new(entity_error_status(&error), error.code(), error.to_string())
+        }
     }
 }
 
