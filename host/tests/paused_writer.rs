@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use ulid::Ulid;
 
-use support::node::{ServeProcess, plugins_dir};
+use support::from_msgpack;
+use support::node::ServeProcess;
 use support::rng::SplitMix64;
 use support::services::Postgres;
-use support::{from_msgpack, shared_compile_cache};
+use weft::config::JournalBackend;
+use weft::entity::EntityTypeConfig;
 
 const LEASE_TTL_MS: u64 = 500;
 /// How long the writer stays frozen: ten leases.
@@ -123,33 +125,19 @@ async fn client(load: Arc<Load>, entity: usize, number: usize) {
 fn node_config(root: &std::path::Path, number: usize, database: &str) -> std::path::PathBuf {
     let dir = root.join(format!("node-{number}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let plugins = plugins_dir(&dir, &["counter"]);
-    let text = format!(
-        r#"
-[node]
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-plugins_dir = "{plugins}"
-compile_cache_dir = "{cache}"
-writer_id = "{writer}"
-
-[journal]
-backend = "postgres"
-url = "{database}"
-
-[entities.counter]
-plugin = "counter"
-single_writer = true
-lease_ttl_ms = {LEASE_TTL_MS}
-passivate_after_secs = 3600
-"#,
-        data = dir.join("data").display(),
-        plugins = plugins.display(),
-        cache = shared_compile_cache().display(),
-        writer = writer_id(number),
-    );
+    let mut config = support::node::config(&dir, &["counter"]);
+    config.node.writer_id = Some(writer_id(number));
+    config.journal.backend = JournalBackend::Postgres;
+    config.journal.url = Some(database.to_owned());
+    let counter = EntityTypeConfig {
+        single_writer: true,
+        lease_ttl_ms: LEASE_TTL_MS,
+        passivate_after_secs: 3600,
+        ..EntityTypeConfig::for_plugin("counter")
+    };
+    config.entities.insert("counter".to_owned(), counter);
     let path = dir.join("weft.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&config).expect("the config as TOML")).unwrap();
     path
 }
 

@@ -37,6 +37,7 @@ use std::fmt::Display;
 use async_trait::async_trait;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use ulid::Ulid;
 
 use super::rules::{
@@ -188,6 +189,24 @@ impl PostgresJournal {
     async fn connection(&self) -> Result<PooledConnection, JournalError> {
         self.pool.get().await.map_err(JournalError::Storage)
     }
+
+    /// The one row's first column of the statement `sql`, run with `params`; errors as `doing`.
+    async fn query_one_integer(
+        &self,
+        doing: &str,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<i64, JournalError> {
+        let in_context = |error| storage_error(doing, error);
+        let mut connection = self.connection().await?;
+        let statement = connection.statement(sql).await.map_err(in_context)?;
+        let row = connection
+            .client
+            .query_one(&statement, params)
+            .await
+            .map_err(in_context)?;
+        Ok(row.get(0))
+    }
 }
 
 #[async_trait]
@@ -286,23 +305,10 @@ impl Journal for PostgresJournal {
     }
 
     async fn highest_seq_nr(&self, persistence_id: &str) -> Result<u64, JournalError> {
-        let in_context = |error| {
-            storage_error(
-                format_args!("reading the highest seq nr of {persistence_id}"),
-                error,
-            )
-        };
-        let mut connection = self.connection().await?;
-        let statement = connection
-            .statement(HIGHEST_SEQ_NR)
-            .await
-            .map_err(in_context)?;
-        let highest: i64 = connection
-            .client
-            .query_one(&statement, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
+        let doing = &format!("reading the highest seq nr of {persistence_id}");
+        let highest = self
+            .query_one_integer(doing, HIGHEST_SEQ_NR, &[&persistence_id])
+            .await?;
         stored_u64(highest, "seq nr")
     }
 
@@ -371,23 +377,14 @@ impl Journal for PostgresJournal {
         fencing_token: u64,
     ) -> Result<(), JournalError> {
         validate_fencing_token(fencing_token)?;
-        let in_context = |error| {
-            storage_error(
-                format_args!("recording the fence of {persistence_id}"),
-                error,
+        let doing = &format!("recording the fence of {persistence_id}");
+        let recorded = self
+            .query_one_integer(
+                doing,
+                RECORD_FENCE,
+                &[&persistence_id, &stored_i64(fencing_token)],
             )
-        };
-        let mut connection = self.connection().await?;
-        let statement = connection
-            .statement(RECORD_FENCE)
-            .await
-            .map_err(in_context)?;
-        let recorded: i64 = connection
-            .client
-            .query_one(&statement, &[&persistence_id, &stored_i64(fencing_token)])
-            .await
-            .map_err(in_context)?
-            .get(0);
+            .await?;
         // The fence is now the higher of the two: above the token, the token was stale.
         check_fence_advance(
             persistence_id,
@@ -398,23 +395,10 @@ impl Journal for PostgresJournal {
     }
 
     async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
-        let in_context = |error| {
-            storage_error(
-                format_args!("advancing the fence of {persistence_id}"),
-                error,
-            )
-        };
-        let mut connection = self.connection().await?;
-        let statement = connection
-            .statement(ADVANCE_FENCE)
-            .await
-            .map_err(in_context)?;
-        let advanced: i64 = connection
-            .client
-            .query_one(&statement, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
+        let doing = &format!("advancing the fence of {persistence_id}");
+        let advanced = self
+            .query_one_integer(doing, ADVANCE_FENCE, &[&persistence_id])
+            .await?;
         stored_u64(advanced, "fencing token")
     }
 
