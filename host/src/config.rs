@@ -55,11 +55,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::cluster::ClusterConfig;
 use crate::ddata::DdataConfig;
 use crate::entity::EntityTypeConfig;
+use crate::lease::ENTITY_LEASE_TTL_DEFAULT;
 use crate::plugin::RuntimeLimits;
+use crate::postgres::SessionBounds;
 use crate::settings::check_ranges;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -205,6 +208,20 @@ impl Config {
         }
     }
 
+    /// The time bounds of the PostgreSQL journal's and lease backend's sessions (see
+    /// [`SessionBounds::for_lease_ttl`]), for the shortest lease time to live a single-writer entity
+    /// type here has — or the default one, which entity types bound later over the API get, when
+    /// that is shorter.
+    pub fn postgres_session_bounds(&self) -> SessionBounds {
+        let shortest = self
+            .entities
+            .values()
+            .filter(|entity_type| entity_type.single_writer)
+            .map(EntityTypeConfig::lease_ttl)
+            .fold(ENTITY_LEASE_TTL_DEFAULT, Duration::min);
+        SessionBounds::for_lease_ttl(shortest)
+    }
+
     /// The server URL of the lease backend in effect: `[lease] url`, else for PostgreSQL the
     /// journal's.
     pub fn lease_url(&self) -> Option<&str> {
@@ -247,6 +264,33 @@ mod tests {
         .unwrap();
         assert_eq!(redis.lease_backend(), LeaseBackend::Redis);
         assert_eq!(redis.lease_url(), Some("redis://cache:6379/"));
+    }
+
+    #[test]
+    fn postgres_sessions_are_bounded_for_the_shortest_single_writer_lease() {
+        let bounds = |toml: &str| {
+            toml::from_str::<Config>(toml)
+                .unwrap()
+                .postgres_session_bounds()
+        };
+        let default = SessionBounds::for_lease_ttl(ENTITY_LEASE_TTL_DEFAULT);
+        assert_eq!(bounds(""), default);
+        let short = bounds(
+            "[entities.a]\nplugin = \"a\"\nsingle_writer = true\nlease_ttl_ms = 2000\n\
+             [entities.b]\nplugin = \"b\"\nsingle_writer = true\nlease_ttl_ms = 4000\n\
+             [entities.c]\nplugin = \"c\"\nlease_ttl_ms = 100\n",
+        );
+        assert_eq!(short.lock_wait, Duration::from_secs(1));
+        assert_eq!(short.idle_in_transaction, Duration::from_secs(1));
+        assert_eq!(short.statement, Duration::from_secs(5));
+        let long =
+            bounds("[entities.a]\nplugin = \"a\"\nsingle_writer = true\nlease_ttl_ms = 60000\n");
+        assert_eq!(
+            long, default,
+            "entity types bound later get the default lease"
+        );
+        assert_eq!(default.lock_wait, Duration::from_secs(5));
+        assert_eq!(default.statement, Duration::from_secs(20));
     }
 
     #[test]

@@ -26,7 +26,9 @@ use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::ddata::{DdataConfig, DistributedData, message_channel};
 use crate::deployments::Deployments;
 use crate::entity::{EntitySystem, SystemSettings};
-use crate::journal::{InMemoryJournal, Journal, PostgresJournal, SqliteJournal};
+use crate::journal::{
+    InMemoryJournal, Journal, PostgresJournal, PostgresJournalOptions, SqliteJournal,
+};
 use crate::lease::{InMemoryLease, Lease, PostgresLease, RedisLease};
 use crate::plugin::{LoadReport, PluginRegistry, PluginRuntime, World};
 use crate::readiness::{Readiness, StartupStep};
@@ -82,7 +84,7 @@ impl Node {
                 )?;
                 tracing::info!("journal: PostgreSQL");
                 Arc::new(
-                    PostgresJournal::open(url)
+                    PostgresJournal::open_with_options(url, postgres_journal_options(&config))
                         .await
                         .context("cannot open the PostgreSQL journal")?,
                 )
@@ -410,6 +412,14 @@ async fn join_cluster(
     Ok((cluster, ddata))
 }
 
+/// The PostgreSQL journal's options: its sessions bounded for the config's leases.
+fn postgres_journal_options(config: &Config) -> PostgresJournalOptions {
+    PostgresJournalOptions {
+        session_bounds: config.postgres_session_bounds(),
+        ..PostgresJournalOptions::default()
+    }
+}
+
 /// The lease backend the config asks for (see [`Config::lease_backend`]).
 async fn open_lease(config: &Config) -> anyhow::Result<Arc<dyn Lease>> {
     let backend = config.lease_backend();
@@ -426,9 +436,13 @@ async fn open_lease(config: &Config) -> anyhow::Result<Arc<dyn Lease>> {
         LeaseBackend::Postgres => {
             tracing::info!("leases: PostgreSQL");
             Arc::new(
-                PostgresLease::connect(url()?, LEASE_CONNECTIONS_MAX)
-                    .await
-                    .context("cannot open the PostgreSQL lease table")?,
+                PostgresLease::connect_bounded(
+                    url()?,
+                    LEASE_CONNECTIONS_MAX,
+                    config.postgres_session_bounds(),
+                )
+                .await
+                .context("cannot open the PostgreSQL lease table")?,
             )
         }
         LeaseBackend::Redis => {

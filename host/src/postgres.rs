@@ -1,6 +1,21 @@
 //! PostgreSQL plumbing shared by the PostgreSQL journal and lease backends: a small pool of
-//! `tokio-postgres` connections that keep their prepared statements, schema versions, and error
-//! messages that say what failed.
+//! `tokio-postgres` connections that keep their prepared statements, the bounds the server keeps
+//! on their sessions, schema versions, and error messages that say what failed.
+//!
+//! # No lock outlives its holder's lease
+//!
+//! A host can freeze anywhere (a long GC pause, a stopped VM, `SIGSTOP`) with its connections
+//! open. Whatever row lock one of its sessions held would then stay held while it is frozen, and
+//! every other host's write to that row would wait — the new lease holder's included, with no
+//! error, for as long as the pause lasts. Two things keep that from happening:
+//!
+//! - every write of the backends is one statement, run and committed by the server without a
+//!   client round trip in between, so a lock lives only while the server works on the statement;
+//! - every session carries [`SessionBounds`], derived from the shortest lease time to live: a
+//!   statement waits for a lock at most half a lease, a session that sits inside a transaction
+//!   while its client says nothing is ended by the server after half a lease (its locks go with
+//!   it), and no statement runs longer than two leases (at least 5 s). A statement cut short
+//!   fails with [`is_out_of_time`] true: nothing was written, and it may be retried.
 //!
 //! The SQL of both backends stays portable to PostgreSQL-compatible distributed databases
 //! (CockroachDB, YugabyteDB): plain tables, `INSERT … ON CONFLICT`, row locks; no advisory locks, no
@@ -23,6 +38,50 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// How often a racing schema creation (another node opening the same database) is retried.
 const SCHEMA_ATTEMPTS_MAX: usize = 3;
+/// The least `statement_timeout` [`SessionBounds`] set, however short the leases: reading a page
+/// of a long stream on a busy server must not be cut short.
+const STATEMENT_TIMEOUT_MIN: Duration = Duration::from_secs(5);
+
+/// Time bounds the server keeps on every session of a pool (PostgreSQL's `lock_timeout`,
+/// `idle_in_transaction_session_timeout` and `statement_timeout`), so that no session waits on a
+/// lock, or keeps one, for longer than a lease lives. See the module doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionBounds {
+    /// `lock_timeout`: a statement that waited this long for a lock fails (SQLSTATE 55P03).
+    pub lock_wait: Duration,
+    /// `idle_in_transaction_session_timeout`: the server ends a session that sat this long inside
+    /// a transaction without a word from its client, rolling the transaction back.
+    pub idle_in_transaction: Duration,
+    /// `statement_timeout`: a statement that ran this long is cancelled (SQLSTATE 57014).
+    pub statement: Duration,
+}
+
+impl SessionBounds {
+    /// The bounds for leases that live at least `ttl`: half of it for a lock wait and for an idle
+    /// transaction — so a frozen host's transaction ends within half a lease of the freeze, before
+    /// the lease it renews every third of one has run out — and twice it (at least 5 s) for a
+    /// statement. None is below a millisecond
+    /// (PostgreSQL reads 0 as "no bound").
+    pub fn for_lease_ttl(ttl: Duration) -> SessionBounds {
+        let at_least_a_millisecond = |bound: Duration| bound.max(Duration::from_millis(1));
+        SessionBounds {
+            lock_wait: at_least_a_millisecond(ttl / 2),
+            idle_in_transaction: at_least_a_millisecond(ttl / 2),
+            statement: (ttl * 2).max(STATEMENT_TIMEOUT_MIN),
+        }
+    }
+
+    /// The bounds as run-time options of a connection (`-c name=value …`).
+    fn as_options(&self) -> String {
+        format!(
+            "-c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms \
+             -c statement_timeout={}ms",
+            self.lock_wait.as_millis(),
+            self.idle_in_transaction.as_millis(),
+            self.statement.as_millis()
+        )
+    }
+}
 
 /// A pool of at most `connections_max` connections to one database. Connections are opened on demand
 /// and kept while healthy; a closed one (server restart, terminated backend) is dropped and the next
@@ -37,18 +96,25 @@ pub struct PgPool {
 
 impl PgPool {
     /// Parses `url` (`postgres://user@host:port/database`), names the connections
-    /// `application_name` (visible in `pg_stat_activity`) and opens one connection to check that the
+    /// `application_name` (visible in `pg_stat_activity`), bounds their sessions with `bounds`
+    /// (options the URL sets itself win over them) and opens one connection to check that the
     /// database is reachable.
     pub async fn connect(
         url: &str,
         application_name: &str,
         connections_max: usize,
+        bounds: SessionBounds,
     ) -> Result<PgPool, String> {
         let mut config: Config = url
             .parse()
             .map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
+        let options = match config.get_options() {
+            Some(own) => format!("{} {own}", bounds.as_options()),
+            None => bounds.as_options(),
+        };
         config
             .application_name(application_name)
+            .options(&options)
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE);
@@ -228,10 +294,25 @@ pub fn describe(doing: impl Display, error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail on the catalog's unique indexes.
+/// Whether the server gave up on the statement at one of the [`SessionBounds`] — a lock waited
+/// for too long, a statement that ran too long, a transaction left idle — rather than refusing
+/// it: the statement was rolled back, and may be tried again.
+pub fn is_out_of_time(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|code| {
+        *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+    })
+}
+
+/// Concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail on the catalog's unique indexes,
+/// or wait for the other creation longer than the sessions' lock bound.
 fn is_catalog_race(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     error.code().is_some_and(|code| {
-        *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_TABLE
+        *code == SqlState::UNIQUE_VIOLATION
+            || *code == SqlState::DUPLICATE_TABLE
+            || *code == SqlState::LOCK_NOT_AVAILABLE
     })
 }

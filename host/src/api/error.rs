@@ -22,6 +22,9 @@ pub struct ApiError {
 
 /// What `Retry-After` says for routing errors: about one membership round.
 const ROUTING_RETRY_AFTER_SECS: u64 = 1;
+/// What `Retry-After` says when the journal or the lease backend gave up on a call: their time
+/// bounds are a fraction of a lease, so a second is usually enough.
+const STORAGE_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(
@@ -77,6 +80,7 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         }
         EntityError::Plugin { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EntityError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        EntityError::JournalBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::NotWriter { .. }
         | EntityError::Fenced(_)
         | EntityError::NotAReplica { .. }
@@ -88,8 +92,18 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
 
 impl From<EntityError> for ApiError {
     fn from(error: EntityError) -> Self {
-        ApiError::new(entity_error_status(&error), error.code(), error.to_string())
+        let retry_after_secs = storage_retry_after(error.code());
+        ApiError {
+            retry_after_secs,
+            ..ApiError::new(entity_error_status(&error), error.code(), error.to_string())
+        }
     }
+}
+
+/// `Retry-After` for an entity error code, local or the owner's: storage that gave up on a call
+/// at a time bound or could not be reached — the next attempt may well pass.
+fn storage_retry_after(code: &str) -> Option<u64> {
+    matches!(code, "journal_busy" | "lease_unavailable").then_some(STORAGE_RETRY_AFTER_SECS)
 }
 
 impl From<RouteError> for ApiError {
@@ -100,11 +114,14 @@ impl From<RouteError> for ApiError {
             RouteError::Remote(remote) if remote.code == "plugins_loading" => {
                 ApiError::retry_later("plugins_loading", remote.message)
             }
-            RouteError::Remote(remote) => ApiError::new(
-                StatusCode::from_u16(remote.status).unwrap_or(StatusCode::BAD_GATEWAY),
-                remote.code,
-                remote.message,
-            ),
+            RouteError::Remote(remote) => ApiError {
+                retry_after_secs: storage_retry_after(&remote.code),
+                ..ApiError::new(
+                    StatusCode::from_u16(remote.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    remote.code,
+                    remote.message,
+                )
+            },
             error @ RouteError::PluginsLoading { .. } => {
                 ApiError::retry_later("plugins_loading", error)
             }

@@ -36,6 +36,11 @@ pub enum EntityError {
     #[error("journal: {0}")]
     Journal(String),
 
+    /// The journal gave up on the write at one of its time bounds (a row lock held by another
+    /// host, a statement that ran too long): nothing was persisted. Retry shortly.
+    #[error("{0}")]
+    JournalBusy(String),
+
     /// The entity is single-writer and another host holds its lease (or none could be acquired in
     /// time); nothing was persisted. Send the command to the writer, or retry.
     #[error("{}", not_writer_message(persistence_id, writer.as_deref(), *fencing_token))]
@@ -104,6 +109,7 @@ impl EntityError {
             EntityError::WriterConflict(_) => "writer_conflict",
             EntityError::Plugin { code, .. } => code,
             EntityError::Journal(_) => "journal_error",
+            EntityError::JournalBusy(_) => "journal_busy",
             EntityError::Stopped(_) => "entity_stopped",
             EntityError::NotWriter { .. } => "not_writer",
             EntityError::Lease(_) => "lease_unavailable",
@@ -131,6 +137,7 @@ impl From<JournalError> for EntityError {
     fn from(error: JournalError) -> Self {
         match error {
             JournalError::StaleFencingToken { .. } => EntityError::Fenced(error.to_string()),
+            JournalError::Busy(_) => EntityError::JournalBusy(error.to_string()),
             other => EntityError::Journal(other.to_string()),
         }
     }

@@ -111,7 +111,7 @@ impl Default for EntityTypeConfig {
             max_batch: 64,
             replay_filter: ReplayFilterMode::default(),
             single_writer: false,
-            lease_ttl_ms: 10_000,
+            lease_ttl_ms: crate::lease::ENTITY_LEASE_TTL_DEFAULT.as_millis() as u64,
             replication: None,
             output_limits: None,
         }

@@ -123,6 +123,11 @@ pub enum JournalError {
     /// A number does not fit the signed 64-bit integers SQL backends store. Nothing was written.
     #[error("{field} {value} is out of range: stored integers are at most {max}", max = i64::MAX)]
     ValueOutOfRange { field: &'static str, value: u64 },
+    /// The storage gave up on the operation at one of its time bounds (a lock held elsewhere for
+    /// longer than the journal waits, a statement that ran too long) and rolled it back: nothing
+    /// was written. Retry shortly.
+    #[error("journal busy: {0}; retry shortly")]
+    Busy(String),
     /// The storage itself failed (I/O, a corrupt or foreign file, a stopped writer). For a write,
     /// nothing was written, unless the failure hid a successful commit (a lost reply): re-read before
     /// retrying.

@@ -3,15 +3,24 @@
 //!
 //! # Appends and fences
 //!
-//! Each append is one transaction. It first locks the persistence id's row in `weft_fences` (creating
-//! it at token 0 if needed: an `INSERT … ON CONFLICT DO UPDATE` that changes nothing but takes the row
-//! lock and returns the recorded fence), then reads the stream's highest seq nr, checks both with
-//! [`check_append_against_stream`], and inserts the events. Appends and fence recordings of one
-//! persistence id are thereby serialized on that row, so the checks see the stream as it is; the
-//! primary key `(persistence_id, seq_nr)` of `weft_events` is the second fence behind them. Appends
-//! to different persistence ids do not wait for each other. Advancing a fence is one statement on
-//! that row (`INSERT … ON CONFLICT DO UPDATE SET fencing_token = fencing_token + 1 RETURNING …`), so
-//! two concurrent advances wait for each other and never return the same token.
+//! Each append is one statement ([`APPEND`]): it locks the persistence id's row in `weft_fences`
+//! (creating it at token 0 if needed: an `INSERT … ON CONFLICT DO UPDATE` that changes nothing but
+//! takes the row lock and returns the recorded fence), reads the stream's highest seq nr, and
+//! inserts the events only if the fence is not above the append's token and the stream is where
+//! the writer expected it; it returns what it found, and [`check_append_against_stream`] turns a
+//! refusal into its error. Appends and fence recordings of one persistence id are thereby
+//! serialized on that row. The primary key `(persistence_id, seq_nr)` of `weft_events` is the
+//! second fence behind them — and the one that catches an append whose statement began before a
+//! concurrent append committed (its read of the highest seq nr is from the statement's start):
+//! the duplicate key is reported as a [`JournalError::SeqConflict`]. Appends to different
+//! persistence ids do not wait for each other. Recording and advancing a fence are one statement
+//! on that row each (`INSERT … ON CONFLICT DO UPDATE SET fencing_token = …`), so concurrent ones
+//! wait for each other and never return the same token.
+//!
+//! No write holds a lock across a round trip to the client: the row lock lives only while the
+//! server runs the statement. So a host frozen mid-append (a GC pause, `SIGSTOP`) leaves no lock
+//! behind for the new lease holder to wait on; the session bounds of [`crate::postgres`] are the
+//! second line behind that.
 //!
 //! The SQL is portable to PostgreSQL-compatible distributed databases (CockroachDB, YugabyteDB): no
 //! advisory locks, no extensions; integers are `BIGINT`, version vectors JSON `TEXT` (exactly what the
@@ -27,6 +36,8 @@ use std::fmt::Display;
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use ulid::Ulid;
 
 use super::rules::{
@@ -34,7 +45,8 @@ use super::rules::{
     validate_snapshot,
 };
 use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
-use crate::postgres::{PgPool, PooledConnection, describe};
+use crate::lease::ENTITY_LEASE_TTL_DEFAULT;
+use crate::postgres::{PgPool, PooledConnection, SessionBounds, describe, is_out_of_time};
 
 /// The journal's schema version, kept in `weft_schema_versions`.
 const SCHEMA_VERSION: i64 = 1;
@@ -69,24 +81,41 @@ const SCHEMA: &str = "
     );
 ";
 
-/// Locks the persistence id's fence row, creating it at token 0, and returns the recorded token.
-const LOCK_FENCE: &str = "INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 0) \
-     ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = weft_fences.fencing_token \
-     RETURNING fencing_token";
+/// One append: locks the fence row (creating it at token 0) and inserts the events — $2.. $11 the
+/// columns as arrays, unnested into rows — iff the recorded fence is at most the token $12 and the
+/// stream's highest seq nr is the expected $13. Returns the recorded fence, the highest seq nr
+/// before the append, and how many events it inserted (all or none).
+const APPEND: &str = "WITH fence AS ( \
+         INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 0) \
+         ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = weft_fences.fencing_token \
+         RETURNING fencing_token \
+     ), stream AS ( \
+         SELECT COALESCE(MAX(seq_nr), 0) AS highest FROM weft_events WHERE persistence_id = $1 \
+     ), appended AS ( \
+         INSERT INTO weft_events (persistence_id, seq_nr, writer, fencing_token, timestamp, \
+             origin_replica, origin_seq_nr, version, concurrent, plugin, payload) \
+         SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+             $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[]) \
+         WHERE (SELECT fencing_token FROM fence) <= $12::BIGINT \
+             AND (SELECT highest FROM stream) = $13::BIGINT \
+         RETURNING 1 \
+     ) \
+     SELECT (SELECT fencing_token FROM fence), (SELECT highest FROM stream), \
+         (SELECT COUNT(*) FROM appended)";
 /// Raises the persistence id's fence by one (from 0 when it has none) in one statement, under the
 /// row lock, and returns the new token.
 const ADVANCE_FENCE: &str = "INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 1) \
      ON CONFLICT (persistence_id) DO UPDATE SET fencing_token = weft_fences.fencing_token + 1 \
      RETURNING fencing_token";
-const SET_FENCE: &str = "UPDATE weft_fences SET fencing_token = $2 WHERE persistence_id = $1";
+/// Raises the persistence id's fence to $2 unless it is higher already, in one statement under the
+/// row lock, and returns the fence as it is now.
+const RECORD_FENCE: &str = "INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, $2) \
+     ON CONFLICT (persistence_id) DO UPDATE \
+     SET fencing_token = GREATEST(weft_fences.fencing_token, excluded.fencing_token) \
+     RETURNING fencing_token";
 const READ_FENCE: &str = "SELECT fencing_token FROM weft_fences WHERE persistence_id = $1";
 const HIGHEST_SEQ_NR: &str =
     "SELECT COALESCE(MAX(seq_nr), 0) FROM weft_events WHERE persistence_id = $1";
-/// One statement for the whole batch: the columns as arrays, unnested into rows.
-const INSERT_EVENTS: &str = "INSERT INTO weft_events (persistence_id, seq_nr, writer, \
-     fencing_token, timestamp, origin_replica, origin_seq_nr, version, concurrent, plugin, payload) \
-     SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
-     $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[])";
 const READ_EVENTS: &str = "SELECT persistence_id, seq_nr, writer, fencing_token, timestamp, \
      origin_replica, origin_seq_nr, version, concurrent, plugin, payload FROM weft_events \
      WHERE persistence_id = $1 AND seq_nr >= $2 ORDER BY seq_nr LIMIT $3";
@@ -105,13 +134,19 @@ const PERSISTENCE_IDS: &str = "SELECT DISTINCT persistence_id FROM weft_events";
 #[derive(Clone, Debug)]
 pub struct PostgresJournalOptions {
     /// Most connections open at once; further operations wait for one. Each append holds one for its
-    /// transaction, so this bounds concurrent appends. Default 8.
+    /// statement, so this bounds concurrent appends. Default 8.
     pub connections_max: usize,
+    /// The time bounds of every session; default those for the default lease time to live of a
+    /// single-writer entity type.
+    pub session_bounds: SessionBounds,
 }
 
 impl Default for PostgresJournalOptions {
     fn default() -> Self {
-        Self { connections_max: 8 }
+        Self {
+            connections_max: 8,
+            session_bounds: SessionBounds::for_lease_ttl(ENTITY_LEASE_TTL_DEFAULT),
+        }
     }
 }
 
@@ -134,9 +169,14 @@ impl PostgresJournal {
         url: &str,
         options: PostgresJournalOptions,
     ) -> Result<Self, JournalError> {
-        let pool = PgPool::connect(url, "weft-journal", options.connections_max)
-            .await
-            .map_err(JournalError::Storage)?;
+        let pool = PgPool::connect(
+            url,
+            "weft-journal",
+            options.connections_max,
+            options.session_bounds,
+        )
+        .await
+        .map_err(JournalError::Storage)?;
         pool.get()
             .await
             .map_err(JournalError::Storage)?
@@ -148,6 +188,24 @@ impl PostgresJournal {
 
     async fn connection(&self) -> Result<PooledConnection, JournalError> {
         self.pool.get().await.map_err(JournalError::Storage)
+    }
+
+    /// The one row's first column of the statement `sql`, run with `params`; errors as `doing`.
+    async fn query_one_integer(
+        &self,
+        doing: &str,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<i64, JournalError> {
+        let in_context = |error| storage_error(doing, error);
+        let mut connection = self.connection().await?;
+        let statement = connection.statement(sql).await.map_err(in_context)?;
+        let row = connection
+            .client
+            .query_one(&statement, params)
+            .await
+            .map_err(in_context)?;
+        Ok(row.get(0))
     }
 }
 
@@ -165,37 +223,11 @@ impl Journal for PostgresJournal {
             |error| storage_error(format_args!("appending to {persistence_id}"), error);
         let columns = EventColumns::of(&events)?;
         let mut connection = self.connection().await?;
-        let lock_fence = connection.statement(LOCK_FENCE).await.map_err(in_context)?;
-        let highest = connection
-            .statement(HIGHEST_SEQ_NR)
-            .await
-            .map_err(in_context)?;
-        let insert = connection
-            .statement(INSERT_EVENTS)
-            .await
-            .map_err(in_context)?;
-
-        let transaction = connection.client.transaction().await.map_err(in_context)?;
-        let recorded_fence: i64 = transaction
-            .query_one(&lock_fence, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
-        let highest_seq_nr: i64 = transaction
-            .query_one(&highest, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
-        check_append_against_stream(
-            persistence_id,
-            expected_seq_nr,
-            fencing_token,
-            stored_u64(highest_seq_nr, "seq nr")?,
-            stored_u64(recorded_fence, "fencing token")?,
-        )?;
-        transaction
-            .execute(
-                &insert,
+        let append = connection.statement(APPEND).await.map_err(in_context)?;
+        let appended = connection
+            .client
+            .query_one(
+                &append,
                 &[
                     &persistence_id,
                     &columns.seq_nrs,
@@ -208,11 +240,40 @@ impl Journal for PostgresJournal {
                     &columns.concurrent,
                     &columns.plugins,
                     &columns.payloads,
+                    &stored_i64(fencing_token),
+                    &stored_i64(expected_seq_nr),
                 ],
             )
-            .await
-            .map_err(in_context)?;
-        transaction.commit().await.map_err(in_context)
+            .await;
+        let row = match appended {
+            Ok(row) => row,
+            // The statement began before a concurrent append of the stream committed.
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                drop(connection);
+                return Err(JournalError::SeqConflict {
+                    persistence_id: persistence_id.to_owned(),
+                    expected_seq_nr,
+                    actual_seq_nr: self.highest_seq_nr(persistence_id).await?,
+                });
+            }
+            Err(error) => return Err(in_context(error)),
+        };
+        let (recorded_fence, highest_seq_nr, inserted): (i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        check_append_against_stream(
+            persistence_id,
+            expected_seq_nr,
+            fencing_token,
+            stored_u64(highest_seq_nr, "seq nr")?,
+            stored_u64(recorded_fence, "fencing token")?,
+        )?;
+        if inserted != columns.seq_nrs.len() as i64 {
+            return Err(JournalError::Storage(format!(
+                "appending to {persistence_id}: {inserted} of {} events inserted",
+                columns.seq_nrs.len()
+            )));
+        }
+        Ok(())
     }
 
     async fn read(
@@ -244,23 +305,10 @@ impl Journal for PostgresJournal {
     }
 
     async fn highest_seq_nr(&self, persistence_id: &str) -> Result<u64, JournalError> {
-        let in_context = |error| {
-            storage_error(
-                format_args!("reading the highest seq nr of {persistence_id}"),
-                error,
-            )
-        };
-        let mut connection = self.connection().await?;
-        let statement = connection
-            .statement(HIGHEST_SEQ_NR)
-            .await
-            .map_err(in_context)?;
-        let highest: i64 = connection
-            .client
-            .query_one(&statement, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
+        let doing = &format!("reading the highest seq nr of {persistence_id}");
+        let highest = self
+            .query_one_integer(doing, HIGHEST_SEQ_NR, &[&persistence_id])
+            .await?;
         stored_u64(highest, "seq nr")
     }
 
@@ -329,52 +377,28 @@ impl Journal for PostgresJournal {
         fencing_token: u64,
     ) -> Result<(), JournalError> {
         validate_fencing_token(fencing_token)?;
-        let in_context = |error| {
-            storage_error(
-                format_args!("recording the fence of {persistence_id}"),
-                error,
+        let doing = &format!("recording the fence of {persistence_id}");
+        let recorded = self
+            .query_one_integer(
+                doing,
+                RECORD_FENCE,
+                &[&persistence_id, &stored_i64(fencing_token)],
             )
-        };
-        let mut connection = self.connection().await?;
-        let lock_fence = connection.statement(LOCK_FENCE).await.map_err(in_context)?;
-        let set_fence = connection.statement(SET_FENCE).await.map_err(in_context)?;
-        let transaction = connection.client.transaction().await.map_err(in_context)?;
-        let recorded: i64 = transaction
-            .query_one(&lock_fence, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
-        if check_fence_advance(
+            .await?;
+        // The fence is now the higher of the two: above the token, the token was stale.
+        check_fence_advance(
             persistence_id,
             fencing_token,
             stored_u64(recorded, "fencing token")?,
-        )? {
-            transaction
-                .execute(&set_fence, &[&persistence_id, &stored_i64(fencing_token)])
-                .await
-                .map_err(in_context)?;
-        }
-        transaction.commit().await.map_err(in_context)
+        )
+        .map(drop)
     }
 
     async fn advance_fence(&self, persistence_id: &str) -> Result<u64, JournalError> {
-        let in_context = |error| {
-            storage_error(
-                format_args!("advancing the fence of {persistence_id}"),
-                error,
-            )
-        };
-        let mut connection = self.connection().await?;
-        let statement = connection
-            .statement(ADVANCE_FENCE)
-            .await
-            .map_err(in_context)?;
-        let advanced: i64 = connection
-            .client
-            .query_one(&statement, &[&persistence_id])
-            .await
-            .map_err(in_context)?
-            .get(0);
+        let doing = &format!("advancing the fence of {persistence_id}");
+        let advanced = self
+            .query_one_integer(doing, ADVANCE_FENCE, &[&persistence_id])
+            .await?;
         stored_u64(advanced, "fencing token")
     }
 
@@ -413,7 +437,7 @@ impl Journal for PostgresJournal {
     }
 }
 
-/// The columns of a batch of events, as the arrays [`INSERT_EVENTS`] unnests.
+/// The columns of a batch of events, as the arrays [`APPEND`] unnests.
 struct EventColumns {
     seq_nrs: Vec<i64>,
     writers: Vec<String>,
@@ -517,6 +541,12 @@ fn to_json(value: &BTreeMap<String, u64>) -> Result<String, JournalError> {
         .map_err(|error| JournalError::Storage(format!("encoding a version vector: {error}")))
 }
 
+/// A failed statement as the journal reports it: [`JournalError::Busy`] when the server gave up on
+/// it at a session bound (nothing written, retry), else [`JournalError::Storage`].
 fn storage_error(doing: impl Display, error: tokio_postgres::Error) -> JournalError {
-    JournalError::Storage(describe(doing, &error))
+    if is_out_of_time(&error) {
+        JournalError::Busy(describe(doing, &error))
+    } else {
+        JournalError::Storage(describe(doing, &error))
+    }
 }

@@ -4,7 +4,8 @@
 //! A backend calls [`validate_append`] (or [`validate_snapshot`], [`validate_fencing_token`]) before it
 //! touches storage, then, inside its transaction, [`check_append_against_stream`] or
 //! [`check_fence_advance`] (or [`next_fence`]) with the stream's current highest sequence number and
-//! recorded fence.
+//! recorded fence. (The PostgreSQL backend checks the same conditions in SQL, within the one
+//! statement that writes, and calls these with what that statement found to report a refusal.)
 
 use super::{EventEnvelope, JournalError, SnapshotEnvelope};
 

@@ -39,6 +39,10 @@ pub use memory::{InMemoryLease, LeaseClock, ManualClock, SystemClock};
 pub use postgres::PostgresLease;
 pub use redis::RedisLease;
 
+/// The time to live of a single-writer entity type's leases unless its config says otherwise, and
+/// the one the PostgreSQL backends bound their sessions for unless given bounds.
+pub const ENTITY_LEASE_TTL_DEFAULT: Duration = Duration::from_secs(10);
+
 /// A lease granted or extended: the caller holds it for `ttl` from when the backend handled the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {

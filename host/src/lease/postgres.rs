@@ -6,6 +6,10 @@
 //! `INSERT … ON CONFLICT DO UPDATE … WHERE` that checks the lease is free — so the check and the new
 //! token are one atomic step on the row, and tokens strictly increase per name.
 //!
+//! Being one statement each, no call holds the row's lock across a round trip to the client: a
+//! host frozen mid-call leaves no lock behind. The sessions carry the bounds of
+//! [`crate::postgres::SessionBounds`] besides.
+//!
 //! The SQL is portable to PostgreSQL-compatible distributed databases (CockroachDB, YugabyteDB): no
 //! advisory locks, no extensions. Unlike an advisory lock, a lease does not end with the connection
 //! that took it: a broken connection fails the call in flight ([`LeaseError::Unavailable`]) and the
@@ -16,8 +20,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::rules::{validate_grant_request, validate_holder, validate_name};
-use super::{Grant, Holder, Lease, LeaseError};
-use crate::postgres::{PgPool, PooledConnection, describe};
+use super::{ENTITY_LEASE_TTL_DEFAULT, Grant, Holder, Lease, LeaseError};
+use crate::postgres::{PgPool, PooledConnection, SessionBounds, describe};
 
 /// The lease table's schema version, kept in `weft_schema_versions`.
 const SCHEMA_VERSION: i64 = 1;
@@ -59,10 +63,21 @@ pub struct PostgresLease {
 }
 
 impl PostgresLease {
-    /// Connects to `url` with at most `connections_max` connections and creates the lease table if the
-    /// database has none.
+    /// Connects to `url` with at most `connections_max` connections, their sessions bounded for
+    /// the default lease time to live of a single-writer entity type, and creates the lease table
+    /// if the database has none.
     pub async fn connect(url: &str, connections_max: usize) -> Result<Self, LeaseError> {
-        let pool = PgPool::connect(url, APPLICATION_NAME, connections_max)
+        let bounds = SessionBounds::for_lease_ttl(ENTITY_LEASE_TTL_DEFAULT);
+        Self::connect_bounded(url, connections_max, bounds).await
+    }
+
+    /// [`PostgresLease::connect`] with the sessions bounded by `bounds`.
+    pub async fn connect_bounded(
+        url: &str,
+        connections_max: usize,
+        bounds: SessionBounds,
+    ) -> Result<Self, LeaseError> {
+        let pool = PgPool::connect(url, APPLICATION_NAME, connections_max, bounds)
             .await
             .map_err(LeaseError::Unavailable)?;
         pool.get()

@@ -252,14 +252,29 @@ impl ServeProcess {
         self.stop_with("TERM")
     }
 
+    /// SIGSTOP: the process freezes wherever it is (as in a long GC pause or a frozen VM), its
+    /// sockets and database connections left open.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT: a frozen process runs on from where it stopped.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
     fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
+        self.child.wait().expect("wait")
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {pid}");
-        self.child.wait().expect("wait")
     }
 
     /// SIGKILL: no shutdown code runs.
