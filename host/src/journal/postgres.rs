@@ -33,7 +33,7 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, validate_append, validate_fencing_token,
     validate_snapshot,
 };
-use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use super::{EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope};
 use crate::postgres::{PgPool, PooledConnection, describe};
 
 /// The journal's schema version, kept in `weft_schema_versions`.
@@ -52,8 +52,10 @@ const SCHEMA: &str = "
         concurrent BOOLEAN NOT NULL,
         plugin TEXT NOT NULL,
         payload BYTEA NOT NULL,
+        idempotency BYTEA,
         PRIMARY KEY (persistence_id, seq_nr)
     );
+    ALTER TABLE weft_events ADD COLUMN IF NOT EXISTS idempotency BYTEA;
     CREATE TABLE IF NOT EXISTS weft_fences (
         persistence_id TEXT NOT NULL PRIMARY KEY,
         fencing_token BIGINT NOT NULL
@@ -84,11 +86,12 @@ const HIGHEST_SEQ_NR: &str =
     "SELECT COALESCE(MAX(seq_nr), 0) FROM weft_events WHERE persistence_id = $1";
 /// One statement for the whole batch: the columns as arrays, unnested into rows.
 const INSERT_EVENTS: &str = "INSERT INTO weft_events (persistence_id, seq_nr, writer, \
-     fencing_token, timestamp, origin_replica, origin_seq_nr, version, concurrent, plugin, payload) \
+     fencing_token, timestamp, origin_replica, origin_seq_nr, version, concurrent, plugin, payload, \
+     idempotency) \
      SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], \
-     $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[])";
+     $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[], $12::BYTEA[])";
 const READ_EVENTS: &str = "SELECT persistence_id, seq_nr, writer, fencing_token, timestamp, \
-     origin_replica, origin_seq_nr, version, concurrent, plugin, payload FROM weft_events \
+     origin_replica, origin_seq_nr, version, concurrent, plugin, payload, idempotency FROM weft_events \
      WHERE persistence_id = $1 AND seq_nr >= $2 ORDER BY seq_nr LIMIT $3";
 const SAVE_SNAPSHOT: &str = "INSERT INTO weft_snapshots \
      (persistence_id, seq_nr, writer, version, seen, plugin, payload) \
@@ -208,6 +211,7 @@ impl Journal for PostgresJournal {
                     &columns.concurrent,
                     &columns.plugins,
                     &columns.payloads,
+                    &columns.idempotency,
                 ],
             )
             .await
@@ -425,6 +429,7 @@ struct EventColumns {
     concurrent: Vec<bool>,
     plugins: Vec<String>,
     payloads: Vec<Vec<u8>>,
+    idempotency: Vec<Option<Vec<u8>>>,
 }
 
 impl EventColumns {
@@ -441,6 +446,7 @@ impl EventColumns {
             concurrent: Vec::with_capacity(events.len()),
             plugins: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
+            idempotency: Vec::with_capacity(events.len()),
         };
         for event in events {
             columns.seq_nrs.push(stored_i64(event.seq_nr));
@@ -453,6 +459,10 @@ impl EventColumns {
             columns.concurrent.push(event.concurrent);
             columns.plugins.push(event.plugin.clone());
             columns.payloads.push(event.payload.clone());
+            let idempotency = event.idempotency.as_ref();
+            columns
+                .idempotency
+                .push(idempotency.map(IdempotencyRecord::to_column).transpose()?);
         }
         Ok(columns)
     }
@@ -471,6 +481,10 @@ fn event_from_row(row: &Row) -> Result<EventEnvelope, JournalError> {
         concurrent: row.get(8),
         plugin: row.get(9),
         payload: row.get(10),
+        idempotency: row
+            .get::<_, Option<Vec<u8>>>(11)
+            .map(|bytes| IdempotencyRecord::from_column(&bytes))
+            .transpose()?,
     })
 }
 
