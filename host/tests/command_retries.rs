@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, cluster_view, inject_fault, wait_for_members};
-use support::node::{ServeProcess, get_json, plugins_dir, weft_binary};
+use support::node::{ServeProcess, get_json, metric, plugins_dir, weft_binary};
 use support::services::Postgres;
 use support::{eventually, plugin_path};
 use weft::journal::{Journal, PostgresJournal};
@@ -34,22 +34,6 @@ async fn post(
     let response = request.send().await.map_err(|error| error.to_string())?;
     let status = response.status().as_u16();
     Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
-/// A counter in the metrics text of the node at `url`.
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the metrics of {url}"))
 }
 
 /// Whether the node at `url` runs the entity `hostile/<id>`.
