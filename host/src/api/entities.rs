@@ -96,9 +96,9 @@ async fn within<T, E: Into<ApiError>>(
             StatusCode::GATEWAY_TIMEOUT,
             "ask_timeout",
             format!(
-                "no answer within ask_timeout_ms = {} ms; a command is not applied unless its turn \
-                 began before then (docs/entities.md, \"Deadlines\"); retry with the same \
-                 Idempotency-Key to be sure",
+                "no answer within ask_timeout_ms = {} ms; a command is not applied unless its \
+                 journal append began before then (docs/entities.md, \"Deadlines\"); retry with \
+                 the same Idempotency-Key to be sure",
                 deadline.as_millis()
             ),
         )),
