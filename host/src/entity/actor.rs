@@ -11,6 +11,11 @@
 //! command at fault fails; when another entity's failure took the instance holding this state,
 //! the entity recovers and runs the batch again.
 //!
+//! Before a turn's plugin call, and again after it (before the append), commands whose deadline
+//! has passed are dropped unapplied; a command whose idempotency key the entity's recent events
+//! hold is answered with the recorded reply instead of running (see `entity::idempotency`), and a
+//! retry queued behind its first attempt runs after that attempt is persisted.
+//!
 //! A single-writer entity also keeps a [`Tenure`]: it handles commands only while this host holds
 //! the entity's lease, stamping its fencing token on every append; otherwise it observes — it
 //! catches up with the journal before answering a state query and refuses commands naming the
