@@ -197,6 +197,7 @@ fn increment_event(origin: &str, seq_nr: u64, timestamp: u64, plugin: &str) -> E
         concurrent: false,
         plugin: plugin.to_owned(),
         payload: plugins::msgpack(&json!({"type": "incremented", "by": 1})),
+        idempotency: None,
     }
 }
 

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
                     concurrent: false,
                     plugin: "counter@bench".to_owned(),
                     payload: payload.clone(),
+                    idempotency: None,
                 })
                 .collect();
             journal.append(&pid, first - 1, 0, events).await?;

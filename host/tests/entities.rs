@@ -1,5 +1,5 @@
 //! Entity actors in this process: snapshots, passivation, batching of queued commands into one
-//! append, and the overload error of a full mailbox.
+//! append, the overload error of a full mailbox, deadlines, and idempotency keys.
 
 mod support;
 
@@ -7,7 +7,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{from_msgpack, msgpack, plugin_bytes};
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig};
+use weft::entity::{CommandOptions, EntityError, EntitySystem, EntityTypeConfig, IdempotencyKey};
 use weft::journal::{InMemoryJournal, Journal, SqliteJournal};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
 
@@ -151,4 +151,82 @@ async fn a_full_mailbox_is_a_clear_overload_error() {
         1,
         "the refused command wrote nothing"
     );
+}
+
+#[tokio::test]
+async fn a_command_past_its_deadline_is_dropped_unapplied() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let system = system(
+        journal.clone(),
+        plugins(),
+        EntityTypeConfig::for_plugin("counter"),
+    );
+    let late = CommandOptions {
+        deadline: Some(tokio::time::Instant::now()),
+        idempotency_key: None,
+    };
+    let outcome = system.ask_with("counter", "d", increment(1), late).await;
+    assert!(
+        matches!(outcome, Err(EntityError::DeadlineExceeded(_))),
+        "{outcome:?}"
+    );
+    assert!(journal.read("counter|d", 1, 10).await.unwrap().is_empty());
+}
+
+fn keyed(key: &str) -> CommandOptions {
+    CommandOptions {
+        deadline: None,
+        idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_command_is_applied_once_within_its_window() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let config = EntityTypeConfig {
+        snapshot_every: 2,
+        idempotency_window_events: 3,
+        ..EntityTypeConfig::for_plugin("counter")
+    };
+    let first = system(journal.clone(), plugins(), config.clone());
+    // An attempt and its retry queued together: one is applied, the other gets its reply.
+    let (a, b) = tokio::join!(
+        first.ask_with("counter", "k", increment(5), keyed("k1")),
+        first.ask_with("counter", "k", increment(5), keyed("k1")),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.seq_nr, b.seq_nr), (1, 1));
+    assert_eq!(a.reply, b.reply);
+    assert!(a.replayed != b.replayed, "one of the two was replayed");
+    first.ask("counter", "k", increment(1)).await.unwrap();
+
+    // Another host recovers (from a snapshot at 2) and still knows the key.
+    let second = system(journal.clone(), plugins(), config);
+    let again = second
+        .ask_with("counter", "k", increment(5), keyed("k1"))
+        .await
+        .unwrap();
+    assert_eq!((again.seq_nr, again.replayed), (1, true));
+    assert_eq!(from_msgpack(&again.reply), json!({"value": 5}));
+    let reused = second
+        .ask_with("counter", "k", increment(6), keyed("k1"))
+        .await;
+    assert!(
+        matches!(
+            reused,
+            Err(EntityError::IdempotencyKeyReused { seq_nr: 1, .. })
+        ),
+        "{reused:?}"
+    );
+
+    // Three events later the key has left the window of 3: the command applies again.
+    for _ in 0..2 {
+        second.ask("counter", "k", increment(1)).await.unwrap();
+    }
+    let outside = second
+        .ask_with("counter", "k", increment(5), keyed("k1"))
+        .await
+        .unwrap();
+    assert_eq!((outside.seq_nr, outside.replayed), (5, false));
+    assert_eq!(journal.read("counter|k", 1, 10).await.unwrap().len(), 5);
 }

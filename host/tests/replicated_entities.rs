@@ -16,10 +16,10 @@ use support::pause::Gate;
 use support::{eventually, from_msgpack, msgpack, plugin_bytes};
 use ulid::Ulid;
 use weft::clock::NodeClock;
+use weft::entity::{CommandOptions, IdempotencyKey, Notification, lease_name};
 use weft::entity::{
     EntityError, EntitySystem, EntityTypeConfig, ReplicationConfig, SystemSettings,
 };
-use weft::entity::{Notification, lease_name};
 use weft::journal::{EventEnvelope, InMemoryJournal, Journal};
 use weft::lease::{InMemoryLease, Lease};
 use weft::plugin::{PluginRegistry, PluginRuntime, RuntimeLimits};
@@ -569,4 +569,22 @@ async fn a_resolver_change_takes_effect_at_its_point_and_a_replica_without_the_b
         (bids.as_str(), 0)
     );
     assert!(b.parked().is_empty());
+}
+
+/// Each replica writes its own stream, so a retry landing on another replica could not find the
+/// first attempt's key: keys are refused, and nothing is applied.
+#[tokio::test]
+async fn a_replicated_type_refuses_idempotency_keys() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let a = replica("a", journal.clone(), &plugins(), None);
+    let keyed = CommandOptions {
+        deadline: None,
+        idempotency_key: Some(IdempotencyKey::parse("k").unwrap()),
+    };
+    let refused = a.ask_with("tally", "x", increment(1), keyed).await;
+    assert!(
+        matches!(refused, Err(EntityError::IdempotencyUnsupported(_))),
+        "{refused:?}"
+    );
+    assert!(journal.read("tally|x|a", 1, 10).await.unwrap().is_empty());
 }

@@ -61,6 +61,7 @@ fn history(rng: &mut SplitMix64, events: usize) -> Vec<EventEnvelope> {
             concurrent: false,
             plugin: "counter@test".into(),
             payload: msgpack(&json!({"type": "incremented", "by": amount, "amount": amount})),
+            idempotency: None,
         });
     }
     written

@@ -17,7 +17,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::cluster::{DEADLINE, TestCluster, cluster_view, inject_fault, wait_for_members};
-use support::node::{ServeProcess, get_json, upload_plugin};
+use support::node::{ServeProcess, get_json, metric, upload_plugin};
 use support::services::Postgres;
 use weft::journal::{EventEnvelope, Journal, PostgresJournal};
 
@@ -111,24 +111,6 @@ async fn three_replicas(
     (cluster, nodes, http)
 }
 
-/// The value of counter `name` on a node's `/metrics`.
-async fn counter(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no counter {name}"))
-        .parse()
-        .unwrap()
-}
-
 async fn stream(journal: &PostgresJournal, pid: &str, replica: &str) -> Vec<EventEnvelope> {
     journal
         .read(&format!("{pid}|{replica}"), 1, 10_000)
@@ -203,7 +185,7 @@ async fn replicas_take_concurrent_commands_and_converge_after_a_partition() {
     );
     assert_eq!(states[0].1, json!(40));
     // c folded a's partition-time events after the heal (and at most every event of a and b).
-    let folded = counter(&http, urls[2], "weft_replicated_events_folded_total").await;
+    let folded = metric(&http, urls[2], "weft_replicated_events_folded_total").await;
     assert!((5..=25).contains(&folded), "{folded}");
     // The cluster view shows each node's replica, not a placed owner.
     let view = cluster_view(&http, urls[1]).await.unwrap();
@@ -465,7 +447,7 @@ async fn conflicting_resets_across_a_delayed_heal_converge_to_the_model() {
     // The replicas compacted on the way (or the test would not test compaction).
     let mut compacted = Vec::new();
     for url in &urls {
-        compacted.push(counter(&http, url, "weft_replicated_events_compacted_total").await);
+        compacted.push(metric(&http, url, "weft_replicated_events_compacted_total").await);
     }
     println!(
         "events: {}, compacted per replica: {compacted:?}",

@@ -38,6 +38,7 @@ fn event(
         concurrent: false,
         plugin: "counter@test".into(),
         payload: msgpack(&payload),
+        idempotency: None,
     }
 }
 

@@ -471,7 +471,7 @@ mod ordered {
     }
 
     enum Body {
-        Push(EventEnvelope),
+        Push(Box<EventEnvelope>),
         /// A pull: the sender's seen-vector.
         Pull(BTreeMap<String, u64>),
         Answer(Vec<EventEnvelope>),
@@ -582,7 +582,7 @@ mod ordered {
                 self.journal[writer].push(event.clone());
                 for to in 0..self.nodes.len() {
                     if to != writer {
-                        self.send(writer, to, Body::Push(event.clone()), true);
+                        self.send(writer, to, Body::Push(Box::new(event.clone())), true);
                     }
                 }
             }
@@ -616,7 +616,7 @@ mod ordered {
         fn deliver(&mut self, message: InFlight, lossy: bool) {
             let InFlight { from, to, body, .. } = message;
             match body {
-                Body::Push(event) => self.receive(to, vec![event]),
+                Body::Push(event) => self.receive(to, vec![*event]),
                 Body::Answer(events) => self.receive(to, events),
                 Body::Pull(seen) => {
                     let events = self.answer(to, &seen);

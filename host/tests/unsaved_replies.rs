@@ -36,6 +36,7 @@ fn foreign_increment(seq_nr: u64, by: i64) -> EventEnvelope {
         concurrent: false,
         plugin: "counter@elsewhere".to_owned(),
         payload: msgpack(&json!({"type": "incremented", "by": by})),
+        idempotency: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn increment(pid: &str, seq_nr: u64, writer: Ulid, by: i64) -> EventEnvelope {
         concurrent: false,
         plugin: "counter@test".into(),
         payload: msgpack(&json!({"type": "incremented", "by": by})),
+        idempotency: None,
     }
 }
 

@@ -13,7 +13,10 @@ use std::time::Duration;
 use super::AppState;
 use super::error::ApiError;
 use super::payload::{Document, command_from_body, msgpack_to_json, respond};
-use crate::entity::EntityTypeConfig;
+use crate::entity::{CommandOptions, EntityTypeConfig, IdempotencyKey};
+
+/// The header a client names a command's idempotency key with.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// Events returned per request at most.
 const EVENTS_PAGE_MAX: usize = 1_000;
@@ -28,16 +31,34 @@ pub async fn send_command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let command = command_from_body(&headers, &body?)?;
-    let ask = app.router.ask(&entity_type, &entity_id, command);
+    // The deadline starts with the request and travels with the command, to the owner's mailbox:
+    // a command still queued when it passes is dropped there, not applied.
+    let options = CommandOptions {
+        deadline: Some(tokio::time::Instant::now() + app.ask_timeout),
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let ask = app.router.ask(&entity_type, &entity_id, command, options);
     let outcome = within(app.ask_timeout, ask).await?;
-    Ok(respond(
-        &headers,
-        StatusCode::OK,
-        &Document::new()
-            .payload("reply", outcome.reply)
-            .field("seq_nr", outcome.seq_nr)
-            .field("plugin", outcome.plugin),
-    ))
+    let mut document = Document::new()
+        .payload("reply", outcome.reply)
+        .field("seq_nr", outcome.seq_nr)
+        .field("plugin", outcome.plugin);
+    if outcome.replayed {
+        document = document.field("replayed", true);
+    }
+    Ok(respond(&headers, StatusCode::OK, &document))
+}
+
+/// The `Idempotency-Key` header, checked: 400 `invalid_idempotency_key` if malformed.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| ApiError::bad_request("invalid_idempotency_key", reason);
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("the Idempotency-Key header is not visible ASCII".to_owned()))?;
+    IdempotencyKey::parse(text).map(Some).map_err(invalid)
 }
 
 pub async fn get_state(
@@ -75,7 +96,9 @@ async fn within<T, E: Into<ApiError>>(
             StatusCode::GATEWAY_TIMEOUT,
             "ask_timeout",
             format!(
-                "no answer within ask_timeout_ms = {} ms; a command may still be applied",
+                "no answer within ask_timeout_ms = {} ms; a command is not applied unless its \
+                 journal append began before then (docs/entities.md, \"Deadlines\"); retry with \
+                 the same Idempotency-Key to be sure",
                 deadline.as_millis()
             ),
         )),
@@ -155,7 +178,11 @@ pub async fn get_events(
             fits
         })
         .map(|event| {
-            Document::new()
+            let document = match &event.idempotency {
+                Some(record) => Document::new().field("idempotency_key", record.key.clone()),
+                None => Document::new(),
+            };
+            document
                 .field("seq_nr", event.seq_nr)
                 .field("writer", event.writer.to_string())
                 .field("fencing_token", event.fencing_token)

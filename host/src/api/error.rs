@@ -87,6 +87,10 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         | EntityError::NotReplicated(_) => StatusCode::CONFLICT,
         EntityError::CatchingUp { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EntityError::Lease(_) => StatusCode::SERVICE_UNAVAILABLE,
+        EntityError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+        EntityError::IdempotencyKeyReused { .. } | EntityError::IdempotencyUnsupported(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
     }
 }
 

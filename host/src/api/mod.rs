@@ -33,6 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
 
+pub use entities::IDEMPOTENCY_KEY_HEADER;
 pub use error::{ApiError, entity_error_status};
 
 use crate::cluster::{Deployer, Router as EntityRouter};

@@ -71,6 +71,24 @@ impl NodeClient {
         self.answer(request).await
     }
 
+    /// POSTs a command to an entity, with its idempotency key if it has one.
+    pub async fn send_command(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self
+            .http
+            .post(self.endpoint(&["entities", entity_type, entity_id], &[]))
+            .json(&without_nulls(command));
+        if let Some(key) = idempotency_key {
+            request = request.header(crate::api::IDEMPOTENCY_KEY_HEADER, key);
+        }
+        self.answer(request).await
+    }
+
     pub async fn delete(
         &self,
         segments: &[&str],

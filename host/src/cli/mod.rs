@@ -49,6 +49,10 @@ enum Command {
         entity_id: String,
         /// The command, as JSON (e.g. '{"op":"increment","by":2}').
         command: String,
+        /// Makes a retry safe: sent again with the same key, the command is not applied twice and
+        /// gets the first reply (the `Idempotency-Key` header).
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
@@ -324,14 +328,20 @@ impl Cli {
                 entity_type,
                 entity_id,
                 command,
+                idempotency_key,
                 url,
             } => {
                 let node = NodeClient::new(&url)?;
                 let command: serde_json::Value =
                     serde_json::from_str(&command).context("the command is not valid JSON")?;
                 print(
-                    node.post(&["entities", &entity_type, &entity_id], &command)
-                        .await?,
+                    node.send_command(
+                        &entity_type,
+                        &entity_id,
+                        &command,
+                        idempotency_key.as_deref(),
+                    )
+                    .await?,
                 )
             }
             Command::State {

@@ -24,7 +24,10 @@ use super::identity::Member;
 use super::placement::owner;
 use super::service::Cluster;
 use super::transport::{Inbound, Topic, Transport, TransportError};
-use crate::entity::{CommandReply, EntityError, EntityState, EntitySystem, ReplicaStatus};
+use crate::entity::{
+    CommandOptions, CommandReply, EntityError, EntityState, EntitySystem, IdempotencyKey,
+    ReplicaStatus, persistence_id,
+};
 use crate::plugin::{PluginInfo, PluginRegistry};
 use crate::readiness::Readiness;
 
@@ -36,6 +39,9 @@ enum Call {
         entity_id: String,
         #[serde(with = "serde_bytes")]
         command: Vec<u8>,
+        /// The client's idempotency key, checked again by the owner.
+        #[serde(default)]
+        idempotency_key: Option<String>,
     },
     State {
         entity_type: String,
@@ -78,6 +84,9 @@ enum Answer {
         reply: Vec<u8>,
         seq_nr: u64,
         plugin: String,
+        /// The reply of an earlier attempt with the same idempotency key.
+        #[serde(default)]
+        replayed: bool,
     },
     State {
         #[serde(with = "serde_bytes")]
@@ -160,16 +169,23 @@ impl Router {
         self.cluster.as_ref()
     }
 
+    /// Runs a command where its entity lives, with its deadline and idempotency key: a
+    /// forwarded command takes what is left of its deadline to the owner (see
+    /// `cluster::transport`).
     pub async fn ask(
         &self,
         entity_type: &str,
         entity_id: &str,
         command: Vec<u8>,
+        options: CommandOptions,
     ) -> Result<CommandReply, RouteError> {
         match self.owner(entity_type, entity_id)? {
-            None => self.ask_here(entity_type, entity_id, command).await,
+            None => {
+                self.ask_here(entity_type, entity_id, command, options)
+                    .await
+            }
             Some((cluster, owner)) => {
-                forward_command(cluster, &owner, entity_type, entity_id, command).await
+                forward_command(cluster, &owner, entity_type, entity_id, command, &options).await
             }
         }
     }
@@ -182,6 +198,7 @@ impl Router {
         entity_type: &str,
         entity_id: &str,
         command: Vec<u8>,
+        options: CommandOptions,
     ) -> Result<CommandReply, RouteError> {
         let leased = self.cluster.as_ref().zip(
             self.entities
@@ -189,12 +206,15 @@ impl Router {
                 .filter(|_| self.entities.is_single_writer(entity_type)),
         );
         let Some((cluster, replication)) = leased else {
-            let outcome = self.entities.ask(entity_type, entity_id, command).await;
+            let outcome = self
+                .entities
+                .ask_with(entity_type, entity_id, command, options)
+                .await;
             return while_loading(&self.readiness, entity_type, outcome);
         };
         let outcome = self
             .entities
-            .ask(entity_type, entity_id, command.clone())
+            .ask_with(entity_type, entity_id, command.clone(), options.clone())
             .await;
         match while_loading(&self.readiness, entity_type, outcome) {
             Err(RouteError::Local(refusal @ EntityError::NotWriter { .. })) => {
@@ -215,7 +235,8 @@ impl Router {
                 });
                 match member {
                     Some(member) => {
-                        forward_command(cluster, member, entity_type, entity_id, command).await
+                        forward_command(cluster, member, entity_type, entity_id, command, &options)
+                            .await
                     }
                     // The holder is not a live member (it died, its lease will expire).
                     None => Err(refusal.into()),
@@ -240,7 +261,8 @@ impl Router {
                     entity_type: entity_type.to_owned(),
                     entity_id: entity_id.to_owned(),
                 };
-                match forward(cluster, &owner, entity_type, entity_id, &call).await? {
+                let timeout = cluster.config().forward_timeout();
+                match forward(cluster, &owner, entity_type, entity_id, &call, timeout).await? {
                     Answer::State {
                         state,
                         seq_nr,
@@ -344,40 +366,60 @@ pub async fn request_deployments(
     }
 }
 
-/// Forwards a command to `owner` and returns its reply.
+/// Forwards a command to `owner` and returns its reply. It waits for the owner up to the
+/// forwarding timeout or the command's deadline, whichever comes first; a deadline already
+/// passed sends nothing.
 async fn forward_command(
     cluster: &Cluster,
     owner: &Member,
     entity_type: &str,
     entity_id: &str,
     command: Vec<u8>,
+    options: &CommandOptions,
 ) -> Result<CommandReply, RouteError> {
+    let mut timeout = cluster.config().forward_timeout();
+    if let Some(deadline) = options.deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(
+                EntityError::DeadlineExceeded(persistence_id(entity_type, entity_id)).into(),
+            );
+        }
+        timeout = timeout.min(left);
+    }
     let call = Call::Command {
         entity_type: entity_type.to_owned(),
         entity_id: entity_id.to_owned(),
         command,
+        idempotency_key: options
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.as_str().to_owned()),
     };
-    match forward(cluster, owner, entity_type, entity_id, &call).await? {
+    match forward(cluster, owner, entity_type, entity_id, &call, timeout).await? {
         Answer::Command {
             reply,
             seq_nr,
             plugin,
+            replayed,
         } => Ok(CommandReply {
             reply,
             seq_nr,
             plugin,
+            replayed,
         }),
         other => Err(mismatch(owner, entity_type, entity_id, &other)),
     }
 }
 
-/// Sends `call` to `owner` and decodes its answer.
+/// Sends `call` to `owner` and decodes its answer, waiting up to `timeout`.
 async fn forward(
     cluster: &Cluster,
     owner: &Member,
     entity_type: &str,
     entity_id: &str,
     call: &Call,
+    timeout: Duration,
 ) -> Result<Answer, RouteError> {
     let unreachable = |reason: String| RouteError::OwnerUnreachable {
         entity_type: entity_type.to_owned(),
@@ -388,12 +430,7 @@ async fn forward(
     let payload = rmp_serde::to_vec_named(call).map_err(|e| unreachable(e.to_string()))?;
     let answer = cluster
         .transport()
-        .request(
-            owner.name().as_str(),
-            owner.addr,
-            payload,
-            cluster.config().forward_timeout(),
-        )
+        .request(owner.name().as_str(), owner.addr, payload, timeout)
         .await
         .map_err(|error: TransportError| unreachable(error.to_string()))?;
     match rmp_serde::from_slice(&answer) {
@@ -451,7 +488,12 @@ impl NodeInbound {
 
 #[async_trait]
 impl Inbound for NodeInbound {
-    async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn request(
+        &self,
+        from: &str,
+        payload: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>, String> {
         let call: Call = rmp_serde::from_slice(&payload)
             .map_err(|error| format!("a call from {from} that does not decode: {error}"))?;
         let answer = match call {
@@ -459,21 +501,34 @@ impl Inbound for NodeInbound {
                 entity_type,
                 entity_id,
                 command,
-            } => match while_loading(
-                &self.readiness,
-                &entity_type,
-                self.entities.ask(&entity_type, &entity_id, command).await,
-            ) {
-                Ok(reply) => {
-                    self.passivate_if_moved(&entity_type, &entity_id);
-                    Answer::Command {
-                        reply: reply.reply,
-                        seq_nr: reply.seq_nr,
-                        plugin: reply.plugin,
+                idempotency_key,
+            } => {
+                let key = idempotency_key
+                    .as_deref()
+                    .map(IdempotencyKey::parse)
+                    .transpose()
+                    .map_err(|error| format!("a command from {from}: {error}"))?;
+                let options = CommandOptions {
+                    deadline: Some(deadline),
+                    idempotency_key: key,
+                };
+                let outcome = self
+                    .entities
+                    .ask_with(&entity_type, &entity_id, command, options)
+                    .await;
+                match while_loading(&self.readiness, &entity_type, outcome) {
+                    Ok(reply) => {
+                        self.passivate_if_moved(&entity_type, &entity_id);
+                        Answer::Command {
+                            reply: reply.reply,
+                            seq_nr: reply.seq_nr,
+                            plugin: reply.plugin,
+                            replayed: reply.replayed,
+                        }
                     }
+                    Err(error) => Answer::Failed(remote_error(&error)),
                 }
-                Err(error) => Answer::Failed(remote_error(&error)),
-            },
+            }
             Call::State {
                 entity_type,
                 entity_id,

@@ -2,7 +2,14 @@
 //!
 //! One connection per peer carries two kinds of traffic: one-way messages (membership packets)
 //! and requests with an id and a deadline, each answered by exactly one response (commands
-//! forwarded to an entity's owner). The node that dials sends; the node that accepts answers on
+//! forwarded to an entity's owner).
+//!
+//! A request's deadline travels as the budget the caller has left when the frame is written
+//! (after any dialing or injected delay), less [`DEADLINE_TRANSIT_MARGIN_MS`]; the peer counts it
+//! from the moment it reads the frame, on its own monotonic clock. No wall clock is compared
+//! across nodes, so clock skew does not move deadlines; what the peer cannot see is the frame's
+//! time in transit, which the margin covers: a frame that takes less than the margin to arrive
+//! makes the peer give up (and its entity drop the request, unapplied) before the caller does. The node that dials sends; the node that accepts answers on
 //! the same connection. Every frame is a 4-byte big-endian length, then a MessagePack [`Frame`];
 //! a frame longer than [`FRAME_BYTES_MAX`] closes the connection.
 //!
@@ -38,6 +45,12 @@ pub const BREAKER_FAILURES_MAX: u32 = 3;
 /// that a restarted peer is used again within a membership round or two.
 pub const BREAKER_OPEN_MS: u64 = 1_000;
 
+/// How much earlier than its caller a peer's deadline for a request falls: the longest time in
+/// transit (write on one node to read on the other) for which a caller that gave up can be sure
+/// the peer gave up too. Loopback and a LAN take well under a millisecond; 50 ms also covers a
+/// congested link or a scheduler hiccup, at the cost of 50 ms of the budget.
+pub const DEADLINE_TRANSIT_MARGIN_MS: u64 = 50;
+
 /// Longest time spent dialing a peer.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
@@ -57,7 +70,8 @@ enum Frame {
     },
     Request {
         id: u64,
-        /// Milliseconds the caller still waits; the handler gives up after that.
+        /// Milliseconds the caller still waited when it wrote the frame, less
+        /// [`DEADLINE_TRANSIT_MARGIN_MS`]; the handler gives up that long after reading it.
         deadline_ms: u64,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
@@ -106,8 +120,14 @@ pub enum Topic {
 /// What a node does with what its peers send it.
 #[async_trait]
 pub trait Inbound: Send + Sync + 'static {
-    /// Answers a request from the node named `from`.
-    async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Answers a request from the node named `from`, whose caller gives up at `deadline` (the
+    /// future is dropped then).
+    async fn request(
+        &self,
+        from: &str,
+        payload: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>, String>;
     /// Takes a one-way message on `topic` from the node named `from`.
     async fn message(&self, from: &str, topic: Topic, payload: Vec<u8>);
 }
@@ -296,13 +316,20 @@ impl Transport {
             }
             pending.insert(id, respond);
         }
-        let frame = Frame::Request {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // The budget left is measured when the frame is written, not when the call began.
+        let frame = move || Frame::Request {
             id,
-            deadline_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            deadline_ms: deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX)
+                .saturating_sub(DEADLINE_TRANSIT_MARGIN_MS),
             payload,
         };
-        let outcome = match tokio::time::timeout(timeout, async {
-            self.send_frame(&peer, &frame).await?;
+        let outcome = match tokio::time::timeout_at(deadline, async {
+            self.send_frame(&peer, frame).await?;
             response.await.map_err(|_| TransportError::Unreachable {
                 peer: peer.addr,
                 reason: "the connection closed before the answer".into(),
@@ -340,7 +367,7 @@ impl Transport {
         let peer = self.peer(peer_name, peer);
         peer.allow()?;
         let outcome = self
-            .send_frame(&peer, &Frame::Message { topic, payload })
+            .send_frame(&peer, || Frame::Message { topic, payload })
             .await;
         peer.record(&outcome);
         outcome
@@ -380,8 +407,13 @@ impl Transport {
             .clone()
     }
 
-    /// Writes `frame` on the peer's connection, dialing it first if needed.
-    async fn send_frame(&self, peer: &Peer, frame: &Frame) -> Result<(), TransportError> {
+    /// Writes the frame `frame` makes on the peer's connection, dialing it first if needed; the
+    /// frame is made just before it is written.
+    async fn send_frame(
+        &self,
+        peer: &Peer,
+        frame: impl FnOnce() -> Frame,
+    ) -> Result<(), TransportError> {
         let name = peer.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(delay) = self.inner.faults.admit(&name) else {
             return Ok(()); // dropped on the "network": the caller finds out as it would there
@@ -393,7 +425,6 @@ impl Transport {
             peer: peer.addr,
             reason,
         };
-        let bytes = encode(frame).map_err(unreachable)?;
         let mut writer = peer.writer.lock().await;
         if writer
             .as_ref()
@@ -401,6 +432,7 @@ impl Transport {
         {
             *writer = Some(self.dial(peer).await.map_err(unreachable)?);
         }
+        let bytes = encode(&frame()).map_err(unreachable)?;
         let written = match writer.as_mut() {
             Some(connection) => connection.writer.write_all(&bytes).await,
             None => return Err(unreachable("not connected".into())),
@@ -592,10 +624,13 @@ async fn serve_connection(
                     faults.clone(),
                     from.clone(),
                 );
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms);
                 tokio::spawn(async move {
-                    let deadline = Duration::from_millis(deadline_ms);
-                    let Ok(outcome) =
-                        tokio::time::timeout(deadline, inbound.request(&from, payload)).await
+                    let Ok(outcome) = tokio::time::timeout_at(
+                        deadline,
+                        inbound.request(&from, payload, deadline),
+                    )
+                    .await
                     else {
                         return; // the caller has given up already
                     };
@@ -653,12 +688,20 @@ mod tests {
     #[derive(Default)]
     struct Echo {
         messages: Mutex<Vec<(String, Vec<u8>)>>,
+        /// The deadline of every request, as the handler was given it.
+        deadlines: Mutex<Vec<tokio::time::Instant>>,
         received: tokio::sync::Notify,
     }
 
     #[async_trait]
     impl Inbound for Echo {
-        async fn request(&self, from: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+        async fn request(
+            &self,
+            from: &str,
+            payload: Vec<u8>,
+            deadline: tokio::time::Instant,
+        ) -> Result<Vec<u8>, String> {
+            self.deadlines.lock().unwrap().push(deadline);
             match payload.as_slice() {
                 b"no" => Err(format!("{from} asked for a refusal")),
                 b"hang" => std::future::pending().await,
@@ -725,6 +768,27 @@ mod tests {
         assert_eq!(
             b_inbound.messages.lock().unwrap().as_slice(),
             &[("a".to_owned(), b"ping".to_vec())]
+        );
+    }
+
+    /// A request held up on the sending side (here by an injected delay) arrives with what is
+    /// left of its budget, not with the whole of it: the peer gives up no later than the caller,
+    /// less the transit margin.
+    #[tokio::test]
+    async fn a_request_carries_the_budget_left_when_it_is_written() {
+        let (a, _) = node("a").await;
+        let (b, b_inbound) = node("b").await;
+        a.faults().delay(Duration::from_millis(300));
+        let budget = Duration::from_secs(2);
+        let called = tokio::time::Instant::now();
+        let answer = a.request("b", b.local_addr(), b"x".to_vec(), budget).await;
+        assert_eq!(answer, Ok(b"echo:x".to_vec()));
+        let deadline = b_inbound.deadlines.lock().unwrap()[0];
+        let caller_gives_up = called + budget;
+        assert!(
+            deadline + Duration::from_millis(DEADLINE_TRANSIT_MARGIN_MS) <= caller_gives_up,
+            "the peer's deadline is {:?} after the caller's",
+            deadline.saturating_duration_since(caller_gives_up)
         );
     }
 

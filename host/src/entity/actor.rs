@@ -11,6 +11,11 @@
 //! command at fault fails; when another entity's failure took the instance holding this state,
 //! the entity recovers and runs the batch again.
 //!
+//! Before a turn's plugin call, and again after it (before the append), commands whose deadline
+//! has passed are dropped unapplied; a command whose idempotency key the entity's recent events
+//! hold is answered with the recorded reply instead of running (see `entity::idempotency`), and a
+//! retry queued behind its first attempt runs after that attempt is persisted.
+//!
 //! A single-writer entity also keeps a [`Tenure`]: it handles commands only while this host holds
 //! the entity's lease, stamping its fencing token on every append; otherwise it observes — it
 //! catches up with the journal before answering a state query and refuses commands naming the
@@ -24,17 +29,21 @@
 //! stale token instead of interleaving with the newer one's, and it stops. Its stream reads as
 //! tenures, each with a higher token (`A@1 B@2 A@3`), which recovery's replay filter accepts.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::budget::ResidentUsage;
 use super::error::EntityError;
+use super::idempotency::{Applied, CommandOptions, IdempotencyKey, RecentKeys, command_digest};
 use super::pending::{Pending, answer_after_append};
 use super::system::{CommandReply, EntityState, Shared};
 use super::tenure::{Seat, Tenure, TenureChange};
 use super::types::{EntityTypeConfig, persistence_id};
 use crate::journal::{
-    EventEnvelope, JournalError, ReplayFilter, ReplayFilterSettings, SnapshotEnvelope,
+    EventEnvelope, IdempotencyRecord, JournalError, ReplayFilter, ReplayFilterSettings,
+    SnapshotEnvelope,
 };
 use crate::plugin::{Context, Envelope, LeaseLost, PluginError, PluginVersion, Resident, Role};
 use crate::replication::ReplicationBody;
@@ -45,6 +54,7 @@ const RECOVERY_PAGE: usize = 1_000;
 pub(super) enum Message {
     Command {
         command: Vec<u8>,
+        options: CommandOptions,
         reply: oneshot::Sender<Result<CommandReply, EntityError>>,
     },
     GetState {
@@ -86,7 +96,17 @@ impl Message {
 /// A command waiting for its turn's plugin call.
 struct Call {
     command: Vec<u8>,
+    options: CommandOptions,
     reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+}
+
+impl Call {
+    /// The record its last event carries if it has a key: the key and the command's digest (the
+    /// reply is added once known).
+    fn record(&self) -> Option<(String, Vec<u8>)> {
+        let key = self.options.idempotency_key.as_ref()?;
+        Some((key.as_str().to_owned(), command_digest(&self.command)))
+    }
 }
 
 pub(super) struct Actor {
@@ -110,6 +130,8 @@ struct Committed {
     snapshot_seq_nr: u64,
     /// The plugin version that last changed the state.
     plugin: String,
+    /// The idempotency keys of the latest events.
+    keys: RecentKeys,
 }
 
 impl Actor {
@@ -352,6 +374,7 @@ impl Actor {
             let (seq_nr, writer_plugin) = (last.seq_nr, last.plugin.clone());
             let full_page = page.len() == RECOVERY_PAGE;
             self.fold(&mut committed.resident, &page)?;
+            committed.keys.note(&page);
             committed.seq_nr = seq_nr;
             committed.plugin = writer_plugin;
             if !full_page {
@@ -403,7 +426,26 @@ impl Actor {
             seq_nr,
             snapshot_seq_nr,
             plugin: plugin.id().to_owned(),
+            keys: self.recent_keys(seq_nr).await?,
         })
+    }
+
+    /// The idempotency keys of the events in the window before `seq_nr`, read from the journal
+    /// (a snapshot holds none: the table is rebuilt from the events themselves).
+    async fn recent_keys(&self, seq_nr: u64) -> Result<RecentKeys, EntityError> {
+        let mut keys = RecentKeys::new(self.config.idempotency_window_events);
+        let mut from = keys.window_start(seq_nr);
+        while from <= seq_nr && self.config.idempotency_window_events > 0 {
+            let page = self
+                .shared
+                .journal
+                .read(&self.pid, from, RECOVERY_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq_nr + 1;
+            keys.note(&page);
+        }
+        Ok(keys)
     }
 
     /// Applies recovered events in order, in one plugin call.
@@ -550,7 +592,15 @@ impl Actor {
                 Message::Configure { reply, .. } => {
                     let _ = reply.send(Err(EntityError::NotReplicated(self.pid.clone())));
                 }
-                Message::Command { command, reply } => segment.push(Call { command, reply }),
+                Message::Command {
+                    command,
+                    options,
+                    reply,
+                } => segment.push(Call {
+                    command,
+                    options,
+                    reply,
+                }),
             }
         }
         self.run_segment(committed, tenure, segment).await
@@ -565,12 +615,26 @@ impl Actor {
         tenure: &mut Option<Tenure>,
         segment: Vec<Call>,
     ) -> Result<(), JournalError> {
+        let (segment, repeated) = self.screen(committed, segment).await;
         if segment.is_empty() {
             return Ok(());
         }
         let commands: Vec<Vec<u8>> = segment.iter().map(|call| call.command.clone()).collect();
-        let outcomes = self.handle(committed, tenure, &commands).await;
-        match outcomes {
+        let records: Vec<Option<(String, Vec<u8>)>> = segment.iter().map(Call::record).collect();
+        let outcomes = self.handle(committed, tenure, &commands, records).await;
+        let ran = match outcomes {
+            // A deadline passed during the plugin call (a slow command ahead in the batch, say):
+            // nothing is persisted yet, so the expired commands are dropped after all. The state
+            // folded their events: it is recovered, and the others run again without them.
+            Ok(_)
+                if segment
+                    .iter()
+                    .any(|call| call.options.expired(Instant::now())) =>
+            {
+                committed.resident.discard();
+                let retried = segment.into_iter().chain(repeated).collect();
+                return Box::pin(self.run_segment(committed, tenure, retried)).await;
+            }
             Ok((events, outcomes)) => {
                 let mut pending = Vec::with_capacity(segment.len());
                 let mut turn_events = Vec::with_capacity(events.len());
@@ -596,6 +660,79 @@ impl Actor {
                 }
                 Ok(())
             }
+        };
+        ran?;
+        // Retries queued behind their first attempt run once it is persisted: they find its key.
+        Box::pin(self.run_segment(committed, tenure, repeated)).await
+    }
+
+    /// Answers the calls that must not run: those whose deadline passed while they waited (not
+    /// applied), and those whose idempotency key the entity's recent events hold (the first
+    /// reply, or a refusal if the command differs). Returns the calls to run now and the retries
+    /// of a keyed call among them, to run after it.
+    async fn screen(&self, committed: &Committed, segment: Vec<Call>) -> (Vec<Call>, Vec<Call>) {
+        let now = Instant::now();
+        let (mut run, mut repeated) = (Vec::new(), Vec::new());
+        let mut keys_running = HashSet::new();
+        for call in segment {
+            if call.options.expired(now) {
+                let _ = call
+                    .reply
+                    .send(Err(EntityError::DeadlineExceeded(self.pid.clone())));
+                continue;
+            }
+            let Some(key) = call.options.idempotency_key.clone() else {
+                run.push(call);
+                continue;
+            };
+            if let Some(applied) = committed.keys.get(&key) {
+                let answer = self.replay(&key, applied, &call.command).await;
+                let _ = call.reply.send(answer);
+            } else if keys_running.insert(key) {
+                run.push(call);
+            } else {
+                repeated.push(call);
+            }
+        }
+        (run, repeated)
+    }
+
+    /// The reply of the keyed command applied as `applied`, read back from its last event, for a
+    /// retry of it; a refusal if `command` is not the command applied under that key.
+    async fn replay(
+        &self,
+        key: &IdempotencyKey,
+        applied: &Applied,
+        command: &[u8],
+    ) -> Result<CommandReply, EntityError> {
+        if command_digest(command) != applied.digest {
+            return Err(EntityError::IdempotencyKeyReused {
+                persistence_id: self.pid.clone(),
+                key: key.as_str().to_owned(),
+                seq_nr: applied.seq_nr,
+            });
+        }
+        let event = self
+            .shared
+            .journal
+            .read(&self.pid, applied.seq_nr, 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|event| event.seq_nr == applied.seq_nr);
+        match event.and_then(|event| event.idempotency.map(|record| (record, event.plugin))) {
+            Some((record, plugin)) => Ok(CommandReply {
+                reply: record.reply,
+                seq_nr: applied.seq_nr,
+                plugin,
+                replayed: true,
+            }),
+            None => Err(EntityError::Journal(format!(
+                "event {} of {} should hold the record of idempotency key `{}` and does not",
+                applied.seq_nr,
+                self.pid,
+                key.as_str()
+            ))),
         }
     }
 
@@ -606,6 +743,7 @@ impl Actor {
         committed: &mut Committed,
         tenure: &Option<Tenure>,
         commands: &[Vec<u8>],
+        records: Vec<Option<(String, Vec<u8>)>>,
     ) -> Result<
         (
             Vec<EventEnvelope>,
@@ -629,18 +767,31 @@ impl Actor {
         let mut events = Vec::new();
         let outcomes = outcomes
             .into_iter()
-            .map(|outcome| {
+            .zip(records)
+            .map(|(outcome, record)| {
                 let decision = outcome?;
                 let count = decision.events.len();
                 for payload in decision.events {
                     let seq_nr = first_seq_nr + events.len() as u64;
                     events.push(self.envelope(seq_nr, now, fencing_token, &plugin_id, payload));
                 }
+                // A keyed command's last event carries its record; one without events leaves
+                // nothing to find, and its retry runs again (it changed nothing).
+                if let (Some((key, digest)), Some(last)) = (record, events.last_mut())
+                    && count > 0
+                {
+                    last.idempotency = Some(IdempotencyRecord {
+                        key,
+                        digest,
+                        reply: decision.reply.clone(),
+                    });
+                }
                 let seq_nr = first_seq_nr + events.len() as u64 - 1;
                 let reply = CommandReply {
                     reply: decision.reply,
                     seq_nr,
                     plugin: plugin_id.clone(),
+                    replayed: false,
                 };
                 Ok((count, reply))
             })
@@ -661,6 +812,13 @@ impl Actor {
         }
         let count = events.len() as u64;
         let fencing_token = self.fencing_token(tenure);
+        let keyed: Vec<(u64, String, Vec<u8>)> = events
+            .iter()
+            .filter_map(|event| {
+                let record = event.idempotency.as_ref()?;
+                Some((event.seq_nr, record.key.clone(), record.digest.clone()))
+            })
+            .collect();
         let outcome = if events.is_empty() {
             Ok(())
         } else {
@@ -672,6 +830,7 @@ impl Actor {
         match outcome {
             Ok(()) => {
                 committed.seq_nr += count;
+                committed.keys.note_appended(keyed, committed.seq_nr);
                 if let Some(last) = pending.iter().rev().find_map(|p| p.outcome.as_ref().ok()) {
                     committed.plugin = last.plugin.clone();
                 }
@@ -796,6 +955,7 @@ impl Actor {
             concurrent: false,
             plugin: plugin.to_owned(),
             payload,
+            idempotency: None,
         }
     }
 }

@@ -97,6 +97,29 @@ pub enum EntityError {
     /// what is left when every attempt found the entity stopping.
     #[error("entity {0} stopped before answering; retry")]
     Stopped(String),
+
+    /// The command's deadline passed while it waited for its turn: it was dropped, not applied.
+    #[error(
+        "the command to {0} was still waiting for its turn when its deadline passed: it was not applied; retry"
+    )]
+    DeadlineExceeded(String),
+
+    /// A command came with an idempotency key that the entity's recent history holds for another
+    /// command (its digest differs): nothing was applied.
+    #[error(
+        "idempotency key `{key}` of {persistence_id} was already used for another command (applied as seq nr {seq_nr}); a retry must send the same command, a new command needs a new key"
+    )]
+    IdempotencyKeyReused {
+        persistence_id: String,
+        key: String,
+        seq_nr: u64,
+    },
+
+    /// Idempotency keys are kept with single-stream entities' events only; nothing was applied.
+    #[error(
+        "entity type `{0}` is replicated: idempotency keys are not supported for it (each replica writes its own stream); send the command without one"
+    )]
+    IdempotencyUnsupported(String),
 }
 
 impl EntityError {
@@ -117,6 +140,9 @@ impl EntityError {
             EntityError::NotAReplica { .. } => "not_a_replica",
             EntityError::NotReplicated(_) => "not_replicated",
             EntityError::CatchingUp { .. } => "replica_catching_up",
+            EntityError::DeadlineExceeded(_) => "deadline_exceeded",
+            EntityError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            EntityError::IdempotencyUnsupported(_) => "idempotency_unsupported",
         }
     }
 }

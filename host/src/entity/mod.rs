@@ -25,6 +25,7 @@
 mod actor;
 mod budget;
 mod error;
+mod idempotency;
 mod notifications;
 mod pending;
 mod replicated;
@@ -34,6 +35,9 @@ mod types;
 
 pub use budget::{ENTITY_OVERHEAD_BYTES, ResidentBudget};
 pub use error::EntityError;
+pub use idempotency::{
+    CommandOptions, IDEMPOTENCY_KEY_BYTES_MAX, IdempotencyKey, RecentKeys, command_digest,
+};
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{
     CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, SystemSettings,

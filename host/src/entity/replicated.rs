@@ -528,7 +528,10 @@ impl ReplicatedActor {
                     let outcome = self.configure(live, &resolver);
                     answer_after_append(outcome, reply, &mut events, &mut pending);
                 }
-                Message::Command { command, reply } => {
+                Message::Command { reply, options, .. } if options.expired(Instant::now()) => {
+                    let _ = reply.send(Err(EntityError::DeadlineExceeded(self.stream.clone())));
+                }
+                Message::Command { command, reply, .. } => {
                     let outcome = self.handle(live, &command);
                     answer_after_append(outcome, reply, &mut events, &mut pending);
                 }
@@ -581,6 +584,7 @@ impl ReplicatedActor {
             reply,
             seq_nr: replica.seen().get(&self.name).copied().unwrap_or(0),
             plugin: plugin.id().to_owned(),
+            replayed: false,
         };
         Ok((events, outcome))
     }
@@ -608,6 +612,7 @@ impl ReplicatedActor {
             reply: config.encode(),
             seq_nr: replica.seen().get(&self.name).copied().unwrap_or(0),
             plugin: CONFIG_EVENT.to_owned(),
+            replayed: false,
         };
         Ok((events, outcome))
     }

@@ -14,6 +14,7 @@ use ulid::Ulid;
 use super::actor::{Actor, Message};
 use super::budget::{ResidentBudget, ResidentUsage};
 use super::error::EntityError;
+use super::idempotency::CommandOptions;
 use super::notifications::Notifications;
 use super::replicated::ReplicatedActor;
 use super::tenure::Seat;
@@ -35,6 +36,9 @@ pub struct CommandReply {
     pub seq_nr: u64,
     /// The plugin version that handled it.
     pub plugin: String,
+    /// The reply of an earlier command with the same idempotency key, returned again: this
+    /// command was not applied.
+    pub replayed: bool,
 }
 
 /// An entity's current state.
@@ -450,9 +454,26 @@ impl EntitySystem {
         entity_id: &str,
         command: Vec<u8>,
     ) -> Result<CommandReply, EntityError> {
+        self.ask_with(entity_type, entity_id, command, CommandOptions::default())
+            .await
+    }
+
+    /// Sends a command with a deadline and an idempotency key (see [`CommandOptions`]) and
+    /// waits for its outcome.
+    pub async fn ask_with(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: Vec<u8>,
+        options: CommandOptions,
+    ) -> Result<CommandReply, EntityError> {
+        if options.idempotency_key.is_some() && self.replication(entity_type).is_some() {
+            return Err(EntityError::IdempotencyUnsupported(entity_type.to_owned()));
+        }
         let outcome = self
             .request(entity_type, entity_id, |reply| Message::Command {
                 command: command.clone(),
+                options: options.clone(),
                 reply,
             })
             .await;

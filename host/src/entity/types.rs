@@ -35,6 +35,10 @@ pub struct EntityTypeConfig {
     /// What its plugin may hand the host in one call, instead of the node's `[limits.output]`
     /// (fields left out take the built-in defaults). Log limits stay the node's.
     pub output_limits: Option<OutputLimits>,
+    /// How many of an entity's latest events keep their commands' idempotency keys: a retry
+    /// whose first attempt's events are older than that is applied again. Each activation reads
+    /// up to this many events back to rebuild its table (docs/entities.md, "Retrying safely").
+    pub idempotency_window_events: u64,
 }
 
 /// The `replication` table of an entity type: `{ replicas = ["a", "b", "c"], resolver = "…" }`.
@@ -114,6 +118,7 @@ impl Default for EntityTypeConfig {
             lease_ttl_ms: crate::lease::ENTITY_LEASE_TTL_DEFAULT.as_millis() as u64,
             replication: None,
             output_limits: None,
+            idempotency_window_events: 1_000,
         }
     }
 }
@@ -142,6 +147,12 @@ impl EntityTypeConfig {
                 // Below 100 ms the renewals of many entities would crowd the lease backend; above a
                 // day a crashed writer would block its entities for longer than anyone waits.
                 ("lease_ttl_ms", self.lease_ttl_ms, 100..=86_400_000),
+                // Each activation reads this many events back; a million is minutes of reading.
+                (
+                    "idempotency_window_events",
+                    self.idempotency_window_events,
+                    0..=1_000_000,
+                ),
             ],
         )?;
         if let Some(replication) = &self.replication {

@@ -54,6 +54,12 @@ pub fn sample_event(persistence_id: &str, seq_nr: u64, writer: Ulid) -> EventEnv
         plugin: "orders@9f86d081884c".to_owned(),
         // Binary, with a zero and a 0xff byte: a backend storing text would mangle it.
         payload: [b"\x00\xff event ".as_slice(), &seq_nr.to_be_bytes()].concat(),
+        // Every third event closes a keyed command: every backend must keep the record as is.
+        idempotency: seq_nr.is_multiple_of(3).then(|| super::IdempotencyRecord {
+            key: format!("retry-{seq_nr}"),
+            digest: vec![0, 0xff, 7, 42],
+            reply: [b"\x00\xff reply ".as_slice(), &seq_nr.to_be_bytes()].concat(),
+        }),
     }
 }
 

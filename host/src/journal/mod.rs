@@ -71,6 +71,44 @@ pub struct EventEnvelope {
     pub plugin: String,
     /// The event itself, MessagePack with named fields.
     pub payload: Vec<u8>,
+    /// On the last event of a command sent with an idempotency key: the key, the command's digest
+    /// and its reply, so that a retry of the command after a restart or a failover gets that reply
+    /// instead of applying the command again (docs/entities.md, "Retrying safely").
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// What a keyed command leaves on its last event: enough to recognise a retry and answer it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The client's `Idempotency-Key`, unique per entity within its retention window.
+    pub key: String,
+    /// SHA-256 of the command's MessagePack bytes: the same key with another command is refused.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// The reply the command got (MessagePack), returned again to its retries.
+    #[serde(with = "serde_bytes")]
+    pub reply: Vec<u8>,
+}
+
+impl IdempotencyRecord {
+    /// The record as stored in a journal column: MessagePack with named fields.
+    pub fn to_column(&self) -> Result<Vec<u8>, JournalError> {
+        rmp_serde::to_vec_named(self).map_err(|error| {
+            JournalError::InvalidBatch(format!(
+                "an idempotency record that does not encode: {error}"
+            ))
+        })
+    }
+
+    /// A record read back from a journal column.
+    pub fn from_column(bytes: &[u8]) -> Result<Self, JournalError> {
+        rmp_serde::from_slice(bytes).map_err(|error| {
+            JournalError::Storage(format!(
+                "an idempotency record that does not decode: {error}"
+            ))
+        })
+    }
 }
 
 /// An entity's state as of `seq_nr`, so recovery can skip the events up to it.

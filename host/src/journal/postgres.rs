@@ -44,7 +44,7 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, validate_append, validate_fencing_token,
     validate_snapshot,
 };
-use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use super::{EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope};
 use crate::lease::ENTITY_LEASE_TTL_DEFAULT;
 use crate::postgres::{PgPool, PooledConnection, SessionBounds, describe, is_out_of_time};
 
@@ -64,8 +64,10 @@ const SCHEMA: &str = "
         concurrent BOOLEAN NOT NULL,
         plugin TEXT NOT NULL,
         payload BYTEA NOT NULL,
+        idempotency BYTEA,
         PRIMARY KEY (persistence_id, seq_nr)
     );
+    ALTER TABLE weft_events ADD COLUMN IF NOT EXISTS idempotency BYTEA;
     CREATE TABLE IF NOT EXISTS weft_fences (
         persistence_id TEXT NOT NULL PRIMARY KEY,
         fencing_token BIGINT NOT NULL
@@ -81,9 +83,9 @@ const SCHEMA: &str = "
     );
 ";
 
-/// One append: locks the fence row (creating it at token 0) and inserts the events — $2.. $11 the
-/// columns as arrays, unnested into rows — iff the recorded fence is at most the token $12 and the
-/// stream's highest seq nr is the expected $13. Returns the recorded fence, the highest seq nr
+/// One append: locks the fence row (creating it at token 0) and inserts the events — $2.. $12 the
+/// columns as arrays, unnested into rows — iff the recorded fence is at most the token $13 and the
+/// stream's highest seq nr is the expected $14. Returns the recorded fence, the highest seq nr
 /// before the append, and how many events it inserted (all or none).
 const APPEND: &str = "WITH fence AS ( \
          INSERT INTO weft_fences (persistence_id, fencing_token) VALUES ($1, 0) \
@@ -93,11 +95,12 @@ const APPEND: &str = "WITH fence AS ( \
          SELECT COALESCE(MAX(seq_nr), 0) AS highest FROM weft_events WHERE persistence_id = $1 \
      ), appended AS ( \
          INSERT INTO weft_events (persistence_id, seq_nr, writer, fencing_token, timestamp, \
-             origin_replica, origin_seq_nr, version, concurrent, plugin, payload) \
+             origin_replica, origin_seq_nr, version, concurrent, plugin, payload, idempotency) \
          SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
-             $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[]) \
-         WHERE (SELECT fencing_token FROM fence) <= $12::BIGINT \
-             AND (SELECT highest FROM stream) = $13::BIGINT \
+             $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::BOOLEAN[], $10::TEXT[], $11::BYTEA[], \
+             $12::BYTEA[]) \
+         WHERE (SELECT fencing_token FROM fence) <= $13::BIGINT \
+             AND (SELECT highest FROM stream) = $14::BIGINT \
          RETURNING 1 \
      ) \
      SELECT (SELECT fencing_token FROM fence), (SELECT highest FROM stream), \
@@ -117,7 +120,7 @@ const READ_FENCE: &str = "SELECT fencing_token FROM weft_fences WHERE persistenc
 const HIGHEST_SEQ_NR: &str =
     "SELECT COALESCE(MAX(seq_nr), 0) FROM weft_events WHERE persistence_id = $1";
 const READ_EVENTS: &str = "SELECT persistence_id, seq_nr, writer, fencing_token, timestamp, \
-     origin_replica, origin_seq_nr, version, concurrent, plugin, payload FROM weft_events \
+     origin_replica, origin_seq_nr, version, concurrent, plugin, payload, idempotency FROM weft_events \
      WHERE persistence_id = $1 AND seq_nr >= $2 ORDER BY seq_nr LIMIT $3";
 const SAVE_SNAPSHOT: &str = "INSERT INTO weft_snapshots \
      (persistence_id, seq_nr, writer, version, seen, plugin, payload) \
@@ -240,6 +243,7 @@ impl Journal for PostgresJournal {
                     &columns.concurrent,
                     &columns.plugins,
                     &columns.payloads,
+                    &columns.idempotency,
                     &stored_i64(fencing_token),
                     &stored_i64(expected_seq_nr),
                 ],
@@ -449,6 +453,7 @@ struct EventColumns {
     concurrent: Vec<bool>,
     plugins: Vec<String>,
     payloads: Vec<Vec<u8>>,
+    idempotency: Vec<Option<Vec<u8>>>,
 }
 
 impl EventColumns {
@@ -465,6 +470,7 @@ impl EventColumns {
             concurrent: Vec::with_capacity(events.len()),
             plugins: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
+            idempotency: Vec::with_capacity(events.len()),
         };
         for event in events {
             columns.seq_nrs.push(stored_i64(event.seq_nr));
@@ -477,6 +483,10 @@ impl EventColumns {
             columns.concurrent.push(event.concurrent);
             columns.plugins.push(event.plugin.clone());
             columns.payloads.push(event.payload.clone());
+            let idempotency = event.idempotency.as_ref();
+            columns
+                .idempotency
+                .push(idempotency.map(IdempotencyRecord::to_column).transpose()?);
         }
         Ok(columns)
     }
@@ -495,6 +505,10 @@ fn event_from_row(row: &Row) -> Result<EventEnvelope, JournalError> {
         concurrent: row.get(8),
         plugin: row.get(9),
         payload: row.get(10),
+        idempotency: row
+            .get::<_, Option<Vec<u8>>>(11)
+            .map(|bytes| IdempotencyRecord::from_column(&bytes))
+            .transpose()?,
     })
 }
 

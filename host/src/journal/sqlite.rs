@@ -47,10 +47,14 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, next_fence, validate_append,
     validate_fencing_token, validate_snapshot,
 };
-use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use super::{EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope};
 
-/// The schema version this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code reads and writes, kept in `PRAGMA user_version`. Version 2 added
+/// the events' `idempotency` column; a version 1 journal is migrated when opened.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a version 1 journal to version 2: events written before have no idempotency record.
+const MIGRATE_1_TO_2: &str = "ALTER TABLE events ADD COLUMN idempotency BLOB;";
 
 const SCHEMA: &str = "
     CREATE TABLE events (
@@ -65,6 +69,7 @@ const SCHEMA: &str = "
         concurrent INTEGER NOT NULL,
         plugin TEXT NOT NULL,
         payload BLOB NOT NULL,
+        idempotency BLOB,
         PRIMARY KEY (persistence_id, seq_nr)
     ) STRICT;
     CREATE TABLE fences (
@@ -83,7 +88,7 @@ const SCHEMA: &str = "
 ";
 
 const EVENT_COLUMNS: &str = "persistence_id, seq_nr, writer, fencing_token, timestamp, \
-     origin_replica, origin_seq_nr, version, concurrent, plugin, payload";
+     origin_replica, origin_seq_nr, version, concurrent, plugin, payload, idempotency";
 
 /// How long a statement waits for a lock held by another connection (another process inspecting or
 /// backing up the file, or a checkpoint) before failing: long enough to ride out a checkpoint, short
@@ -506,11 +511,16 @@ fn apply(connection: &Connection, operation: &WriteOperation) -> WriteOutcome {
             let mut insert = connection
                 .prepare_cached(&format!(
                     "INSERT INTO events ({EVENT_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                 ))
                 .map_err(in_context)?;
             for event in events {
                 let version = to_json(&event.version).map_err(in_context)?;
+                let idempotency = event
+                    .idempotency
+                    .as_ref()
+                    .map(IdempotencyRecord::to_column)
+                    .transpose()?;
                 insert
                     .execute(params![
                         event.persistence_id,
@@ -524,6 +534,7 @@ fn apply(connection: &Connection, operation: &WriteOperation) -> WriteOutcome {
                         event.concurrent,
                         event.plugin,
                         event.payload,
+                        idempotency,
                     ])
                     .map_err(in_context)?;
             }
@@ -627,6 +638,13 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventEnvelope> {
         concurrent: row.get(8)?,
         plugin: row.get(9)?,
         payload: row.get(10)?,
+        idempotency: row
+            .get::<_, Option<Vec<u8>>>(11)?
+            .map(|bytes| IdempotencyRecord::from_column(&bytes))
+            .transpose()
+            .map_err(|error| {
+                rusqlite::Error::FromSqlConversionFailure(11, Type::Blob, Box::new(error))
+            })?,
     })
 }
 
@@ -721,6 +739,12 @@ fn prepare_schema(connection: &mut Connection, path: &Path) -> Result<(), Journa
                 )));
             }
             transaction.execute_batch(SCHEMA).map_err(opening)?;
+            transaction
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(opening)?;
+        }
+        1 => {
+            transaction.execute_batch(MIGRATE_1_TO_2).map_err(opening)?;
             transaction
                 .pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(opening)?;
@@ -987,14 +1011,52 @@ mod tests {
         );
     }
 
+    /// A journal written before events had an idempotency column opens, keeps its events, and
+    /// takes keyed ones.
+    #[tokio::test]
+    async fn a_version_1_journal_is_migrated() {
+        let directory = temp_dir();
+        let path = directory.path().join("journal.db");
+        let version_1 = SCHEMA.replace("idempotency BLOB,", "");
+        Connection::open(&path)
+            .and_then(|old| {
+                old.execute_batch(&version_1)?;
+                old.execute(
+                    &format!(
+                        "INSERT INTO events ({}) VALUES ('p', 1, ?1, 0, 0, '', 1, '{{}}', 0, 'c', x'c0')",
+                        EVENT_COLUMNS.replace(", idempotency", "")
+                    ),
+                    params![Ulid::nil().to_string()],
+                )?;
+                old.pragma_update(None, "user_version", 1)
+            })
+            .expect("write a version 1 journal");
+
+        let journal = SqliteJournal::open(&path).await.expect("migrated");
+        let mut keyed = crate::journal::conformance::sample_event("p", 2, Ulid::nil());
+        keyed.idempotency = Some(IdempotencyRecord {
+            key: "k".into(),
+            digest: vec![1; 32],
+            reply: vec![0xc0],
+        });
+        journal
+            .append("p", 1, 0, vec![keyed.clone()])
+            .await
+            .unwrap();
+        let events = journal.read("p", 1, 10).await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].idempotency, None);
+        assert_eq!(events[1], keyed);
+    }
+
     #[tokio::test]
     async fn a_journal_of_a_newer_schema_is_refused() {
         let directory = temp_dir();
         drop(open_in(directory.path()).await);
         let path = directory.path().join("journal.db");
         Connection::open(&path)
-            .and_then(|newer| newer.pragma_update(None, "user_version", 2))
-            .expect("mark the journal as schema version 2");
+            .and_then(|newer| newer.pragma_update(None, "user_version", 3))
+            .expect("mark the journal as schema version 3");
 
         let error = SqliteJournal::open(&path)
             .await
@@ -1003,7 +1065,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("has journal schema version 2; this weft reads version 1"),
+                .contains("has journal schema version 3; this weft reads version 2"),
             "{error}"
         );
     }

@@ -379,6 +379,7 @@ mod tests {
             concurrent: false,
             plugin: "t@0".into(),
             payload: payload.as_bytes().to_vec(),
+            idempotency: None,
         }
     }
 

@@ -314,6 +314,7 @@ impl ReplicaStage {
             concurrent: false,
             plugin: stamp.plugin.clone(),
             payload,
+            idempotency: None,
         }
     }
 }

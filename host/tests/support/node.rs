@@ -122,6 +122,23 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
         .expect("a JSON body")
 }
 
+/// The value of the counter or gauge `name` on the `/metrics` of the node at `url`.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics of {url}"))
+}
+
 pub fn weft_binary() -> PathBuf {
     if let Some(path) = option_env!("CARGO_BIN_EXE_weft") {
         return PathBuf::from(path);
