@@ -92,6 +92,12 @@ pub enum EntityError {
     /// what is left when every attempt found the entity stopping.
     #[error("entity {0} stopped before answering; retry")]
     Stopped(String),
+
+    /// This node is stopping: it passivates its entities and hands their leases back, and
+    /// starts no entity any more. Another node takes the entity over; retry there (a cluster
+    /// routes the retry to the new owner once this node has left).
+    #[error("this node is stopping and no longer runs entity {0}; retry")]
+    NodeStopping(String),
 }
 
 impl EntityError {
@@ -105,6 +111,7 @@ impl EntityError {
             EntityError::Plugin { code, .. } => code,
             EntityError::Journal(_) => "journal_error",
             EntityError::Stopped(_) => "entity_stopped",
+            EntityError::NodeStopping(_) => "node_stopping",
             EntityError::NotWriter { .. } => "not_writer",
             EntityError::Lease(_) => "lease_unavailable",
             EntityError::Fenced(_) => "stale_fencing_token",

@@ -36,7 +36,7 @@ pub use budget::{ENTITY_OVERHEAD_BYTES, ResidentBudget};
 pub use error::EntityError;
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{
-    CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, SystemSettings,
+    CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, StopReport, SystemSettings,
 };
 pub use tenure::lease_name;
 pub use types::{
