@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::cluster::{TestCluster, cluster_view, wait_for_members};
+use support::cluster::{TestCluster, amounts_applied_once, cluster_view, wait_for_members};
 use support::services::Postgres;
-use weft::journal::{Journal, PostgresJournal};
+use weft::journal::PostgresJournal;
 
 /// Long enough that a takeover by expiry is told apart from one by release.
 const LEASE_TTL_MS: u64 = 15_000;
@@ -207,25 +207,8 @@ async fn a_stopped_node_hands_its_single_writer_entities_over_before_their_lease
     // Every acknowledged write is in the journal exactly once, and nothing unsent is.
     let journal = PostgresJournal::open(&cluster.database).await.unwrap();
     for (entity, ledger) in &ledgers {
-        let events = journal
-            .read(&format!("counter|{entity}"), 1, 100_000)
-            .await
-            .unwrap();
+        let unique = amounts_applied_once(&journal, &format!("counter|{entity}")).await;
         let sent = ledger.lock().unwrap();
-        let amounts: Vec<i64> = events
-            .iter()
-            .map(|event| {
-                support::from_msgpack(&event.payload)["by"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
-        let unique: BTreeSet<i64> = amounts.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            amounts.len(),
-            "{entity}: an amount applied twice"
-        );
         let all_sent: BTreeSet<i64> = sent
             .iter()
             .map(|command| command.amount)

@@ -100,6 +100,30 @@ lease_ttl_ms = {lease_ttl_ms}
     path
 }
 
+/// The counter amounts (`by`) in the stream `pid` of `journal`; panics if one was applied twice
+/// (every amount a test sends is unique, so a duplicate is a command applied twice).
+pub async fn amounts_applied_once(
+    journal: &dyn weft::journal::Journal,
+    pid: &str,
+) -> BTreeSet<i64> {
+    let events = journal.read(pid, 1, 100_000).await.unwrap();
+    let amounts: Vec<i64> = events
+        .iter()
+        .map(|event| {
+            super::plugins::from_msgpack(&event.payload)["by"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let unique: BTreeSet<i64> = amounts.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        amounts.len(),
+        "{pid}: an amount applied twice"
+    );
+    unique
+}
+
 /// Injects `fault` (a `POST /cluster/faults` body) into the node at `url`; panics if refused.
 pub async fn inject_fault(http: &reqwest::Client, url: &str, fault: Value) {
     let response = http
