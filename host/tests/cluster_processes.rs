@@ -220,6 +220,7 @@ async fn check_against_the_journal(
                     | "no_owner"
                     | "not_writer"
                     | "entity_stopped"
+                    | "node_stopping"
                     | "stale_fencing_token"
                     | "plugins_loading"
             ) && !code.starts_with("transport:")
