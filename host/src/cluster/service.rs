@@ -145,6 +145,9 @@ pub struct Cluster {
     config: Arc<ClusterConfig>,
     /// Asks the membership task to leave; answered once the leave packets went out.
     leave: mpsc::Sender<oneshot::Sender<()>>,
+    /// The node's tasks, and the token that stops the cluster's (see [`Cluster::spawn`]).
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Cluster {
@@ -191,13 +194,25 @@ impl Cluster {
             tasks: tasks.clone(),
         };
         let (leave, leave_requests) = mpsc::channel(1);
-        tasks.spawn(stop.run_until_cancelled_owned(driver.run(packets_in, leave_requests)));
+        tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(driver.run(packets_in, leave_requests)),
+        );
         Ok(Cluster {
             view,
             transport,
             config: Arc::new(config),
             leave,
+            tasks: tasks.clone(),
+            stop,
         })
+    }
+
+    /// Runs `task` among the node's tasks until it ends or the cluster's tasks stop (after the
+    /// node left): the node's stop waits for it.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .spawn(self.stop.clone().run_until_cancelled_owned(task));
     }
 
     /// Leaves the cluster through SWIM: tells the peers this node is going, so they drop it from
