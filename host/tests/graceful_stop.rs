@@ -2,7 +2,9 @@
 //! PostgreSQL journal and lease table): the stopped node hands its single-writer entities over
 //! before their leases could have expired — it releases them — and every acknowledged write is in
 //! the journal exactly once; and it leaves the cluster through SWIM, so its peer drops it long
-//! before suspicion could have declared it down. Both stops exit 0.
+//! before suspicion could have declared it down. Both stops exit 0. A stop held up by a request in
+//! flight is forced after `shutdown_timeout_ms`, and a second signal forces it at once; both are
+//! logged and exit 0.
 
 mod support;
 
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, amounts_applied_once, cluster_view, wait_for_members};
+use support::node::{ServeProcess, plugins_dir};
 use support::services::Postgres;
 use weft::journal::PostgresJournal;
 
@@ -265,4 +268,82 @@ async fn a_stopped_node_leaves_the_cluster_instead_of_waiting_to_be_suspected() 
         l1_log.contains("l2") && l1_log.contains("is down"),
         "{l1_log}"
     );
+}
+
+/// A node serving the `hostile` plugin, whose `spin` command runs for its whole CPU bound (60 s
+/// here), with `shutdown_timeout_ms`; a `spin` in flight (its entity activated). Returns the node
+/// and the request's task.
+async fn node_with_a_spin_in_flight(
+    root: &std::path::Path,
+    shutdown_timeout_ms: u64,
+) -> (ServeProcess, tokio::task::JoinHandle<()>) {
+    let plugins = plugins_dir(root, &["hostile"]);
+    let config = root.join("weft.toml");
+    let text = format!(
+        "[node]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nplugins_dir = \"{plugins}\"\n\
+         compile_cache_dir = \"{cache}\"\nshutdown_timeout_ms = {shutdown_timeout_ms}\n\n\
+         [limits]\ncpu_per_call_ms = 60000\n",
+        data = root.join("data").display(),
+        plugins = plugins.display(),
+        cache = support::shared_compile_cache().display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let node = ServeProcess::start_with_config(&config);
+    let url = node.url.clone();
+    let spin = tokio::spawn(async move {
+        // Answered with an error or cut off by the stop: either is fine here.
+        let _ = reqwest::Client::new()
+            .post(format!("{url}/entities/hostile/h1"))
+            .json(&json!({"op": "spin"}))
+            .send()
+            .await;
+    });
+    let http = reqwest::Client::new();
+    let metrics = format!("{}/metrics", node.url);
+    support::eventually("the spinning entity is active", || async {
+        let text = http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|line| line == "weft_entity_activations_total 1")
+    })
+    .await;
+    (node, spin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_held_up_is_forced_after_the_timeout_or_by_a_second_signal() {
+    let root = tempfile::tempdir().unwrap();
+    let (node, spin) = node_with_a_spin_in_flight(&root.path().join("timeout"), 200).await;
+    let log = node.log.clone();
+    let exit = tokio::task::spawn_blocking(|| node.terminate())
+        .await
+        .unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(exit.success(), "a forced stop exits 0: {exit}\n{log}");
+    assert!(
+        log.contains("the stop did not finish within shutdown_timeout_ms (200 ms)"),
+        "{log}"
+    );
+    spin.await.unwrap();
+
+    let (node, spin) = node_with_a_spin_in_flight(&root.path().join("again"), 600_000).await;
+    let log = node.log.clone();
+    node.signal("TERM");
+    support::eventually("the first SIGTERM is taken", || async {
+        log.lock().unwrap().contains("SIGTERM: stopping gracefully")
+    })
+    .await;
+    let exit = tokio::task::spawn_blocking(|| node.interrupt())
+        .await
+        .unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(exit.success(), "a forced stop exits 0: {exit}\n{log}");
+    assert!(log.contains("SIGINT again: stopping at once"), "{log}");
+    spin.await.unwrap();
 }

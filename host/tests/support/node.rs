@@ -253,13 +253,18 @@ impl ServeProcess {
     }
 
     fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
+        self.child.wait().expect("wait")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) without waiting for the process.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {pid}");
-        self.child.wait().expect("wait")
     }
 
     /// SIGKILL: no shutdown code runs.
