@@ -9,6 +9,10 @@
 //! - commands per second through one gateway to 1 actor node and to 3 actor nodes
 //!   ([`CLIENTS`] concurrent clients, [`COMMANDS`] commands over [`ENTITIES`] entities).
 //!
+//! With the argument `stop` (`cargo xtask bench cluster stop`) it measures only the takeover
+//! after a graceful stop (SIGTERM) against the takeover after SIGKILL, both with a
+//! [`STOP_LEASE_TTL_MS`] lease: [`STOP_RUNS`] of each.
+//!
 //! Every process shares the machine's cores with the others and with PostgreSQL.
 
 #![allow(dead_code)] // the benchmark uses a subset of the test support
@@ -29,6 +33,9 @@ use serde_json::json;
 use services::Postgres;
 
 const FAILOVER_RUNS: usize = 5;
+const STOP_RUNS: usize = 3;
+/// The single-writer lease of the `stop` comparison: long, as a production lease would be.
+const STOP_LEASE_TTL_MS: u64 = 15_000;
 const CLIENTS: usize = 32;
 const COMMANDS: usize = 4_000;
 const ENTITIES: usize = 64;
@@ -42,13 +49,28 @@ async fn accepted(http: &reqwest::Client, url: &str, entity: &str) -> bool {
         .is_ok_and(|response| response.status() == 200)
 }
 
-/// Kills the owner of an entity and times until the entity takes a command again.
-async fn failover(cluster: &TestCluster, http: &reqwest::Client) -> anyhow::Result<Vec<Duration>> {
+/// How the owner of an entity is taken down.
+#[derive(Clone, Copy, Debug)]
+enum Takedown {
+    /// SIGKILL: its lease expires, peers suspect it.
+    Kill,
+    /// SIGTERM: a graceful stop, which releases the lease and leaves the cluster.
+    Terminate,
+}
+
+/// Takes the owner of an entity down `runs` times and times until the entity takes a command
+/// again.
+async fn failover(
+    cluster: &TestCluster,
+    http: &reqwest::Client,
+    takedown: Takedown,
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let a1 = cluster.start("a1", "actor");
     let a3 = cluster.start("a3", "actor");
     let gateway = cluster.start("g1", "gateway");
     let mut times = Vec::new();
-    for run in 0..FAILOVER_RUNS {
+    for run in 0..runs {
         let a2 = cluster.start("a2", "actor");
         for node in [&a1, &a2, &a3, &gateway] {
             wait_for_members(http, &node.url, &["a1", "a2", "a3", "g1"]).await;
@@ -69,13 +91,31 @@ async fn failover(cluster: &TestCluster, http: &reqwest::Client) -> anyhow::Resu
         }
         let victim = victim.ok_or_else(|| anyhow::anyhow!("no entity landed on a2"))?;
         let killed = Instant::now();
-        a2.kill();
-        while !accepted(http, &gateway.url, &victim).await {
+        // A graceful stop runs while the gateway already retries; a command counts once it
+        // was sent after the owner's process is gone (during the stop the owner still answers).
+        let stopped = match takedown {
+            Takedown::Kill => {
+                a2.kill();
+                None
+            }
+            Takedown::Terminate => Some(tokio::task::spawn_blocking(|| a2.terminate())),
+        };
+        let gone = |stopped: &Option<tokio::task::JoinHandle<_>>| {
+            stopped.as_ref().is_none_or(|stop| stop.is_finished())
+        };
+        loop {
+            let sent_after_exit = gone(&stopped);
+            if accepted(http, &gateway.url, &victim).await && sent_after_exit {
+                break;
+            }
             anyhow::ensure!(killed.elapsed() < cluster::DEADLINE, "no failover");
         }
         let took = killed.elapsed();
+        if let Some(stopped) = stopped {
+            anyhow::ensure!(stopped.await?.success(), "a graceful stop exits 0");
+        }
         println!(
-            "  run {}: {victim} accepted again {took:?} after the kill",
+            "  run {}: {victim} accepted again {took:?} after {takedown:?}",
             run + 1
         );
         times.push(took);
@@ -123,19 +163,42 @@ async fn throughput(url: &str) -> anyhow::Result<f64> {
     Ok(COMMANDS as f64 / seconds)
 }
 
+/// Prints the median, the fastest and the slowest of `times` (sorted).
+fn report(what: &str, times: &[Duration]) {
+    println!(
+        "{what} over {} runs: median {:?} (min {:?}, max {:?})",
+        times.len(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let postgres = Postgres::start();
     let http = reqwest::Client::new();
 
+    if std::env::args().nth(1).as_deref() == Some("stop") {
+        for takedown in [Takedown::Terminate, Takedown::Kill] {
+            println!(
+                "takeover: {takedown:?} of an entity's owner → first accepted command on the new \
+                 owner, {STOP_LEASE_TTL_MS} ms lease"
+            );
+            let cluster = TestCluster {
+                lease_ttl_ms: STOP_LEASE_TTL_MS,
+                ..TestCluster::new(&postgres, "a1").await
+            };
+            let times = failover(&cluster, &http, takedown, STOP_RUNS).await?;
+            report(&format!("{takedown:?}"), &times);
+        }
+        return Ok(());
+    }
+
     println!("failover: SIGKILL of an entity's owner → first accepted command on the new owner");
-    let times = failover(&TestCluster::new(&postgres, "a1").await, &http).await?;
-    println!(
-        "failover over {FAILOVER_RUNS} kills: median {:?} (min {:?}, max {:?})",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1]
-    );
+    let cluster = TestCluster::new(&postgres, "a1").await;
+    let times = failover(&cluster, &http, Takedown::Kill, FAILOVER_RUNS).await?;
+    report("failover after SIGKILL", &times);
 
     for actors in [1usize, 3] {
         let cluster = TestCluster::new(&postgres, "a1").await;

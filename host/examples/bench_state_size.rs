@@ -76,6 +76,8 @@ async fn main() -> anyhow::Result<()> {
             p50.as_secs_f64() / base.as_secs_f64()
         );
     }
+    // Every actor passivates before the next measure.
+    system.stop().await;
     budget().await
 }
 
@@ -122,6 +124,7 @@ async fn budget() -> anyhow::Result<()> {
         "| passivated to keep within the budget | {} |",
         budget.passivations()
     );
+    system.stop().await;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! plugins_dir = "./plugins"      # watched: a new or changed .wasm is hot-loaded
 //! # writer_id = "01J…"           # a fixed ULID instead of a new one per boot (tests, migrations)
 //! # compile_cache_dir = "…"      # default <data_dir>/compiled
+//! # shutdown_timeout_ms = 30000  # longest a graceful stop (SIGTERM/SIGINT) runs before it is forced
 //!
 //! [journal]
 //! backend = "sqlite"             # or "memory", or "postgres" with a url:
@@ -99,6 +100,10 @@ pub struct NodeConfig {
     pub max_plugin_bytes: usize,
     /// How long an HTTP command or state read waits for its answer before 504 `ask_timeout`.
     pub ask_timeout_ms: u64,
+    /// Longest a graceful stop runs (answering requests in flight, passivating entities,
+    /// releasing leases, leaving the cluster, writing durable data) before the node stops at
+    /// once.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl NodeConfig {
@@ -118,6 +123,11 @@ impl NodeConfig {
                     8..=(1 << 30),
                 ),
                 ("ask_timeout_ms", self.ask_timeout_ms, 1..=600_000),
+                (
+                    "shutdown_timeout_ms",
+                    self.shutdown_timeout_ms,
+                    1..=3_600_000,
+                ),
             ],
         )
     }
@@ -134,6 +144,7 @@ impl Default for NodeConfig {
             max_command_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
             ask_timeout_ms: 30_000,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }

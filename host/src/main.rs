@@ -1,10 +1,14 @@
 //! The `weft` binary: parses the command line, sets up logging, runs the command.
 
 use clap::Parser;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() {
+/// How long the runtime waits, once the command has returned, for blocking work still running —
+/// a guest call a forced stop left behind — before the process exits anyway.
+const BLOCKING_WORK_WAIT: Duration = Duration::from_secs(1);
+
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -12,7 +16,19 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(error) = weft::cli::Cli::parse().run().await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = runtime.block_on(weft::cli::Cli::parse().run());
+    runtime.shutdown_timeout(BLOCKING_WORK_WAIT);
+    if let Err(error) = outcome {
         // The reader of stdout went away (`weft plugin list | head -1`): nothing went wrong.
         if error.is::<weft::cli::OutputClosed>() {
             return;

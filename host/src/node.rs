@@ -7,6 +7,13 @@
 //! (`deployments`), each load logged with its place and time. [`Readiness`] tracks it for
 //! `GET /ready`; commands for entity types not loaded yet answer `503 plugins_loading` meanwhile.
 //! The plugins directory keeps being watched: a new or changed `.wasm` file is hot-loaded.
+//!
+//! Every background task of the node runs on one [`TaskTracker`] and stops through one tree of
+//! [`CancellationToken`]s, so nothing outlives the node. A graceful stop ([`Node::shutdown`],
+//! SIGTERM or SIGINT under [`Node::wait`]) goes in order: stop taking requests and answer those in
+//! flight; passivate every active entity, which hands its single-writer lease back; leave the
+//! cluster through SWIM; stop the cluster's tasks and write the durable DistributedData. Past
+//! `shutdown_timeout_ms`, or on a second signal, the node stops at once.
 
 use anyhow::Context as _;
 use std::collections::HashMap;
@@ -14,7 +21,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, BodyLimits};
 use crate::clock::NodeClock;
@@ -46,8 +54,17 @@ pub struct Node {
     pub plugins: Arc<PluginRegistry>,
     /// Whether start-up loading is done (see [`Node::ready`]).
     pub readiness: Readiness,
-    shutdown: watch::Sender<bool>,
+    /// The cluster this node is a member of, if any.
+    cluster: Option<Cluster>,
+    /// Every background task of the node.
+    tasks: TaskTracker,
+    /// The root of the node's tokens: cancelled, everything stops at once.
+    stop: CancellationToken,
+    /// Cancelled first: the API stops taking requests, start-up loading and the plugins
+    /// directory's watch end.
+    serving: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown_timeout: Duration,
 }
 
 impl Node {
@@ -115,7 +132,9 @@ impl Node {
         for (name, type_config) in &config.entities {
             entities.bind_type(name, type_config.clone())?;
         }
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let serving = stop.child_token();
         let deployments = Arc::new(Deployments::open(data_dir)?);
         // Begun before the port binds: `/ready` never says ready before start-up loading ran.
         let readiness = Readiness::new();
@@ -138,27 +157,36 @@ impl Node {
             deployments.clone(),
             config.node.max_plugin_bytes,
         );
-        let (router, ddata) = match &config.cluster {
-            Some(cluster) => {
-                let (cluster, ddata) = join_cluster(
-                    cluster.clone(),
-                    config.ddata.clone(),
-                    data_dir,
-                    &entities,
-                    &deployer,
-                    &readiness,
-                    shutdown_rx.clone(),
-                )
-                .await?;
-                entities.set_peers(Arc::new(ClusterPeers::new(cluster.clone())));
-                tokio::spawn(hand_off_moved_entities(cluster.clone(), entities.clone()));
-                (
-                    Router::new(entities.clone(), Some(cluster), readiness.clone()),
-                    Some(ddata),
-                )
-            }
-            None => (Router::new(entities.clone(), None, readiness.clone()), None),
-        };
+        let (router, ddata, cluster) =
+            match &config.cluster {
+                Some(cluster) => {
+                    let (cluster, ddata) = join_cluster(
+                        cluster.clone(),
+                        config.ddata.clone(),
+                        data_dir,
+                        &entities,
+                        &deployer,
+                        &readiness,
+                        &tasks,
+                        &stop,
+                    )
+                    .await?;
+                    entities.set_peers(Arc::new(ClusterPeers::new(cluster.clone())));
+                    tasks.spawn(stop.child_token().run_until_cancelled_owned(
+                        hand_off_moved_entities(cluster.clone(), entities.clone()),
+                    ));
+                    (
+                        Router::new(entities.clone(), Some(cluster.clone()), readiness.clone()),
+                        Some(ddata),
+                        Some(cluster),
+                    )
+                }
+                None => (
+                    Router::new(entities.clone(), None, readiness.clone()),
+                    None,
+                    None,
+                ),
+            };
         let listener = tokio::net::TcpListener::bind(config.node.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.node.listen))?;
@@ -178,30 +206,34 @@ impl Node {
             },
             ask_timeout: std::time::Duration::from_millis(config.node.ask_timeout_ms),
             started: std::time::Instant::now(),
-            shutdown: shutdown_rx.clone(),
+            shutdown: serving.clone(),
         };
-        let mut stop = shutdown_rx.clone();
-        let server = tokio::spawn(api::serve(listener, state, async move {
-            // A dropped sender also means stop.
-            let _ = stop.wait_for(|stop| *stop).await;
-        }));
+        let server = tasks.spawn(api::serve(
+            listener,
+            state,
+            serving.clone().cancelled_owned(),
+        ));
         tracing::info!(%writer_id, "weft listening on http://{addr}");
-        tokio::spawn(load_at_start(
+        tasks.spawn(load_at_start(
             watcher,
             deployments,
             plugins.clone(),
             entities.clone(),
             readiness.clone(),
             loading,
-            shutdown_rx,
+            serving.clone(),
         ));
         Ok(Node {
             addr,
             entities,
             plugins,
             readiness,
-            shutdown,
+            cluster,
+            tasks,
+            stop,
+            serving,
             server,
+            shutdown_timeout: Duration::from_millis(config.node.shutdown_timeout_ms),
         })
     }
 
@@ -210,35 +242,80 @@ impl Node {
         self.readiness.wait().await
     }
 
-    /// Stops taking requests, lets the ones in flight finish, and returns.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.shutdown.send_replace(true);
-        self.server.await??;
-        Ok(())
+    /// Stops gracefully (see the module docs for the order), within `shutdown_timeout_ms`:
+    /// past it, stops at once.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let stopped = self.stop_within_timeout().await;
+        if stopped.is_none() {
+            self.stop_at_once();
+        }
+        stopped.unwrap_or(Ok(()))
     }
 
     /// Runs until the server stops. For `weft serve`: until SIGINT (Ctrl-C) or SIGTERM (what
-    /// systemd, Docker and Kubernetes send), then stops taking connections and answers every
-    /// request in flight before returning; a second signal returns at once.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let Node {
-            shutdown,
-            mut server,
-            ..
-        } = self;
+    /// systemd, Docker and Kubernetes send), then stops gracefully (see the module docs) within
+    /// `shutdown_timeout_ms`; a second signal stops it at once.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
         tokio::select! {
-            outcome = &mut server => return Ok(outcome??),
+            outcome = &mut self.server => return Ok(outcome??),
+            signal = stop_signal() => tracing::info!("{signal}: stopping gracefully"),
+        }
+        let stopped = tokio::select! {
+            stopped = self.stop_within_timeout() => stopped,
             signal = stop_signal() => {
-                tracing::info!("{signal}: stopping; answering the requests in flight");
-                shutdown.send_replace(true);
+                tracing::warn!("{signal} again: stopping at once");
+                None
             }
+        };
+        if stopped.is_none() {
+            self.stop_at_once();
         }
-        tokio::select! {
-            outcome = server => outcome??,
-            signal = stop_signal() => tracing::warn!("{signal} again: stopping at once"),
-        }
+        stopped.unwrap_or(Ok(()))?;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// The graceful stop, or `None` if it did not finish within `shutdown_timeout_ms`.
+    async fn stop_within_timeout(&mut self) -> Option<anyhow::Result<()>> {
+        let timeout = self.shutdown_timeout;
+        let stopped = tokio::time::timeout(timeout, self.stop_in_order()).await;
+        if stopped.is_err() {
+            tracing::warn!(
+                "the stop did not finish within shutdown_timeout_ms ({} ms): stopping at once",
+                timeout.as_millis()
+            );
+        }
+        stopped.ok()
+    }
+
+    /// Stops taking requests and answers those in flight; passivates every entity (their leases
+    /// go back); leaves the cluster; stops the cluster's tasks and writes the durable data.
+    async fn stop_in_order(&mut self) -> anyhow::Result<()> {
+        self.serving.cancel();
+        let served = (&mut self.server).await;
+        tracing::info!("stopping: the requests in flight are answered; passivating the entities");
+        let stopped = self.entities.stop().await;
+        let left = match &self.cluster {
+            Some(cluster) if cluster.leave().await => ", left the cluster",
+            Some(_) => ", the cluster's membership had ended already",
+            None => "",
+        };
+        tracing::info!(
+            "stopping: {} entities passivated, {} leases released{left}",
+            stopped.passivated,
+            stopped.leases_released
+        );
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        served??;
+        Ok(())
+    }
+
+    /// Cancels every task of the node and stops the server without waiting.
+    fn stop_at_once(&self) {
+        self.stop.cancel();
+        self.server.abort();
     }
 }
 
@@ -268,16 +345,21 @@ async fn load_at_start(
     entities: EntitySystem,
     readiness: Readiness,
     loading: StartupStep,
-    shutdown: watch::Receiver<bool>,
+    serving: CancellationToken,
 ) {
     let mut watcher = watcher;
-    if let Some(watcher) = &mut watcher {
-        watcher.scan(Some(&readiness)).await;
+    let loaded = serving.run_until_cancelled(async {
+        if let Some(watcher) = &mut watcher {
+            watcher.scan(Some(&readiness)).await;
+        }
+        restore_deployments(&deployments, &plugins, &entities, &readiness).await;
+    });
+    if loaded.await.is_none() {
+        return;
     }
-    restore_deployments(&deployments, &plugins, &entities, &readiness).await;
     drop(loading);
     if let Some(watcher) = watcher {
-        watcher.run(shutdown).await;
+        serving.run_until_cancelled_owned(watcher.run()).await;
     }
 }
 
@@ -355,7 +437,9 @@ fn record_startup_load(
 
 /// Starts the internal transport, catches up on the deployments the seeds have (loading them
 /// before the port binds), then starts the membership service (announcing to the seeds: from then
-/// on placement may give this node entities) and DistributedData.
+/// on placement may give this node entities) and DistributedData, all on `tasks` and stopped by
+/// `stop`.
+#[allow(clippy::too_many_arguments)]
 async fn join_cluster(
     config: ClusterConfig,
     ddata_config: DdataConfig,
@@ -363,7 +447,8 @@ async fn join_cluster(
     entities: &EntitySystem,
     deployer: &Deployer,
     readiness: &Readiness,
-    shutdown: watch::Receiver<bool>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
 ) -> anyhow::Result<(Cluster, DistributedData)> {
     let (packets, packets_in) = packet_channel();
     let (ddata_messages, ddata_in) = message_channel();
@@ -390,15 +475,15 @@ async fn join_cluster(
         "cluster transport listening; joining {} seed(s)", config.seeds.len()
     );
     let stop_transport = transport.clone();
-    let mut stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
+    let transport_stop = stop.child_token();
+    tasks.spawn(async move {
+        transport_stop.cancelled().await;
         stop_transport.shutdown();
     });
     deployer
         .catch_up(&transport, config.name.as_str(), &config.seeds)
         .await;
-    let cluster = Cluster::start(config, transport, packets_in, shutdown.clone())?;
+    let cluster = Cluster::start(config, transport, packets_in, tasks, stop.child_token())?;
     // Set once, here, before anything reads it.
     let _ = started.set(cluster.clone());
     deployer.attach(cluster.clone());
@@ -407,7 +492,8 @@ async fn join_cluster(
         ddata_in,
         ddata_config,
         &data_dir.join("ddata.db"),
-        shutdown,
+        tasks,
+        stop.child_token(),
     )?;
     Ok((cluster, ddata))
 }
@@ -475,13 +561,10 @@ impl PluginDirWatcher {
         }
     }
 
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Scans every [`PLUGIN_SCAN_INTERVAL`], for as long as the caller polls it.
+    async fn run(mut self) {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(PLUGIN_SCAN_INTERVAL) => {}
-                // The only change ever sent is the stop; a dropped sender means stop too.
-                _ = shutdown.changed() => return,
-            }
+            tokio::time::sleep(PLUGIN_SCAN_INTERVAL).await;
             self.scan(None).await;
         }
     }

@@ -1,7 +1,8 @@
 //! Single-writer entities on a shared PostgreSQL journal and lease table (real servers): a zombie
 //! writer paused past its lease is fenced and becomes an observer; without the lease two hosts
 //! writing one stream are caught by recovery in `fail` mode; the loss hook fires once per loss, in
-//! the plugin and on `GET /notifications`.
+//! the plugin and on `GET /notifications`. A stopped entity system (a node's graceful stop) hands
+//! every lease back and starts no entity.
 
 mod support;
 
@@ -16,9 +17,11 @@ use support::{eventually, from_msgpack, msgpack};
 use tokio::sync::broadcast;
 use ulid::Ulid;
 use weft::config::JournalBackend;
-use weft::entity::{EntityError, EntitySystem, EntityTypeConfig, Notification, lease_name};
-use weft::journal::{Journal, PostgresJournal};
-use weft::lease::{Lease, PostgresLease};
+use weft::entity::{
+    EntityError, EntitySystem, EntityTypeConfig, Notification, StopReport, lease_name,
+};
+use weft::journal::{InMemoryJournal, Journal, PostgresJournal};
+use weft::lease::{InMemoryLease, Lease, PostgresLease};
 
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -366,4 +369,37 @@ async fn each_lease_loss_fires_the_hook_and_the_event_stream_once() {
         .shutdown()
         .await
         .expect("shutdown ends the event stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_system_passivates_every_entity_releases_its_leases_and_starts_none() {
+    let journal: Arc<dyn Journal> = Arc::new(InMemoryJournal::new());
+    let lease: Arc<dyn Lease> = Arc::new(InMemoryLease::new());
+    // A minute's lease: only a release lets another host write within the test.
+    let config = single_writer(60_000, 120);
+    let host = support::counter_host(journal.clone(), lease.clone(), Ulid::new(), config.clone());
+    let ids = ["a", "b", "c"];
+    for id in ids {
+        assert_eq!(increment(&host, id, 1).await.unwrap(), 1);
+    }
+    let report = host.stop().await;
+    assert_eq!(
+        report,
+        StopReport {
+            passivated: 3,
+            leases_released: 3
+        }
+    );
+    assert_eq!(host.active_entities(), 0);
+    for id in ids {
+        let name = lease_name(&format!("counter|{id}"));
+        assert_eq!(lease.holder(&name).await.unwrap(), None, "{name} released");
+    }
+    let refused = increment(&host, "a", 1).await.unwrap_err();
+    assert_eq!(refused.code(), "node_stopping", "{refused}");
+    // Another host (outside a cluster: a held lease is refused at once) writes every entity now.
+    let other = support::counter_host(journal, lease, Ulid::new(), config);
+    for id in ids {
+        assert_eq!(increment(&other, id, 10).await.unwrap(), 2);
+    }
 }

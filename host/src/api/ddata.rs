@@ -145,12 +145,12 @@ pub async fn subscribe(
     // subscription's drop frees the key's watch.
     let events = futures::stream::unfold(
         (subscription, app.shutdown, true),
-        |(mut subscription, mut shutdown, first)| async move {
+        |(mut subscription, shutdown, first)| async move {
             let values = subscription.values();
             if !first {
                 tokio::select! {
                     changed = values.changed() => changed.ok()?,
-                    _ = shutdown.wait_for(|stop| *stop) => return None,
+                    () = shutdown.cancelled() => return None,
                 }
             }
             let data = match &*values.borrow_and_update() {

@@ -73,7 +73,9 @@ pub fn entity_error_status(error: &EntityError) -> StatusCode {
         EntityError::UnknownEntityType(_) => StatusCode::NOT_FOUND,
         EntityError::InvalidName(_) => StatusCode::BAD_REQUEST,
         EntityError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        EntityError::Overloaded { .. } | EntityError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+        EntityError::Overloaded { .. } | EntityError::Stopped(_) | EntityError::NodeStopping(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         EntityError::WriterConflict(_) => StatusCode::CONFLICT,
         EntityError::Plugin { code, .. } if *code == "unknown_plugin" || *code == "plugin_busy" => {
             StatusCode::SERVICE_UNAVAILABLE

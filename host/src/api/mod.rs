@@ -65,9 +65,9 @@ pub struct AppState {
     /// How long a command or state read waits for its answer.
     pub ask_timeout: std::time::Duration,
     pub started: std::time::Instant,
-    /// Becomes true when the node stops: long-lived responses (event streams) end then, so the
-    /// graceful shutdown does not wait on them.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled when the node stops taking requests: long-lived responses (event streams) end
+    /// then, so the graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Largest bodies accepted, in bytes.

@@ -22,11 +22,10 @@ pub async fn stream(
     let receiver = app.entities.notifications().subscribe();
     let events = futures::stream::unfold(
         (receiver, app.shutdown),
-        |(mut receiver, mut shutdown)| async move {
+        |(mut receiver, shutdown)| async move {
             let received = tokio::select! {
                 received = receiver.recv() => received,
-                // The only change ever sent is the stop; a dropped sender means stop too.
-                _ = shutdown.wait_for(|stop| *stop) => return None,
+                () = shutdown.cancelled() => return None,
             };
             let event = match received {
                 Ok(notification) => to_event(&notification),

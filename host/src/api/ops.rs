@@ -45,7 +45,7 @@ pub async fn ready(State(app): State<AppState>) -> (StatusCode, Json<ReadinessRe
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let entity = app.entities.metrics();
     let mut text = String::new();
-    let counters: [(&str, &str, &AtomicU64); 10] = [
+    let counters: [(&str, &str, &AtomicU64); 11] = [
         (
             "weft_commands_ok_total",
             "Commands that got a reply.",
@@ -70,6 +70,11 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             "weft_entity_passivations_total",
             "Entity actors stopped.",
             &entity.passivations,
+        ),
+        (
+            "weft_leases_released_total",
+            "Single-writer leases handed back as their entities passivated or the node stopped.",
+            &entity.leases_released,
         ),
         (
             "weft_replicated_events_folded_total",

@@ -250,7 +250,7 @@ impl Deployer {
             return;
         }
         let deployer = self.clone();
-        tokio::spawn(async move {
+        cluster.clone().spawn(async move {
             let mut rounds = tokio::time::interval(ANTI_ENTROPY_INTERVAL);
             rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut view = cluster.clone();
@@ -293,7 +293,7 @@ impl Deployer {
         };
         let (deployer, transport, addr) = (self.clone(), cluster.transport().clone(), member.addr);
         let from = from.to_owned();
-        tokio::spawn(async move { deployer.adopt(&transport, &from, addr, offered).await });
+        cluster.spawn(async move { deployer.adopt(&transport, &from, addr, offered).await });
     }
 
     async fn anti_entropy_round(&self, cluster: &Cluster) {
@@ -513,7 +513,7 @@ impl Deployer {
         for member in view.members.iter().filter(|m| m.id != view.local.id) {
             let (transport, payload) = (cluster.transport().clone(), payload.clone());
             let (name, addr) = (member.name().to_string(), member.addr);
-            tokio::spawn(async move {
+            cluster.spawn(async move {
                 let _ = transport
                     .send(&name, addr, Topic::Deployments, payload)
                     .await;

@@ -2,7 +2,8 @@
 //! the other replicas over the transport — a replica is named after its node.
 //!
 //! One queue and one sending task per peer keep each peer's messages in the order they were
-//! sent (fewer events wait for their causal past) without a slow peer holding up the others. A
+//! sent (fewer events wait for their causal past) without a slow peer holding up the others; the
+//! tasks are the node's ([`Cluster::spawn`]) and end when the cluster's tasks stop. A
 //! full queue, a peer that is not a live member, or a failed send drops the message: the next
 //! pull round repairs it.
 
@@ -42,7 +43,7 @@ impl ClusterPeers {
         let (queue, mut queued) = mpsc::channel::<Vec<u8>>(QUEUED_PER_PEER_MAX);
         let cluster = self.cluster.clone();
         let name = replica.to_owned();
-        tokio::spawn(async move {
+        self.cluster.spawn(async move {
             while let Some(payload) = queued.recv().await {
                 let view = cluster.view();
                 let Some(member) = view.members.iter().find(|m| m.name().as_str() == name) else {

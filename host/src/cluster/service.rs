@@ -4,8 +4,12 @@
 //! The task owns the membership state machine; nothing else touches it. Inbound membership
 //! packets reach it through a bounded channel (SWIM tolerates loss, so a full channel drops the
 //! packet rather than growing), timers through a heap of deadlines, and it drains every action
-//! after each input before it waits again. Sends are spawned so a slow peer never stalls the
-//! protocol.
+//! after each input before it waits again. Sends are spawned (on the node's task tracker) so a
+//! slow peer never stalls the protocol.
+//!
+//! [`Cluster::leave`] (the node's stop) leaves through SWIM: the task tells its peers this node
+//! is going, waits (bounded) until those packets went out, and ends. Cancelling the task's token
+//! ends it without a word (peers find out through suspicion).
 
 use crate::settings::check_ranges;
 use std::collections::BTreeMap;
@@ -16,7 +20,9 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
 use super::identity::{Member, NodeId, NodeName, NodeRole};
@@ -27,6 +33,10 @@ use crate::timeline::Timeline;
 /// Membership packets waiting for the task, at most: a few seconds of traffic for a cluster of
 /// dozens of nodes; beyond that packets are dropped, which SWIM survives.
 const INBOUND_PACKETS_MAX: usize = 1024;
+
+/// Longest a leaving node waits for its leave packets to go out: a peer that does not take them
+/// in that time learns of the leave through suspicion instead.
+const LEAVE_SENDS_MAX: Duration = Duration::from_secs(2);
 
 /// The `[cluster]` section of `weft.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,16 +143,23 @@ pub struct Cluster {
     view: watch::Receiver<Arc<ClusterView>>,
     transport: Transport,
     config: Arc<ClusterConfig>,
+    /// Asks the membership task to leave; answered once the leave packets went out.
+    leave: mpsc::Sender<oneshot::Sender<()>>,
+    /// The node's tasks, and the token that stops the cluster's (see [`Cluster::spawn`]).
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Cluster {
-    /// Starts the membership task over `transport`, fed the packets peers sent through
-    /// `packets_in` (see [`packet_channel`]), and announces to the seeds.
+    /// Starts the membership task over `transport` on `tasks`, fed the packets peers sent
+    /// through `packets_in` (see [`packet_channel`]), and announces to the seeds. The task runs
+    /// until [`Cluster::leave`] or until `stop` is cancelled.
     pub fn start(
         config: ClusterConfig,
         transport: Transport,
         packets_in: mpsc::Receiver<Vec<u8>>,
-        mut shutdown: watch::Receiver<bool>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> anyhow::Result<Cluster> {
         let local = Member::new(
             NodeId::new(config.name.clone(), Ulid::new()),
@@ -174,18 +191,39 @@ impl Cluster {
             timers: Timeline::default(),
             names,
             view: view_tx,
+            tasks: tasks.clone(),
         };
-        tokio::spawn(async move {
-            tokio::select! {
-                () = driver.run(packets_in) => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
-        });
+        let (leave, leave_requests) = mpsc::channel(1);
+        tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(driver.run(packets_in, leave_requests)),
+        );
         Ok(Cluster {
             view,
             transport,
             config: Arc::new(config),
+            leave,
+            tasks: tasks.clone(),
+            stop,
         })
+    }
+
+    /// Runs `task` among the node's tasks until it ends or the cluster's tasks stop (after the
+    /// node left): the node's stop waits for it.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .spawn(self.stop.clone().run_until_cancelled_owned(task));
+    }
+
+    /// Leaves the cluster through SWIM: tells the peers this node is going, so they drop it from
+    /// their views at once rather than after suspecting it, and ends the membership task.
+    /// Returns once the leave packets went out (bounded); false if the task had ended already.
+    pub async fn leave(&self) -> bool {
+        let (done, left) = oneshot::channel();
+        if self.leave.send(done).await.is_err() {
+            return false;
+        }
+        left.await.is_ok()
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
@@ -220,14 +258,27 @@ struct Driver {
     /// Node names by transport address, for the transport's per-name fault rules.
     names: BTreeMap<SocketAddr, String>,
     view: watch::Sender<Arc<ClusterView>>,
+    /// Where sends are spawned: the node's tasks.
+    tasks: TaskTracker,
 }
 
 impl Driver {
-    async fn run(mut self, mut packets: mpsc::Receiver<Vec<u8>>) {
+    async fn run(
+        mut self,
+        mut packets: mpsc::Receiver<Vec<u8>>,
+        mut leave: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         self.drain();
         loop {
             let next = self.timers.next_at();
             tokio::select! {
+                request = leave.recv() => {
+                    let Some(done) = request else { return };
+                    self.leave().await;
+                    // Nobody may wait any more; that is fine.
+                    let _ = done.send(());
+                    return;
+                }
                 packet = packets.recv() => {
                     let Some(packet) = packet else { return };
                     if let Err(error) = self.membership.handle_data(&packet, Instant::now()) {
@@ -247,8 +298,24 @@ impl Driver {
         }
     }
 
-    /// Carries out every queued action, then publishes the view if it changed.
-    fn drain(&mut self) {
+    /// Leaves through SWIM and waits, bounded, until the packets saying so went out.
+    async fn leave(&mut self) {
+        if let Err(error) = self.membership.leave(Instant::now()) {
+            tracing::warn!("cluster: leaving failed, peers will suspect this node: {error}");
+        }
+        let sends = self.drain();
+        let sent = tokio::time::timeout(LEAVE_SENDS_MAX, futures::future::join_all(sends)).await;
+        if sent.is_err() {
+            tracing::warn!(
+                "cluster: the leave did not reach every peer within {LEAVE_SENDS_MAX:?}; they will suspect this node"
+            );
+        }
+    }
+
+    /// Carries out every queued action, then publishes the view if it changed. Returns the
+    /// sends it spawned.
+    fn drain(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut sends = Vec::new();
         let mut changed = false;
         let actions: Vec<MembershipAction> = self.membership.drain_actions().collect();
         for action in actions {
@@ -260,10 +327,10 @@ impl Driver {
                         .cloned()
                         .unwrap_or_else(|| to.to_string());
                     let transport = self.transport.clone();
-                    tokio::spawn(async move {
+                    sends.push(self.tasks.spawn(async move {
                         // Best effort: SWIM tolerates lost packets.
                         let _ = transport.send(&name, to, Topic::Membership, bytes).await;
-                    });
+                    }));
                 }
                 MembershipAction::ScheduleTimer { after, timer } => {
                     self.timers.push(Instant::now() + after, timer);
@@ -286,6 +353,7 @@ impl Driver {
             };
             self.view.send_replace(Arc::new(view));
         }
+        sends
     }
 }
 

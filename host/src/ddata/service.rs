@@ -5,6 +5,9 @@
 //! The task owns the replicator and the [`Subscribers`]; [`DistributedData`] is the handle callers
 //! use. A subscriber holds a [`Subscription`], a watch of the key's latest entry, whose drop frees
 //! the key's watch when it was the last.
+//!
+//! The task runs on the node's task tracker until its token is cancelled (the node's stop, after
+//! it left the cluster); it then writes what is queued for the durable keys before it ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -14,6 +17,8 @@ use anyhow::Context as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 use weft_crdt::{Crdt, ReplicaId};
 
@@ -97,14 +102,16 @@ pub struct DistributedData {
 }
 
 impl DistributedData {
-    /// Starts the service over `cluster`, fed the DistributedData messages peers sent through
-    /// `messages_in`; durable keys live in `store_path`.
+    /// Starts the service on `tasks` over `cluster`, fed the DistributedData messages peers sent
+    /// through `messages_in`; durable keys live in `store_path`. It runs until `stop` is
+    /// cancelled, then flushes the durable keys.
     pub fn start(
         cluster: Cluster,
         messages_in: mpsc::Receiver<PeerMessage>,
         config: DdataConfig,
         store_path: &Path,
-        mut shutdown: watch::Receiver<bool>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> anyhow::Result<DistributedData> {
         let view = cluster.view();
         let node = view.local.name().clone();
@@ -144,13 +151,9 @@ impl DistributedData {
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
             subscribers: Subscribers::new(SUBSCRIBERS_MAX),
+            tasks: tasks.clone(),
         };
-        tokio::spawn(async move {
-            tokio::select! {
-                () = driver.run(calls_in, messages_in) => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
-        });
+        tasks.spawn(driver.run(calls_in, messages_in, stop));
         Ok(DistributedData { calls })
     }
 
@@ -296,11 +299,29 @@ struct Driver {
     /// Subscribed keys; a key whose subscribers all left is dropped when the last one's
     /// [`Subscription`] is dropped, or by the next tick's sweep.
     subscribers: Subscribers,
+    /// Where sends are spawned: the node's tasks.
+    tasks: TaskTracker,
 }
 
 impl Driver {
     async fn run(
         mut self,
+        calls: mpsc::Receiver<Call>,
+        messages: mpsc::Receiver<PeerMessage>,
+        stop: CancellationToken,
+    ) {
+        stop.run_until_cancelled(self.serve(calls, messages)).await;
+        if let Some(store) = self.store.take() {
+            // Dropping the store waits for its writer thread to write what is queued.
+            match tokio::task::spawn_blocking(move || drop(store)).await {
+                Ok(()) => tracing::info!("ddata: durable keys written"),
+                Err(error) => tracing::error!("ddata: writing the durable keys failed: {error}"),
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
         mut calls: mpsc::Receiver<Call>,
         mut messages: mpsc::Receiver<PeerMessage>,
     ) {
@@ -432,7 +453,7 @@ impl Driver {
                         continue;
                     };
                     let (transport, name) = (self.cluster.transport().clone(), to.to_string());
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         // Fire and forget: anti-entropy repairs what is lost.
                         let _ = transport.send(&name, addr, Topic::Ddata, bytes).await;
                     });

@@ -191,7 +191,7 @@ impl Actor {
         self.serve(&mut committed, &mut tenure, inbox).await;
         if let Some(tenure) = tenure {
             // Passivated or stopped: let another host take the entity over at once.
-            tenure.release().await;
+            self.shared.release_lease(tenure).await;
         }
     }
 

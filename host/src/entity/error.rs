@@ -120,6 +120,12 @@ pub enum EntityError {
         "entity type `{0}` is replicated: idempotency keys are not supported for it (each replica writes its own stream); send the command without one"
     )]
     IdempotencyUnsupported(String),
+
+    /// This node is stopping: it passivates its entities and hands their leases back, and
+    /// starts no entity any more. Another node takes the entity over; retry there (a cluster
+    /// routes the retry to the new owner once this node has left).
+    #[error("this node is stopping and no longer runs entity {0}; retry")]
+    NodeStopping(String),
 }
 
 impl EntityError {
@@ -134,6 +140,7 @@ impl EntityError {
             EntityError::Journal(_) => "journal_error",
             EntityError::JournalBusy(_) => "journal_busy",
             EntityError::Stopped(_) => "entity_stopped",
+            EntityError::NodeStopping(_) => "node_stopping",
             EntityError::NotWriter { .. } => "not_writer",
             EntityError::Lease(_) => "lease_unavailable",
             EntityError::Fenced(_) => "stale_fencing_token",

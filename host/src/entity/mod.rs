@@ -40,7 +40,7 @@ pub use idempotency::{
 };
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{
-    CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, SystemSettings,
+    CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, StopReport, SystemSettings,
 };
 pub use tenure::lease_name;
 pub use types::{

@@ -132,7 +132,7 @@ impl ReplicatedActor {
         // Parked events are offered again to the next activation.
         self.publish_parked(&Parked::new());
         if let Some(tenure) = live.tenure.take() {
-            tenure.release().await;
+            self.shared.release_lease(tenure).await;
         }
     }
 

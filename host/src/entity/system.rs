@@ -4,11 +4,16 @@
 //! At most one actor per persistence id runs in a host: a message that finds an actor stopping
 //! (its mailbox closed) waits until that actor has finished its last write before a new one is
 //! spawned, so two actors of one entity never race on the journal.
+//!
+//! Every actor runs on the system's task tracker. [`EntitySystem::stop`] (the node's stop) asks
+//! every active entity to passivate — each answers what is queued, snapshots where due and hands
+//! its lease back — waits until all have stopped, and from then on starts no entity.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
 use super::actor::{Actor, Message};
@@ -17,7 +22,7 @@ use super::error::EntityError;
 use super::idempotency::CommandOptions;
 use super::notifications::Notifications;
 use super::replicated::ReplicatedActor;
-use super::tenure::Seat;
+use super::tenure::{Seat, Tenure};
 use super::types::{
     EntityType, EntityTypeConfig, ReplicationConfig, persistence_id, replica_stream, validate_name,
 };
@@ -104,6 +109,8 @@ pub struct EntityMetrics {
     pub events_persisted: AtomicU64,
     pub activations: AtomicU64,
     pub passivations: AtomicU64,
+    /// Single-writer leases handed back as their entities passivated (or the node stopped).
+    pub leases_released: AtomicU64,
     /// Events of other replicas folded into this node's replicas.
     pub replicated_events_folded: AtomicU64,
     /// Events of other replicas whose fold failed (the plugin or the resolver trapped or ran
@@ -143,7 +150,10 @@ pub(super) struct Shared {
     /// What the active entities' states hold in the plugins, against `resident_state_bytes_max`.
     pub budget: ResidentBudget,
     types: RwLock<BTreeMap<String, Arc<EntityTypeConfig>>>,
-    active: Mutex<HashMap<String, ActorHandle>>,
+    /// The active entities; `None` once the system stopped (it starts no entity any more).
+    active: Mutex<Option<HashMap<String, ActorHandle>>>,
+    /// Every actor's task, and the tasks carrying passivation requests to full mailboxes.
+    actors: TaskTracker,
     generations: AtomicU64,
 }
 
@@ -166,6 +176,9 @@ impl Shared {
             return;
         }
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(active) = active.as_ref() else {
+            return;
+        };
         let victims = self.budget.victims(
             active
                 .iter()
@@ -173,26 +186,43 @@ impl Shared {
         );
         for pid in victims {
             tracing::debug!(entity = %pid, "passivating: resident state over its budget");
-            ask_to_passivate(&active[&pid].mailbox);
+            self.ask_to_passivate(&active[&pid].mailbox);
+        }
+    }
+
+    /// Gives a passivating entity's lease back, so another host need not wait for it to
+    /// expire, and counts it if this host held it.
+    pub async fn release_lease(&self, tenure: Tenure) {
+        if tenure.release().await {
+            self.metrics.leases_released.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends an entity the request to passivate, behind what is queued.
+    fn ask_to_passivate(&self, mailbox: &mpsc::Sender<Message>) {
+        match mailbox.try_send(Message::Passivate) {
+            // A closed mailbox is stopping already.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // A full one takes the request behind its backlog: the entity must not keep its
+            // lease until it goes idle while its new owner waits for it.
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let mailbox = mailbox.clone();
+                self.actors.spawn(async move {
+                    // Closed meanwhile: it stopped, which is what was asked.
+                    let _ = mailbox.send(request).await;
+                });
+            }
         }
     }
 }
 
-/// Sends an entity the request to passivate, behind what is queued.
-fn ask_to_passivate(mailbox: &mpsc::Sender<Message>) {
-    match mailbox.try_send(Message::Passivate) {
-        // A closed mailbox is stopping already.
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-        // A full one takes the request behind its backlog: the entity must not keep its
-        // lease until it goes idle while its new owner waits for it.
-        Err(mpsc::error::TrySendError::Full(request)) => {
-            let mailbox = mailbox.clone();
-            tokio::spawn(async move {
-                // Closed meanwhile: it stopped, which is what was asked.
-                let _ = mailbox.send(request).await;
-            });
-        }
-    }
+/// What [`EntitySystem::stop`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReport {
+    /// Entities that were active when the stop began, all stopped since.
+    pub passivated: usize,
+    /// Single-writer leases they handed back.
+    pub leases_released: u64,
 }
 
 /// The entities of this host. Cheap to clone.
@@ -226,7 +256,8 @@ impl EntitySystem {
                 parked: Mutex::new(BTreeMap::new()),
                 types: RwLock::new(BTreeMap::new()),
                 budget,
-                active: Mutex::new(HashMap::new()),
+                active: Mutex::new(Some(HashMap::new())),
+                actors: TaskTracker::new(),
                 generations: AtomicU64::new(0),
             }),
         }
@@ -411,7 +442,8 @@ impl EntitySystem {
             .active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .as_ref()
+            .map_or(0, HashMap::len)
     }
 
     /// The events this node's active replicas could not fold and set aside, with the errors.
@@ -424,7 +456,8 @@ impl EntitySystem {
     pub fn active(&self) -> Vec<(String, String)> {
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
         active
-            .keys()
+            .iter()
+            .flat_map(HashMap::keys)
             .filter_map(|pid| pid.split_once('|'))
             .map(|(entity_type, entity_id)| (entity_type.to_owned(), entity_id.to_owned()))
             .collect()
@@ -436,8 +469,36 @@ impl EntitySystem {
     pub fn passivate(&self, entity_type: &str, entity_id: &str) {
         let pid = persistence_id(entity_type, entity_id);
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handle) = active.get(&pid) {
-            ask_to_passivate(&handle.mailbox);
+        if let Some(handle) = active.as_ref().and_then(|active| active.get(&pid)) {
+            self.shared.ask_to_passivate(&handle.mailbox);
+        }
+    }
+
+    /// Stops the system for good: starts no entity from now on (a message for one that is not
+    /// active is refused with [`EntityError::NodeStopping`]), asks every active entity to
+    /// passivate — it answers what is queued, snapshots where due, hands its lease back — and
+    /// waits until every actor has stopped.
+    pub async fn stop(&self) -> StopReport {
+        let released_before = self.shared.metrics.leases_released.load(Ordering::Relaxed);
+        let active = self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        for handle in active.values() {
+            self.shared.ask_to_passivate(&handle.mailbox);
+        }
+        let passivated = active.len();
+        // The handles go: a message that finds its actor stopping waits on its own receiver.
+        drop(active);
+        self.shared.actors.close();
+        self.shared.actors.wait().await;
+        StopReport {
+            passivated,
+            leases_released: self.shared.metrics.leases_released.load(Ordering::Relaxed)
+                - released_before,
         }
     }
 
@@ -600,7 +661,11 @@ impl EntitySystem {
         }
         let pid = persistence_id(entity_type, entity_id);
         for _ in 0..SEND_ATTEMPTS_MAX {
-            let (mailbox, mut stopped) = self.actor_for(&pid, entity_type, entity_id, &config);
+            let Some((mailbox, mut stopped)) =
+                self.actor_for(&pid, entity_type, entity_id, &config)
+            else {
+                return Err(EntityError::NodeStopping(pid));
+            };
             match mailbox.try_send(message) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -620,19 +685,21 @@ impl EntitySystem {
         Err(EntityError::Stopped(pid))
     }
 
-    /// The mailbox of the entity's actor, spawning the actor if there is none.
+    /// The mailbox of the entity's actor, spawning the actor if there is none; `None` once the
+    /// system stopped.
     fn actor_for(
         &self,
         pid: &str,
         entity_type: &str,
         entity_id: &str,
         config: &Arc<EntityTypeConfig>,
-    ) -> (mpsc::Sender<Message>, watch::Receiver<bool>) {
+    ) -> Option<(mpsc::Sender<Message>, watch::Receiver<bool>)> {
         let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+        let active = active.as_mut()?;
         if let Some(handle) = active.get(pid)
             && !*handle.stopped.borrow()
         {
-            return (handle.mailbox.clone(), handle.stopped.clone());
+            return Some((handle.mailbox.clone(), handle.stopped.clone()));
         }
         let (mailbox, inbox) = mpsc::channel(config.mailbox_capacity);
         let (stopped_tx, stopped) = watch::channel(false);
@@ -658,7 +725,7 @@ impl EntitySystem {
         );
         let config = config.clone();
         let pid = pid.to_owned();
-        tokio::spawn(async move {
+        self.shared.actors.spawn(async move {
             match config.replication.clone() {
                 Some(replication) => {
                     ReplicatedActor::new(
@@ -684,7 +751,9 @@ impl EntitySystem {
                 }
             }
             let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
-            if active.get(&pid).is_some_and(|h| h.generation == generation) {
+            if let Some(active) = active.as_mut()
+                && active.get(&pid).is_some_and(|h| h.generation == generation)
+            {
                 active.remove(&pid);
             }
             drop(active);
@@ -693,6 +762,6 @@ impl EntitySystem {
             // Nobody may be waiting; that is fine.
             let _ = stopped_tx.send(true);
         });
-        (mailbox, stopped)
+        Some((mailbox, stopped))
     }
 }

@@ -185,9 +185,12 @@ impl Tenure {
         self.timing.renew_interval + self.timing.retry_interval
     }
 
-    /// Gives the lease up (passivation), so another host need not wait for it to expire.
-    pub async fn release(self) {
+    /// Gives the lease up (passivation, the node's stop), so another host need not wait for it
+    /// to expire. Whether this host held it.
+    pub async fn release(self) -> bool {
+        let held = self.manager.status().fencing_token().is_some();
         self.manager.release().await;
+        held
     }
 }
 

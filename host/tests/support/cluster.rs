@@ -35,13 +35,17 @@ pub struct NodeSpec<'a> {
     pub seed_port: u16,
     pub database: &'a str,
     pub fault_injection: bool,
+    /// The counter's single-writer lease, in milliseconds.
+    pub lease_ttl_ms: u64,
+    /// How long a suspect has to refute before it is declared down, in milliseconds.
+    pub suspect_to_down_after_ms: u64,
     /// More `weft.toml`, appended as it is (e.g. a `[ddata]` section).
     pub extra: &'a str,
 }
 
 /// Writes `root/<name>/weft.toml` for `spec`: a PostgreSQL journal, fast failure detection (probe
-/// period 200 ms, suspicion 1 s), the counter as a single-writer type with a 2 s lease (and the
-/// ledger plugin loaded, for `extra` to bind).
+/// period 200 ms, the spec's suspicion), the counter as a single-writer type with the spec's
+/// lease (and the ledger plugin loaded, for `extra` to bind).
 pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
     let NodeSpec {
         name,
@@ -51,6 +55,8 @@ pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
         seed_port,
         database,
         fault_injection,
+        lease_ttl_ms,
+        suspect_to_down_after_ms,
         extra,
     } = *spec;
     let dir = root.join(name);
@@ -74,14 +80,14 @@ listen = "127.0.0.1:{transport_port}"
 role = "{role}"
 seeds = [{{ name = "{seed_name}", addr = "127.0.0.1:{seed_port}" }}]
 probe_period_ms = 200
-suspect_to_down_after_ms = 1000
+suspect_to_down_after_ms = {suspect_to_down_after_ms}
 forward_timeout_ms = 3000
 fault_injection = {fault_injection}
 
 [entities.counter]
 plugin = "counter"
 single_writer = true
-lease_ttl_ms = 2000
+lease_ttl_ms = {lease_ttl_ms}
 
 {extra}
 "#,
@@ -92,6 +98,30 @@ lease_ttl_ms = 2000
     let path = dir.join("weft.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The counter amounts (`by`) in the stream `pid` of `journal`; panics if one was applied twice
+/// (every amount a test sends is unique, so a duplicate is a command applied twice).
+pub async fn amounts_applied_once(
+    journal: &dyn weft::journal::Journal,
+    pid: &str,
+) -> BTreeSet<i64> {
+    let events = journal.read(pid, 1, 100_000).await.unwrap();
+    let amounts: Vec<i64> = events
+        .iter()
+        .map(|event| {
+            super::plugins::from_msgpack(&event.payload)["by"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let unique: BTreeSet<i64> = amounts.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        amounts.len(),
+        "{pid}: an amount applied twice"
+    );
+    unique
 }
 
 /// Injects `fault` (a `POST /cluster/faults` body) into the node at `url`; panics if refused.
@@ -144,13 +174,17 @@ pub struct TestCluster {
     /// The seed's transport port, chosen free up front so every node can name it.
     pub seed_port: u16,
     pub fault_injection: bool,
+    /// The counter's single-writer lease (default 2 s).
+    pub lease_ttl_ms: u64,
+    /// The membership's suspicion timeout (default 1 s).
+    pub suspect_to_down_after_ms: u64,
     /// More `weft.toml` for every node.
     pub extra: String,
 }
 
 impl TestCluster {
     /// A cluster seeded by the node named `seed_name`, on a fresh database of `postgres`, with no
-    /// fault injection and nothing extra in the configs.
+    /// fault injection, a 2 s lease, a 1 s suspicion and nothing extra in the configs.
     pub async fn new(postgres: &Postgres, seed_name: &str) -> TestCluster {
         TestCluster {
             root: tempfile::tempdir().expect("a directory for the cluster"),
@@ -158,6 +192,8 @@ impl TestCluster {
             seed_name: seed_name.to_owned(),
             seed_port: free_port(),
             fault_injection: false,
+            lease_ttl_ms: 2_000,
+            suspect_to_down_after_ms: 1_000,
             extra: String::new(),
         }
     }
@@ -183,6 +219,8 @@ impl TestCluster {
             seed_port: self.seed_port,
             database: &self.database,
             fault_injection: self.fault_injection,
+            lease_ttl_ms: self.lease_ttl_ms,
+            suspect_to_down_after_ms: self.suspect_to_down_after_ms,
             extra: &self.extra,
         };
         node_config(self.root.path(), &spec)

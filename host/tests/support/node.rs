@@ -285,7 +285,8 @@ impl ServeProcess {
         self.child.wait().expect("wait")
     }
 
-    fn signal(&self, signal: &str) {
+    /// Sends `signal` (`TERM`, `INT`, …) without waiting for the process.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
