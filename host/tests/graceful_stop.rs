@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, amounts_applied_once, cluster_view, wait_for_members};
-use support::node::{ServeProcess, plugins_dir};
+use support::node::{ServeProcess, metric, plugins_dir};
 use support::services::Postgres;
 use weft::journal::PostgresJournal;
 
@@ -299,18 +299,8 @@ async fn node_with_a_spin_in_flight(
             .await;
     });
     let http = reqwest::Client::new();
-    let metrics = format!("{}/metrics", node.url);
     support::eventually("the spinning entity is active", || async {
-        let text = http
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .any(|line| line == "weft_entity_activations_total 1")
+        metric(&http, &node.url, "weft_entity_activations_total").await == 1
     })
     .await;
     (node, spin)
