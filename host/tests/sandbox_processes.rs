@@ -18,6 +18,11 @@ use support::plugin_bytes;
 const MIB: u64 = 1 << 20;
 /// `memory_per_instance_bytes` of the test node.
 const INSTANCE_MEMORY: u64 = 128 * MIB;
+/// `compile_timeout_ms` of the test node: what a compile bomb runs into.
+const COMPILE_TIMEOUT_MS: u64 = 2_000;
+/// `compile_timeout_ms` while the node compiles its plugins into its cache, before it restarts
+/// under [`COMPILE_TIMEOUT_MS`].
+const COMPILE_WARM_UP_MS: u64 = 120_000;
 
 /// A `weft serve` with the counter and the hostile plugin, small pools and a short compile
 /// budget, its own compile cache, and a model of one counter entity.
@@ -35,10 +40,11 @@ impl Node {
         let plugins = plugins_dir(root.path(), &["counter", "hostile"]);
         let cache = root.path().join("compiled");
         let config = root.path().join("weft.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+        let write_config = |compile_timeout_ms: u64| {
+            std::fs::write(
+                &config,
+                format!(
+                    r#"
 [node]
 listen = "127.0.0.1:0"
 data_dir = "{data}"
@@ -54,22 +60,33 @@ busy_instances_per_plugin_max = 8
 idle_instances_per_version = 4
 idle_instances_max = 32
 instance_wait_ms = 3000
-compile_timeout_ms = 2000
+compile_timeout_ms = {compile_timeout_ms}
 
 [limits.output]
 reply_bytes_max = {reply}
 event_bytes_max = {event}
 state_bytes_max = {state}
 "#,
-                data = root.path().join("data").display(),
-                plugins = plugins.display(),
-                cache = cache.display(),
-                reply = 32 * MIB,
-                event = 4 * MIB,
-                state = 32 * MIB,
-            ),
-        )
-        .unwrap();
+                    data = root.path().join("data").display(),
+                    plugins = plugins.display(),
+                    cache = cache.display(),
+                    reply = 32 * MIB,
+                    event = 4 * MIB,
+                    state = 32 * MIB,
+                ),
+            )
+            .unwrap()
+        };
+        // The plugins are compiled into the node's own cache first, with time to spare on a
+        // loaded machine; the node then starts again under the short budget the compile bomb
+        // meets, loading them from that cache.
+        write_config(COMPILE_WARM_UP_MS);
+        let warm_up = ServeProcess::start_with_config(&config);
+        assert!(
+            warm_up.terminate().success(),
+            "the warm-up node stops cleanly"
+        );
+        write_config(COMPILE_TIMEOUT_MS);
         let process = ServeProcess::start_with_config(&config);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
