@@ -351,6 +351,22 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_from_the_environment_is_read_at_start() {
+        let from_env = TokenConfig {
+            secret_env: Some("WEFT_ADMIN_TOKEN".into()),
+            sha256: None,
+            ..token("ops", Scope::Admin, "unused")
+        };
+        let auth = Authenticator::from_config_with_env(&[from_env], |name| {
+            (name == "WEFT_ADMIN_TOKEN").then(|| "from-the-environment".to_owned())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(auth.identify("from-the-environment").unwrap().name, "ops");
+        assert!(auth.identify("WEFT_ADMIN_TOKEN").is_none());
+    }
+
+    #[test]
     fn bad_token_configs_are_named() {
         let error = |tokens: &[TokenConfig]| {
             Authenticator::from_config_with_env(tokens, |_| None)
