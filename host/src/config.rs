@@ -18,6 +18,13 @@
 //! # backend = "memory"           # default: "postgres" when the journal is, else "memory"
 //! # url = "redis://127.0.0.1:6379/"   # for "redis"; "postgres" defaults to the journal's url
 //!
+//! [auth]                         # bearer tokens on the HTTP API (docs/security.md)
+//! # tokens = [
+//! #   { name = "ops", scope = "admin", secret_env = "WEFT_ADMIN_TOKEN" },
+//! #   { name = "shop", scope = "client", sha256 = "<hex SHA-256 of the secret>" },
+//! # ]
+//! # allow_unauthenticated = false # true: serve a non-loopback address with no tokens
+//!
 //! [limits]                       # plugin calls, the instance pool, compiles (docs/plugins.md)
 //! cpu_per_call_ms = 1000
 //! memory_per_instance_bytes = 268435456
@@ -58,6 +65,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::api::TokenConfig;
 use crate::cluster::ClusterConfig;
 use crate::ddata::DdataConfig;
 use crate::entity::EntityTypeConfig;
@@ -72,6 +80,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub journal: JournalConfig,
     pub lease: LeaseConfig,
+    /// Who may call the HTTP API.
+    pub auth: AuthConfig,
     pub limits: RuntimeLimits,
     /// Several nodes as one system; absent, the node runs alone.
     pub cluster: Option<ClusterConfig>,
@@ -149,6 +159,17 @@ impl Default for NodeConfig {
     }
 }
 
+/// `[auth]`: the bearer tokens of the HTTP API. With none, the node serves on loopback only
+/// unless `allow_unauthenticated` says otherwise.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+    /// Serve a non-loopback address with no tokens: anyone who reaches the port may do
+    /// anything. Logged as a warning at start.
+    pub allow_unauthenticated: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JournalConfig {
@@ -190,6 +211,35 @@ pub enum LeaseBackend {
 }
 
 impl Config {
+    /// Refuses to serve the API on a non-loopback address with no tokens unless the config
+    /// opts out, and says at start who can reach it.
+    pub fn check_api_exposure(&self) -> anyhow::Result<()> {
+        let listen = self.node.listen;
+        let loopback = listen.ip().is_loopback();
+        match (
+            self.auth.tokens.is_empty(),
+            loopback,
+            self.auth.allow_unauthenticated,
+        ) {
+            (false, _, _) => {
+                tracing::info!(
+                    tokens = self.auth.tokens.len(),
+                    "HTTP API: bearer tokens required"
+                );
+            }
+            (true, true, _) => tracing::info!(
+                "HTTP API: no [auth] tokens, so no credentials are asked; serving on loopback                  ({listen}) only"
+            ),
+            (true, false, true) => tracing::warn!(
+                "HTTP API: no [auth] tokens and allow_unauthenticated = true: anyone who reaches                  {listen} can upload plugins, bind entity types and take leases"
+            ),
+            (true, false, false) => anyhow::bail!(
+                "refusing to serve the HTTP API on {listen} without credentials: add tokens under                  [auth] (see docs/security.md), listen on 127.0.0.1, or set                  [auth] allow_unauthenticated = true"
+            ),
+        }
+        Ok(())
+    }
+
     /// Reads a `weft.toml`; unknown keys are errors, so a typo never goes unnoticed.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -302,6 +352,25 @@ mod tests {
         );
         assert_eq!(default.lock_wait, Duration::from_secs(5));
         assert_eq!(default.statement, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_public_address_needs_tokens_or_an_explicit_opt_out() {
+        let config = |toml: &str| toml::from_str::<Config>(toml).unwrap();
+        assert!(config("").check_api_exposure().is_ok());
+        let public = config("[node]\nlisten = \"0.0.0.0:7070\"\n");
+        let error = public.check_api_exposure().unwrap_err().to_string();
+        assert!(error.contains("allow_unauthenticated"), "{error}");
+        assert!(
+            config("[node]\nlisten = \"0.0.0.0:7070\"\n[auth]\nallow_unauthenticated = true\n")
+                .check_api_exposure()
+                .is_ok()
+        );
+        let with_token = config(
+            "[node]\nlisten = \"0.0.0.0:7070\"\n[auth]\ntokens = [{ name = \"ops\", scope = \"admin\", \
+             sha256 = \"00\" }]\n",
+        );
+        assert!(with_token.check_api_exposure().is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, BodyLimits};
+use crate::api::{self, AppState, Authenticator, BodyLimits};
 use crate::clock::NodeClock;
 use crate::cluster::{
     Cluster, ClusterConfig, ClusterPeers, Deployer, Faults, NodeInbound, NodeRole, Router,
@@ -73,6 +73,8 @@ impl Node {
         if let Some(cluster) = &config.cluster {
             cluster.validate().map_err(anyhow::Error::msg)?;
         }
+        config.check_api_exposure()?;
+        let authenticator = Authenticator::from_config(&config.auth.tokens)?.map(Arc::new);
         let data_dir = &config.node.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -200,6 +202,7 @@ impl Node {
             deployer,
             readiness: readiness.clone(),
             lease,
+            authenticator,
             limits: BodyLimits {
                 command_bytes: config.node.max_command_bytes,
                 plugin_bytes: config.node.max_plugin_bytes,

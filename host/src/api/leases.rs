@@ -5,17 +5,22 @@
 //! out, and passes the fencing token to whatever it writes, so that its writes are refused once a
 //! newer holder took over. Expiry is judged by the backend's clock; a worker that cannot renew must
 //! stop before its own deadline (see `docs/leases.md`).
+//!
+//! On a node with tokens the owner is the caller's token name: a request may leave `owner` out, and
+//! one naming another owner is refused (403 `forbidden`), so no caller can renew or release a lease
+//! another token holds.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Identity;
 use super::error::ApiError;
 use crate::lease::{Grant, Holder, LeaseError};
 
@@ -29,7 +34,8 @@ fn default_ttl_ms() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
-    owner: String,
+    #[serde(default)]
+    owner: Option<String>,
     #[serde(default = "default_ttl_ms")]
     ttl_ms: u64,
 }
@@ -37,7 +43,8 @@ pub struct AcquireRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
-    owner: String,
+    #[serde(default)]
+    owner: Option<String>,
     fencing_token: u64,
     #[serde(default = "default_ttl_ms")]
     ttl_ms: u64,
@@ -46,7 +53,8 @@ pub struct RenewRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
-    owner: String,
+    #[serde(default)]
+    owner: Option<String>,
     fencing_token: u64,
 }
 
@@ -54,11 +62,13 @@ pub struct ReleaseRequest {
 pub async fn acquire(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    identity: Option<Extension<Identity>>,
     body: Result<Json<AcquireRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(request) = body.map_err(invalid_json)?;
+    let owner = owner_of(request.owner, identity)?;
     let ttl = Duration::from_millis(request.ttl_ms);
-    if let Some(grant) = app.lease.acquire(&name, &request.owner, ttl).await? {
+    if let Some(grant) = app.lease.acquire(&name, &owner, ttl).await? {
         return Ok(grant_body(grant));
     }
     let held_by = match app.lease.holder(&name).await? {
@@ -82,13 +92,15 @@ pub async fn acquire(
 pub async fn renew(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    identity: Option<Extension<Identity>>,
     body: Result<Json<RenewRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(request) = body.map_err(invalid_json)?;
+    let owner = owner_of(request.owner, identity)?;
     let ttl = Duration::from_millis(request.ttl_ms);
     match app
         .lease
-        .renew(&name, &request.owner, request.fencing_token, ttl)
+        .renew(&name, &owner, request.fencing_token, ttl)
         .await?
     {
         Some(grant) => Ok(grant_body(grant)),
@@ -98,7 +110,7 @@ pub async fn renew(
             format!(
                 "lease {name} is not held by {} with fencing token {} (it expired, was released \
                  or was taken over): stop writing with that token",
-                request.owner, request.fencing_token
+                owner, request.fencing_token
             ),
         )),
     }
@@ -108,12 +120,14 @@ pub async fn renew(
 pub async fn release(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    identity: Option<Extension<Identity>>,
     body: Result<Json<ReleaseRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(request) = body.map_err(invalid_json)?;
+    let owner = owner_of(request.owner, identity)?;
     let released = app
         .lease
-        .release(&name, &request.owner, request.fencing_token)
+        .release(&name, &owner, request.fencing_token)
         .await?;
     Ok(Json(json!({"name": name, "released": released})))
 }
@@ -132,6 +146,33 @@ pub async fn show(
             "expires_in_ms": expires_in.as_millis() as u64,
         })),
     })))
+}
+
+/// The owner a request acts as: the caller's token name on a node with tokens (a different
+/// `owner` in the body is refused), else the body's `owner`, which is then required.
+fn owner_of(
+    requested: Option<String>,
+    identity: Option<Extension<Identity>>,
+) -> Result<String, ApiError> {
+    match (requested, identity) {
+        (Some(requested), Some(Extension(identity))) if requested != identity.name => {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "leases taken with token {:?} are owned by {:?}, not {requested:?}: leave owner \
+                     out or name the token's own",
+                    identity.name, identity.name
+                ),
+            ))
+        }
+        (_, Some(Extension(identity))) => Ok(identity.name),
+        (Some(requested), None) => Ok(requested),
+        (None, None) => Err(ApiError::bad_request(
+            "invalid_json",
+            "missing field `owner`: name the lease's owner",
+        )),
+    }
 }
 
 fn grant_body(grant: Grant) -> Json<Value> {

@@ -5,6 +5,7 @@
 //! message for people. Bad input is refused before anything is written.
 //!
 //! # Layout
+//! - `auth`: bearer tokens, their scopes and the table of what each route needs.
 //! - `error`: [`ApiError`] and its mapping to status codes.
 //! - `cluster`: `/cluster`, this node's view of the cluster, and `/cluster/faults` for tests.
 //! - `ddata`: `/ddata/{key}`, DistributedData reads, updates, deletes and subscriptions.
@@ -17,6 +18,7 @@
 //!   events.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`.
 
+mod auth;
 mod cluster;
 mod ddata;
 mod entities;
@@ -33,6 +35,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
 
+pub use auth::{Authenticator, Identity, Scope, TokenConfig};
 pub use entities::IDEMPOTENCY_KEY_HEADER;
 pub use error::{ApiError, entity_error_status};
 
@@ -61,6 +64,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// The node's lease backend, for `/leases`; single-writer entities use the same one.
     pub lease: Arc<dyn Lease>,
+    /// The node's tokens; `None` lets every request through.
+    pub authenticator: Option<Arc<Authenticator>>,
     pub limits: BodyLimits,
     /// How long a command or state read waits for its answer.
     pub ask_timeout: std::time::Duration,
@@ -78,7 +83,18 @@ pub struct BodyLimits {
 }
 
 pub fn router(state: AppState) -> Router {
-    let limits = state.limits;
+    let authenticator = state.authenticator.clone();
+    routes(state.limits)
+        .route_layer(axum::middleware::from_fn_with_state(
+            authenticator,
+            auth::require_access,
+        ))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// Every route of the API; each one must have its entry in [`auth::ROUTE_ACCESS`].
+fn routes(limits: BodyLimits) -> Router<AppState> {
     let commands = Router::new()
         .route(
             "/entities/{entity_type}/{entity_id}",
@@ -121,8 +137,6 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .fallback(ops::not_found)
-        .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -1,7 +1,8 @@
 //! The client side of the CLI: HTTP calls to a running node. Paths are built segment by segment,
 //! each percent-encoded, so an entity id, a lease name or a key may hold `?`, `#`, `/` or spaces;
 //! answers come back as JSON values for [`super::output`] to print, and error answers as errors
-//! naming the API's code.
+//! naming the API's code. A token (`--token` or `WEFT_TOKEN`) goes with every request as
+//! `Authorization: Bearer <token>`.
 
 use anyhow::{Context as _, bail};
 use std::path::Path;
@@ -19,8 +20,8 @@ pub struct NodeClient {
 
 impl NodeClient {
     /// Checks the URL before anything is sent, so a mistyped one is named as such rather than
-    /// reported as an unreachable node.
-    pub fn new(url: &str) -> anyhow::Result<NodeClient> {
+    /// reported as an unreachable node. `token` is sent with every request.
+    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<NodeClient> {
         if !url.contains("://") {
             bail!("the node URL {url:?} has no scheme: did you mean http://{url}?");
         }
@@ -31,10 +32,20 @@ impl NodeClient {
         if base.cannot_be_a_base() || base.host().is_none() {
             bail!("the node URL {url:?} names no host");
         }
-        Ok(NodeClient {
-            base,
-            http: reqwest::Client::new(),
-        })
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    anyhow::anyhow!("the token holds characters an HTTP header cannot carry")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(NodeClient { base, http })
     }
 
     /// The URL of `segments` (each one percent-encoded) under the node's URL.
@@ -252,10 +263,14 @@ async fn error_answer<T>(response: reqwest::Response) -> anyhow::Result<T> {
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     let text =
         |field: &str, default: &str| body["error"][field].as_str().unwrap_or(default).to_owned();
+    let mut message = text("message", "no message");
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        message.push_str(" (pass --token or set WEFT_TOKEN)");
+    }
     Err(Refusal {
         status,
         code: text("code", "error"),
-        message: text("message", "no message"),
+        message,
         body,
     }
     .into())
@@ -278,7 +293,7 @@ mod tests {
 
     #[test]
     fn ids_are_one_encoded_segment_each() {
-        let node = NodeClient::new("http://127.0.0.1:7070/").unwrap();
+        let node = NodeClient::new("http://127.0.0.1:7070/", None).unwrap();
         let url = node.endpoint(&["entities", "counter", "a?b#c/d e"], &[("from", "1")]);
         assert_eq!(
             url.as_str(),
@@ -288,12 +303,15 @@ mod tests {
 
     #[test]
     fn a_url_without_scheme_is_named_as_such() {
-        let error = NodeClient::new("localhost:7070").err().unwrap().to_string();
+        let error = NodeClient::new("localhost:7070", None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             error.contains("did you mean http://localhost:7070"),
             "{error}"
         );
-        let error = NodeClient::new("ftp://localhost")
+        let error = NodeClient::new("ftp://localhost", None)
             .err()
             .unwrap()
             .to_string();

@@ -1,6 +1,7 @@
 //! The `weft` command line: `serve` runs a node; `plugin new` writes a plugin template; the
 //! other commands talk to a running node over its HTTP API (`--url`, or `WEFT_URL`, default
-//! `http://127.0.0.1:7070`) and print its answers as tables or JSON (`--output`, see [`output`]).
+//! `http://127.0.0.1:7070`), with a bearer token when the node asks for one (`--token`, or
+//! `WEFT_TOKEN`), and print its answers as tables or JSON (`--output`, see [`output`]).
 
 mod client;
 mod output;
@@ -30,6 +31,9 @@ pub struct Cli {
     /// into a pipe or a file).
     #[arg(long = "output", value_enum, env = "WEFT_OUTPUT", global = true)]
     output_format: Option<output::Format>,
+    /// The bearer token for a node with `[auth]` tokens (docs/security.md).
+    #[arg(long, env = "WEFT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,11 +196,12 @@ enum DdataCommand {
 
 #[derive(Debug, Subcommand)]
 enum LeaseCommand {
-    /// Acquire NAME for OWNER; prints the fencing token to pass on to every write.
+    /// Acquire NAME for OWNER (on a node with tokens: the token's name); prints the fencing token to pass on to every write.
     Acquire {
         name: String,
+        /// The owner; on a node with tokens, the token's name (the default there).
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
         /// Time to live in milliseconds (the node's default when left out).
         #[arg(long)]
         ttl_ms: Option<u64>,
@@ -204,8 +209,9 @@ enum LeaseCommand {
     /// Extend NAME, held by OWNER with FENCING_TOKEN, to its time to live from now.
     Renew {
         name: String,
+        /// The owner; on a node with tokens, the token's name (the default there).
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
         #[arg(long)]
         fencing_token: u64,
         #[arg(long)]
@@ -214,8 +220,9 @@ enum LeaseCommand {
     /// Release NAME if OWNER holds it with FENCING_TOKEN.
     Release {
         name: String,
+        /// The owner; on a node with tokens, the token's name (the default there).
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
         #[arg(long)]
         fencing_token: u64,
     },
@@ -265,6 +272,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let format = output::Format::chosen(self.output_format);
         let print = |answer: serde_json::Value| output::print(&answer, format);
+        let token = self.token;
+        let connect = |url: &str| NodeClient::new(url, token.as_deref());
         match self.command {
             Command::Serve(args) => serve(args).await,
             Command::CompilePlugin {
@@ -274,7 +283,7 @@ impl Cli {
             } => crate::plugin::run_child_compile(&limits, &input, &output),
             Command::Plugin { command, url } => match command {
                 PluginCommand::Load { file, name } => {
-                    let node = NodeClient::new(&url)?;
+                    let node = connect(&url)?;
                     print(node.load_plugin(&file, name.as_deref()).await?)
                 }
                 PluginCommand::Upgrade {
@@ -283,7 +292,7 @@ impl Cli {
                     sample,
                     force,
                 } => {
-                    let node = NodeClient::new(&url)?;
+                    let node = connect(&url)?;
                     match node.upgrade_plugin(&name, &file, sample, force).await {
                         Ok(report) => print(report),
                         Err(error) => {
@@ -299,11 +308,11 @@ impl Cli {
                     }
                 }
                 PluginCommand::Rollback { name } => print(
-                    NodeClient::new(&url)?
+                    connect(&url)?
                         .post(&["plugins", &name, "rollback"], &serde_json::Value::Null)
                         .await?,
                 ),
-                PluginCommand::List => print(NodeClient::new(&url)?.get(&["plugins"], &[]).await?),
+                PluginCommand::List => print(connect(&url)?.get(&["plugins"], &[]).await?),
                 PluginCommand::New {
                     name,
                     language,
@@ -317,7 +326,7 @@ impl Cli {
                 }),
             },
             Command::Lease { command, url } => {
-                let node = NodeClient::new(&url)?;
+                let node = connect(&url)?;
                 let (name, action, body) = command.request();
                 print(match action {
                     None => node.get(&["leases", &name], &[]).await?,
@@ -331,7 +340,7 @@ impl Cli {
                 idempotency_key,
                 url,
             } => {
-                let node = NodeClient::new(&url)?;
+                let node = connect(&url)?;
                 let command: serde_json::Value =
                     serde_json::from_str(&command).context("the command is not valid JSON")?;
                 print(
@@ -349,13 +358,13 @@ impl Cli {
                 entity_id,
                 url,
             } => print(
-                NodeClient::new(&url)?
+                connect(&url)?
                     .get(&["entities", &entity_type, &entity_id], &[])
                     .await?,
             ),
-            Command::Cluster { url } => print(NodeClient::new(&url)?.get(&["cluster"], &[]).await?),
+            Command::Cluster { url } => print(connect(&url)?.get(&["cluster"], &[]).await?),
             Command::Ddata { command, url } => {
-                let node = NodeClient::new(&url)?;
+                let node = connect(&url)?;
                 match command {
                     DdataCommand::Get { key, consistency } => print(
                         node.get(&["ddata", &key], &[("consistency", &consistency)])
@@ -395,7 +404,7 @@ impl Cli {
                 follow,
                 url,
             } => {
-                let node = NodeClient::new(&url)?;
+                let node = connect(&url)?;
                 if follow {
                     return node
                         .follow_events(
