@@ -156,23 +156,25 @@ impl TlsSettings {
         let builder = ClientConfig::builder();
         let provider = Arc::clone(builder.crypto_provider());
         let algorithms = provider.signature_verification_algorithms;
-        let config = match self.verification {
-            Verification::Full => builder.with_root_certificates(self.root_store()?),
-            Verification::Chain => {
-                let chain = WebPkiServerVerifier::builder_with_provider(
+        let chain = match self.verification {
+            Verification::Full => {
+                return Ok(builder
+                    .with_root_certificates(self.root_store()?)
+                    .with_no_client_auth());
+            }
+            Verification::Chain => Some(
+                WebPkiServerVerifier::builder_with_provider(
                     Arc::new(self.root_store()?),
                     Arc::clone(&provider),
                 )
                 .build()
-                .map_err(|error| format!("TLS setup: {error}"))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly { chain }))
-            }
-            Verification::None => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { algorithms })),
+                .map_err(|error| format!("TLS setup: {error}"))?,
+            ),
+            Verification::None => None,
         };
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RelaxedVerifier { chain, algorithms }));
         Ok(config.with_no_client_auth())
     }
 
@@ -222,13 +224,16 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
         .map_err(|error| format!("reading sslrootcert {}: {error}", path.display()))
 }
 
-/// `verify-ca`: the full check, with only a name mismatch forgiven.
+/// The relaxed modes' check of the server's certificate: with `chain` (`verify-ca`) the full check
+/// with only a name mismatch forgiven; without (`require`) any certificate is taken. Either way the
+/// handshake's signatures are checked against the certificate.
 #[derive(Debug)]
-struct ChainOnly {
-    chain: Arc<WebPkiServerVerifier>,
+struct RelaxedVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for RelaxedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -237,59 +242,15 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.chain.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
-}
-
-/// `require`: any certificate is taken; the handshake's signatures are still checked against it.
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -6,13 +6,12 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::services::{Postgres, Redis, TestCertificates};
-use ulid::Ulid;
-use weft::journal::conformance::sample_batch;
-use weft::journal::{Journal, PostgresJournal};
-use weft::lease::{Lease, PostgresLease, RedisLease};
+use weft::journal::{PostgresJournal, conformance as journal_conformance};
+use weft::lease::{PostgresLease, RedisLease, conformance as lease_conformance};
 use weft::postgres::{PgPool, SessionBounds};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -47,28 +46,6 @@ async fn session_is_encrypted(url: &str) -> bool {
         .get(0)
 }
 
-async fn lease_round_trip(lease: &dyn Lease) {
-    let grant = lease
-        .acquire("order|1", "node-a", TTL)
-        .await
-        .expect("acquire")
-        .expect("granted");
-    let holder = lease
-        .holder("order|1")
-        .await
-        .expect("holder")
-        .expect("held");
-    assert_eq!(holder.owner, "node-a");
-    assert_eq!(holder.fencing_token, grant.fencing_token);
-    assert!(
-        lease
-            .release("order|1", "node-a", grant.fencing_token)
-            .await
-            .expect("release")
-    );
-    assert_eq!(lease.holder("order|1").await.expect("holder"), None);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_journal_and_leases_work_over_verified_tls() {
     let certificates = TestCertificates::generate();
@@ -88,17 +65,12 @@ async fn postgres_journal_and_leases_work_over_verified_tls() {
     let journal = PostgresJournal::open(&url)
         .await
         .expect("open the journal over TLS");
-    let batch = sample_batch("order|1", 0, 0, 3, Ulid::new());
-    journal
-        .append("order|1", 0, 0, batch.clone())
-        .await
-        .expect("append over TLS");
-    assert_eq!(journal.read("order|1", 1, 10).await, Ok(batch));
+    journal_conformance::check_append_and_read_round_trip(Arc::new(journal)).await;
 
     let lease = PostgresLease::connect(&url, 2)
         .await
         .expect("open the PostgreSQL leases over TLS");
-    lease_round_trip(&lease).await;
+    lease_conformance::check_acquire_renew_release_round_trip(Arc::new(lease)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +150,7 @@ async fn redis_leases_work_over_verified_tls_and_refuse_an_unknown_ca() {
     let lease = RedisLease::connect(&trusting(&redis.url(), &certificates))
         .await
         .expect("connect to Redis over TLS");
-    lease_round_trip(&lease).await;
+    lease_conformance::check_acquire_renew_release_round_trip(Arc::new(lease)).await;
 
     let other_ca = TestCertificates::generate();
     let error = match RedisLease::connect(&trusting(&redis.url(), &other_ca)).await {
