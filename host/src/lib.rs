@@ -45,4 +45,5 @@ pub mod settings;
 #[cfg(test)]
 mod simulation;
 pub mod timeline;
+pub mod tls;
 pub mod upgrade;

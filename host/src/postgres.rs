@@ -2,6 +2,10 @@
 //! `tokio-postgres` connections that keep their prepared statements, the bounds the server keeps
 //! on their sessions, schema versions, and error messages that say what failed.
 //!
+//! Connections use TLS when the URL asks for it (`sslmode`, `sslrootcert`: see [`crate::tls`]);
+//! the server must then agree to TLS, and a refused handshake fails naming the server and the
+//! reason.
+//!
 //! # No lock outlives its holder's lease
 //!
 //! A host can freeze anywhere (a long GC pause, a stopped VM, `SIGSTOP`) with its connections
@@ -28,7 +32,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, NoTls, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls::{self, Verification};
 
 /// How long opening one connection may take before the attempt fails: a server that does not answer
 /// surfaces as an error instead of a hang.
@@ -89,13 +97,16 @@ impl SessionBounds {
 #[derive(Debug)]
 pub struct PgPool {
     config: Config,
+    /// `None`: plain TCP.
+    tls: Option<PgTls>,
     /// A std mutex: held only to push or pop a connection, never across an `.await`.
     idle: Arc<Mutex<Vec<PgConnection>>>,
     permits: Arc<Semaphore>,
 }
 
 impl PgPool {
-    /// Parses `url` (`postgres://user@host:port/database`), names the connections
+    /// Parses `url` (`postgres://user@host:port/database`, with `sslmode` and `sslrootcert` for
+    /// TLS), names the connections
     /// `application_name` (visible in `pg_stat_activity`), bounds their sessions with `bounds`
     /// (options the URL sets itself win over them) and opens one connection to check that the
     /// database is reachable.
@@ -105,7 +116,10 @@ impl PgPool {
         connections_max: usize,
         bounds: SessionBounds,
     ) -> Result<PgPool, String> {
-        let mut config: Config = url
+        let split =
+            tls::split_url(url).map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
+        let mut config: Config = split
+            .url
             .parse()
             .map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
         let options = match config.get_options() {
@@ -118,8 +132,23 @@ impl PgPool {
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE);
+        let tls = match split.tls {
+            Some(settings) => {
+                // The server must agree to TLS; without this the driver would fall back to none.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let client_config = settings
+                    .client_config()
+                    .map_err(|error| format!("PostgreSQL TLS: {error}"))?;
+                Some(PgTls {
+                    connector: MakeRustlsConnect::new(client_config),
+                    verification: settings.verification,
+                })
+            }
+            None => None,
+        };
         let pool = PgPool {
             config,
+            tls,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(connections_max.max(1))),
         };
@@ -150,22 +179,79 @@ impl PgPool {
     }
 
     async fn open(&self) -> Result<PgConnection, String> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|error| describe("connecting to PostgreSQL", &error))?;
-        // The connection task ends when the client is dropped or the server closes the connection.
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!("PostgreSQL connection ended: {error}");
-            }
-        });
+        let client = match &self.tls {
+            Some(tls) => connect(&self.config, tls.connector.clone())
+                .await
+                .map_err(|error| {
+                    describe(
+                        format_args!(
+                            "connecting to PostgreSQL at {} over TLS (sslmode={})",
+                            self.server(),
+                            tls.verification.sslmode()
+                        ),
+                        &error,
+                    )
+                })?,
+            None => connect(&self.config, NoTls).await.map_err(|error| {
+                describe(
+                    format_args!("connecting to PostgreSQL at {}", self.server()),
+                    &error,
+                )
+            })?,
+        };
         Ok(PgConnection {
             client,
             statements: HashMap::new(),
         })
     }
+
+    /// The hosts and ports of the URL, for error messages.
+    fn server(&self) -> String {
+        let hosts = self.config.get_hosts().iter().map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        });
+        let ports = self.config.get_ports();
+        hosts
+            .enumerate()
+            .map(|(index, host)| match ports.get(index).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The TLS connector of a pool and the verification it does, named in errors.
+#[derive(Clone)]
+struct PgTls {
+    connector: MakeRustlsConnect,
+    verification: Verification,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "PgTls(sslmode={})", self.verification.sslmode())
+    }
+}
+
+/// Opens one connection with `tls` and runs its connection task, which ends when the client is
+/// dropped or the server closes the connection.
+async fn connect<T>(config: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!("PostgreSQL connection ended: {error}");
+        }
+    });
+    Ok(client)
 }
 
 /// One connection and the statements prepared on it, by their SQL text.
@@ -281,7 +367,8 @@ impl Drop for PooledConnection {
     }
 }
 
-/// `"<doing>: <what the server or the driver said>"`, with the server's SQLSTATE when there is one.
+/// `"<doing>: <what the server or the driver said>"`, with the server's SQLSTATE when there is one,
+/// and the causes the driver wraps (a refused TLS handshake's reason, an I/O error).
 pub fn describe(doing: impl Display, error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!(
@@ -290,7 +377,19 @@ pub fn describe(doing: impl Display, error: &tokio_postgres::Error) -> String {
             db.message(),
             db.code().code()
         ),
-        None => format!("{doing}: {error}"),
+        None => {
+            let mut described = format!("{doing}: {error}");
+            let mut cause = std::error::Error::source(error);
+            while let Some(inner) = cause {
+                let said = inner.to_string();
+                if !described.ends_with(&said) {
+                    described.push_str(": ");
+                    described.push_str(&said);
+                }
+                cause = inner.source();
+            }
+            described
+        }
     }
 }
 

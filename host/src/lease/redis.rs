@@ -12,6 +12,11 @@
 //!
 //! The `{name}` hash tag puts both keys in one slot, as a script's keys must be in Redis Cluster.
 //!
+//! `rediss://` URLs connect over TLS (rustls), checking the server's certificate against the
+//! system's roots or, with `sslrootcert=<PEM file>` in the URL, against that file's CAs, and its
+//! name against the URL's host: `verify-full`, the only mode the Redis client offers without its
+//! `tls-rustls-insecure` feature, so `sslmode` other than `verify-full` is refused.
+//!
 //! One multiplexed connection serves every call. When it breaks (the server restarted, the client was
 //! killed), the call fails with [`LeaseError::Unavailable`] and the next call connects again.
 
@@ -20,6 +25,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+
+use crate::tls::{self, Verification};
 
 use super::rules::{validate_grant_request, validate_holder, validate_name};
 use super::{Grant, Holder, Lease, LeaseError};
@@ -83,9 +90,9 @@ pub struct RedisLease {
 }
 
 impl RedisLease {
-    /// Connects to `url` (`redis://host:port/db`).
+    /// Connects to `url` (`redis://host:port/db`, or `rediss://…` for TLS, see the module doc).
     pub async fn connect(url: &str) -> Result<Self, LeaseError> {
-        let client = Client::open(url)
+        let client = open_client(url)
             .map_err(|error| LeaseError::Invalid(format!("invalid Redis URL {url:?}: {error}")))?;
         let lease = Self {
             client,
@@ -111,7 +118,10 @@ impl RedisLease {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
-            .map_err(|error| unavailable("connecting to Redis", &error))?;
+            .map_err(|error| {
+                let server = self.client.get_connection_info().addr();
+                unavailable(&format!("connecting to Redis at {server}"), &error)
+            })?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -233,6 +243,28 @@ fn lease_key(name: &str) -> String {
 
 fn lease_value(fencing_token: u64, owner: &str) -> String {
     format!("{fencing_token}:{owner}")
+}
+
+/// The client for `url`, with the CA file `sslrootcert` names if any.
+fn open_client(url: &str) -> Result<Client, String> {
+    let split = tls::split_url(url)?;
+    let is_tls_url = split.url.starts_with("rediss://");
+    match split.tls {
+        None => Client::open(split.url).map_err(|error| error.to_string()),
+        Some(_) if !is_tls_url => Err("sslmode and sslrootcert need a rediss:// URL".to_owned()),
+        Some(settings) if settings.verification != Verification::Full => Err(format!(
+            "sslmode={} is not supported for Redis, which always verifies the certificate \
+             and the host name (verify-full)",
+            settings.verification.sslmode()
+        )),
+        Some(settings) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: settings.roots_pem()?,
+            };
+            Client::build_with_tls(split.url, certificates).map_err(|error| error.to_string())
+        }
+    }
 }
 
 fn unavailable(doing: &str, error: &RedisError) -> LeaseError {

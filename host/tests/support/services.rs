@@ -10,12 +10,15 @@
 //! it (typically: the free port was taken by another test in between) is started again on another
 //! port, a bounded number of times.
 //!
+//! [`TestCertificates`] makes a CA and a server certificate for `localhost` and 127.0.0.1 (rcgen);
+//! [`Postgres::start_tls`] and [`Redis::start_tls`] start servers that present it.
+//!
 //! Benchmark programs include this file with `#[path]`, so it uses nothing else from the test support.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -43,16 +46,25 @@ impl Postgres {
     /// A server for tests: `fsync` off, since its data lives in a temporary directory that is deleted
     /// with it anyway.
     pub fn start() -> Postgres {
-        Postgres::start_with(&["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        Postgres::start_with(&["-c", "fsync=off", "-c", "synchronous_commit=off"], None)
+    }
+
+    /// [`Postgres::start`] with TLS on (`ssl=on`), presenting `certificates`' server certificate.
+    /// Clients may still connect without TLS.
+    pub fn start_tls(certificates: &TestCertificates) -> Postgres {
+        Postgres::start_with(
+            &["-c", "fsync=off", "-c", "synchronous_commit=off"],
+            Some(certificates),
+        )
     }
 
     /// A server with PostgreSQL's durable defaults (`fsync`, `synchronous_commit` on), for benchmarks
     /// that compare durable commits.
     pub fn start_durable() -> Postgres {
-        Postgres::start_with(&["-c", "fsync=on", "-c", "synchronous_commit=on"])
+        Postgres::start_with(&["-c", "fsync=on", "-c", "synchronous_commit=on"], None)
     }
 
-    fn start_with(settings: &[&str]) -> Postgres {
+    fn start_with(settings: &[&str], tls: Option<&TestCertificates>) -> Postgres {
         let directory = tempfile::tempdir().expect("create a directory for PostgreSQL");
         let run_as = postgres_run_as();
         if let Some(user) = &run_as {
@@ -75,6 +87,22 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let mut tls_settings = Vec::new();
+        if let Some(certificates) = tls {
+            // PostgreSQL wants its key owned by the user it runs as, readable by nobody else.
+            let (cert, key) = certificates.server_files_in(directory.path());
+            if let Some(user) = &run_as {
+                for file in [&cert, &key] {
+                    std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid))
+                        .expect("hand the certificate files to the postgres user");
+                }
+            }
+            tls_settings = vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         let (server, port) = Server::start("PostgreSQL", "ready to accept connections", |port| {
             let mut postgres = Command::new(postgres_program("postgres"));
             postgres
@@ -85,6 +113,9 @@ impl Postgres {
                 // not be writable.
                 .args(["-k", ""])
                 .args(settings);
+            for setting in &tls_settings {
+                postgres.arg("-c").arg(setting);
+            }
             run_as_user(&mut postgres, run_as.as_ref());
             postgres
         });
@@ -99,6 +130,10 @@ impl Postgres {
     /// The URL of the server's `postgres` database.
     pub fn url(&self) -> String {
         self.database_url("postgres")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn database_url(&self, database: &str) -> String {
@@ -128,16 +163,48 @@ pub struct Redis {
     /// Stopped when dropped.
     _server: Server,
     port: u16,
+    /// Whether the port speaks TLS only.
+    tls: bool,
     _directory: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(None)
+    }
+
+    /// A Redis server that speaks only TLS (`--tls-port`, no plain port), presenting
+    /// `certificates`' server certificate and asking clients for none.
+    pub fn start_tls(certificates: &TestCertificates) -> Redis {
+        Redis::start_with(Some(certificates))
+    }
+
+    fn start_with(tls: Option<&TestCertificates>) -> Redis {
         let directory = tempfile::tempdir().expect("create a directory for Redis");
+        let tls_files = tls.map(|certificates| {
+            let (cert, key) = certificates.server_files_in(directory.path());
+            (cert, key, certificates.ca_file())
+        });
         let (server, port) = Server::start("Redis", "Ready to accept connections", |port| {
             let mut redis = Command::new("redis-server");
+            match &tls_files {
+                Some((cert, key, ca)) => {
+                    redis
+                        .args(["--port", "0", "--tls-port", &port.to_string()])
+                        .arg("--tls-cert-file")
+                        .arg(cert)
+                        .arg("--tls-key-file")
+                        .arg(key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(ca)
+                        .args(["--tls-auth-clients", "no"]);
+                }
+                None => {
+                    redis.args(["--port", &port.to_string()]);
+                }
+            }
             redis
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(directory.path());
@@ -146,17 +213,79 @@ impl Redis {
         Redis {
             _server: server,
             port,
+            tls: tls.is_some(),
             _directory: directory,
         }
     }
 
+    /// `redis://127.0.0.1:<port>/`, or `rediss://…` for a TLS server (no CA named: add
+    /// `?sslrootcert=`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Stops the server now (the polite signal, then SIGKILL after [`STOP_TIMEOUT`]).
     pub fn stop(self) {
         drop(self);
+    }
+}
+
+/// A certificate authority of its own and a server certificate it signed for `localhost` and
+/// 127.0.0.1, as PEM files in a temporary directory.
+pub struct TestCertificates {
+    directory: tempfile::TempDir,
+    server_cert: String,
+    server_key: String,
+}
+
+impl TestCertificates {
+    pub fn generate() -> TestCertificates {
+        let ca_key = rcgen::KeyPair::generate().expect("generate the CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // A name of its own: a client that trusts another test CA must find no issuer at all, not
+        // one of the same name whose signature does not match.
+        static CAS_MADE: AtomicU32 = AtomicU32::new(0);
+        let number = CAS_MADE.fetch_add(1, Ordering::Relaxed);
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("weft test CA {} {number}", std::process::id()),
+        );
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("sign the CA");
+        let server_key = rcgen::KeyPair::generate().expect("generate the server key");
+        let mut server_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let server_cert = server_params
+            .signed_by(&server_key, &ca)
+            .expect("sign the server certificate");
+        let directory = tempfile::tempdir().expect("create a directory for certificates");
+        std::fs::write(directory.path().join("ca.pem"), ca.pem()).expect("write the CA");
+        TestCertificates {
+            directory,
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+        }
+    }
+
+    /// The CA's certificate, for clients' `sslrootcert`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.directory.path().join("ca.pem")
+    }
+
+    /// Writes the server certificate and its key (mode 0600) into `directory`; returns their paths.
+    fn server_files_in(&self, directory: &Path) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (cert, key) = (directory.join("server.crt"), directory.join("server.key"));
+        std::fs::write(&cert, &self.server_cert).expect("write the server certificate");
+        std::fs::write(&key, &self.server_key).expect("write the server key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("make the server key private");
+        (cert, key)
     }
 }
 
