@@ -13,10 +13,12 @@
 //! [journal]
 //! backend = "sqlite"             # or "memory", or "postgres" with a url:
 //! # url = "postgres://weft@db.internal:5432/weft"
+//! #   over TLS: "…/weft?sslmode=verify-full&sslrootcert=/etc/weft/db-ca.pem" (docs/journal.md)
 //!
 //! [lease]                        # named leases (`/leases/...`, single-writer entities)
 //! # backend = "memory"           # default: "postgres" when the journal is, else "memory"
 //! # url = "redis://127.0.0.1:6379/"   # for "redis"; "postgres" defaults to the journal's url
+//! #   over TLS: "rediss://cache:6380/?sslrootcert=/etc/weft/cache-ca.pem" (docs/leases.md)
 //!
 //! [auth]                         # bearer tokens on the HTTP API (docs/security.md)
 //! # tokens = [
