@@ -1,5 +1,6 @@
 # Shared by the examples' run.sh scripts (sourced, not run): builds weft, starts nodes of a
-# loopback cluster on free ports, and stops them (and removes their files) on exit.
+# loopback cluster on free ports, their transport on mutual TLS (certificates from
+# `weft cluster certs`), and stops them (and removes their files) on exit.
 #
 #   source "$(dirname "$0")/../cluster.sh"
 #   build_weft [plugin …]        # builds weft (and these plugins, with cargo xtask plugins)
@@ -39,6 +40,7 @@ start_node() { # name [extra toml]
   http_port=$(free_port)
   if [ -z "$seed_name" ]; then seed_name=$name; transport_port=$seed_port; else transport_port=0; fi
   mkdir -p "$work/$name/plugins"
+  "$weft" cluster certs --dir "$work/certs" "$name" > /dev/null
   for plugin in "${plugins[@]}"; do
     cp "${CARGO_TARGET_DIR:-$root/target}/plugins/$plugin.wasm" "$work/$name/plugins/"
   done
@@ -55,6 +57,11 @@ seeds = [{ name = "$seed_name", addr = "127.0.0.1:$seed_port" }]
 probe_period_ms = 200
 suspect_to_down_after_ms = 1000
 fault_injection = true
+
+[cluster.tls]
+ca = "$work/certs/ca.pem"
+cert = "$work/certs/$name.pem"
+key = "$work/certs/$name.key"
 
 $extra
 TOML

@@ -13,6 +13,10 @@
 //! after a graceful stop (SIGTERM) against the takeover after SIGKILL, both with a
 //! [`STOP_LEASE_TTL_MS`] lease: [`STOP_RUNS`] of each.
 //!
+//! With the argument `tls` (`cargo xtask bench cluster tls`) it measures only the cost of mutual
+//! TLS on the transport: commands per second through one gateway to 1 actor node, with the
+//! transport on TLS and in plaintext, alternating, [`TLS_ROUNDS`] rounds of each.
+//!
 //! Every process shares the machine's cores with the others and with PostgreSQL.
 
 #![allow(dead_code)] // the benchmark uses a subset of the test support
@@ -34,6 +38,7 @@ use services::Postgres;
 
 const FAILOVER_RUNS: usize = 5;
 const STOP_RUNS: usize = 3;
+const TLS_ROUNDS: usize = 3;
 /// The single-writer lease of the `stop` comparison: long, as a production lease would be.
 const STOP_LEASE_TTL_MS: u64 = 15_000;
 const CLIENTS: usize = 32;
@@ -163,6 +168,25 @@ async fn throughput(url: &str) -> anyhow::Result<f64> {
     Ok(COMMANDS as f64 / seconds)
 }
 
+/// Starts `actors` actor nodes and a gateway of `cluster`, and measures the commands per second
+/// through the gateway.
+async fn gateway_throughput(
+    cluster: &TestCluster,
+    http: &reqwest::Client,
+    actors: usize,
+) -> anyhow::Result<f64> {
+    let mut nodes = vec![cluster.start("a1", "actor")];
+    for n in 2..=actors {
+        nodes.push(cluster.start(&format!("a{n}"), "actor"));
+    }
+    let gateway = cluster.start("g1", "gateway");
+    let mut names: Vec<String> = (1..=actors).map(|n| format!("a{n}")).collect();
+    names.push("g1".into());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_for_members(http, &gateway.url, &names).await;
+    throughput(&gateway.url).await
+}
+
 /// Prints the median, the fastest and the slowest of `times` (sorted).
 fn report(what: &str, times: &[Duration]) {
     println!(
@@ -195,6 +219,39 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if std::env::args().nth(1).as_deref() == Some("tls") {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..TLS_ROUNDS {
+            for tls in [true, false] {
+                let cluster = TestCluster {
+                    tls,
+                    ..TestCluster::new(&postgres, "a1").await
+                };
+                let rate = gateway_throughput(&cluster, &http, 1).await?;
+                println!(
+                    "transport {}: {rate:.0} commands/s",
+                    if tls { "TLS" } else { "plaintext" }
+                );
+                match tls {
+                    true => with.push(rate),
+                    false => without.push(rate),
+                }
+            }
+        }
+        let median = |rates: &mut Vec<f64>| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        };
+        let (with, without) = (median(&mut with), median(&mut without));
+        println!(
+            "gateway-forwarded commands, median of {TLS_ROUNDS}: TLS {with:.0}/s, plaintext \
+             {without:.0}/s, ratio {:.2} ({CLIENTS} clients, {COMMANDS} commands, {ENTITIES} \
+             entities)",
+            with / without
+        );
+        return Ok(());
+    }
+
     println!("failover: SIGKILL of an entity's owner → first accepted command on the new owner");
     let cluster = TestCluster::new(&postgres, "a1").await;
     let times = failover(&cluster, &http, Takedown::Kill, FAILOVER_RUNS).await?;
@@ -202,16 +259,7 @@ async fn main() -> anyhow::Result<()> {
 
     for actors in [1usize, 3] {
         let cluster = TestCluster::new(&postgres, "a1").await;
-        let mut nodes = vec![cluster.start("a1", "actor")];
-        for n in 2..=actors {
-            nodes.push(cluster.start(&format!("a{n}"), "actor"));
-        }
-        let gateway = cluster.start("g1", "gateway");
-        let mut names: Vec<String> = (1..=actors).map(|n| format!("a{n}")).collect();
-        names.push("g1".into());
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        wait_for_members(&http, &gateway.url, &names).await;
-        let rate = throughput(&gateway.url).await?;
+        let rate = gateway_throughput(&cluster, &http, actors).await?;
         println!(
             "{actors} actor node(s) behind one gateway: {rate:.0} commands/s \
              ({CLIENTS} clients, {COMMANDS} commands, {ENTITIES} entities)"

@@ -42,6 +42,12 @@
 //! # listen = "127.0.0.1:7170"    # the internal transport
 //! # role = "actor"               # or "gateway" (HTTP only, hosts no entities)
 //! # seeds = [{ name = "node-1", addr = "127.0.0.1:7170" }]
+//! # allow_plaintext = false      # a non-loopback `listen` needs [cluster.tls], or this
+//!
+//! # [cluster.tls]                # mutual TLS between nodes (docs/security.md)
+//! # ca = "certs/ca.pem"          # `weft cluster certs --dir certs node-1` makes these
+//! # cert = "certs/node-1.pem"
+//! # key = "certs/node-1.key"
 //!
 //! [ddata]                        # DistributedData, on clustered nodes
 //! # durable_keys = ["cart-*"]    # kept in <data_dir>/ddata.db across restarts

@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, Authenticator, BodyLimits};
 use crate::clock::NodeClock;
 use crate::cluster::{
-    Cluster, ClusterConfig, ClusterPeers, Deployer, Faults, NodeInbound, NodeRole, Router,
-    Transport, hand_off_moved_entities, packet_channel,
+    Cluster, ClusterConfig, ClusterPeers, ClusterTls, Deployer, Faults, NodeInbound, NodeRole,
+    Router, Transport, hand_off_moved_entities, packet_channel,
 };
 use crate::config::{Config, JournalBackend, LeaseBackend};
 use crate::ddata::{DdataConfig, DistributedData, message_channel};
@@ -465,17 +465,27 @@ async fn join_cluster(
         ddata: ddata_messages,
         cluster: started.clone(),
     });
+    let tls = match &config.tls {
+        Some(tls) => Some(ClusterTls::load(tls).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let encryption = match (&tls, config.listen.ip().is_loopback()) {
+        (Some(_), _) => "mutual TLS",
+        (None, true) => "plaintext, on loopback only",
+        (None, false) => "plaintext (allow_plaintext): anyone who reaches it can join",
+    };
     let transport = Transport::bind(
         config.name.as_str(),
         config.listen,
         inbound,
         Faults::default(),
+        tls,
     )
     .await
     .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
     tracing::info!(
         node = %config.name, role = %config.role, addr = %transport.local_addr(),
-        "cluster transport listening; joining {} seed(s)", config.seeds.len()
+        "cluster transport listening ({encryption}); joining {} seed(s)", config.seeds.len()
     );
     let stop_transport = transport.clone();
     let transport_stop = stop.child_token();

@@ -1,5 +1,6 @@
 //! TLS to the databases weft uses (PostgreSQL for the journal and leases, Redis for leases): how a
-//! URL asks for it, and the rustls client configuration that follows.
+//! URL asks for it, and the rustls client configuration that follows. The cluster transport's
+//! mutual TLS (`cluster::tls`) reuses its chain-only check of a server's certificate.
 //!
 //! A URL asks for TLS with libpq's parameters, which weft reads for both databases (and removes
 //! before the URL reaches the driver):
@@ -222,6 +223,21 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     CertificateDer::pem_file_iter(path)
         .and_then(|certificates| certificates.collect())
         .map_err(|error| format!("reading sslrootcert {}: {error}", path.display()))
+}
+
+/// A check of a server's certificate against `roots` that forgives only a name mismatch: for
+/// callers that compare the name themselves, after the handshake.
+pub fn chain_only_verifier(
+    roots: Arc<RootCertStore>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let chain = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(provider))
+        .build()
+        .map_err(|error| format!("TLS setup: {error}"))?;
+    Ok(Arc::new(RelaxedVerifier {
+        chain: Some(chain),
+        algorithms: provider.signature_verification_algorithms,
+    }))
 }
 
 /// The relaxed modes' check of the server's certificate: with `chain` (`verify-ca`) the full check

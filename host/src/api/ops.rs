@@ -151,6 +151,12 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 member.id == view.local.id
             );
         }
+        let refusals = cluster.transport().refusals();
+        let _ = writeln!(
+            text,
+            "# HELP weft_cluster_connections_refused_total Cluster transport connections refused: the peer failed the TLS handshake or claimed a node its certificate does not name.\n# TYPE weft_cluster_connections_refused_total counter\nweft_cluster_connections_refused_total{{direction=\"inbound\"}} {}\nweft_cluster_connections_refused_total{{direction=\"outbound\"}} {}",
+            refusals.inbound, refusals.outbound
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

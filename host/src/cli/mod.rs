@@ -81,8 +81,11 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL, global = true)]
         url: String,
     },
-    /// Print the node's view of its cluster: members, what each hosts, the plugins each has.
+    /// Print the node's view of its cluster: members, what each hosts, the plugins each has;
+    /// or make the transport's certificates (`weft cluster certs`).
     Cluster {
+        #[command(subcommand)]
+        command: Option<ClusterCommand>,
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
@@ -164,6 +167,20 @@ enum PluginCommand {
         kind: templates::Kind,
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Make a development CA (or reuse the one in DIR) and a certificate for each node, for
+    /// `[cluster.tls]`: DIR/ca.pem, DIR/ca.key, DIR/<node>.pem, DIR/<node>.key.
+    Certs {
+        /// Where the files go; a CA already there signs the new certificates.
+        #[arg(long, default_value = "cluster-certs")]
+        dir: PathBuf,
+        /// The node names, as in each node's `[cluster] name`.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -362,7 +379,13 @@ impl Cli {
                     .get(&["entities", &entity_type, &entity_id], &[])
                     .await?,
             ),
-            Command::Cluster { url } => print(connect(&url)?.get(&["cluster"], &[]).await?),
+            Command::Cluster {
+                command: Some(ClusterCommand::Certs { dir, nodes }),
+                ..
+            } => write_cluster_certs(&dir, &nodes),
+            Command::Cluster { command: None, url } => {
+                print(connect(&url)?.get(&["cluster"], &[]).await?)
+            }
             Command::Ddata { command, url } => {
                 let node = connect(&url)?;
                 match command {
@@ -458,4 +481,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::plugin::compile_in_child_processes(executable);
     }
     Node::start(config).await?.wait().await
+}
+
+/// `weft cluster certs`: writes the files and says which, and what to put in each node's config.
+fn write_cluster_certs(dir: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
+    let written =
+        crate::cluster::certs::write_certificates(dir, nodes).map_err(anyhow::Error::msg)?;
+    let ca = written.ca.display();
+    match written.ca_created {
+        true => println!("created the CA {ca} (its key beside it: keep it private)"),
+        false => println!("signed with the CA {ca}"),
+    }
+    for (name, (cert, key)) in nodes.iter().zip(&written.nodes) {
+        println!(
+            "node {name}:\n  [cluster.tls]\n  ca = \"{ca}\"\n  cert = \"{}\"\n  key = \"{}\"",
+            cert.display(),
+            key.display()
+        );
+    }
+    Ok(())
 }

@@ -16,6 +16,9 @@
 //! - [`placement`]: rendezvous hashing of `(entity type, entity id)` over the live actor members.
 //! - [`transport`]: length-prefixed MessagePack frames over TCP between nodes: one-way messages and
 //!   requests with deadlines, a circuit breaker per peer, and a fault-injection seam.
+//! - [`tls`]: [`ClusterTls`], the transport's mutual TLS: `[cluster.tls]`, both ends' rustls
+//!   configurations, and the check that a peer's certificate names the node it claims to be.
+//! - [`certs`]: `weft cluster certs`, a development CA and node certificates.
 //! - [`service`]: [`Cluster`], the task driving membership over the transport, and the view it
 //!   publishes; [`ClusterConfig`], the `[cluster]` section of `weft.toml`.
 //! - [`replicas`]: [`ClusterPeers`], replicated entities' messages to the other replicas.
@@ -26,6 +29,7 @@
 //! - `simulation` (tests only): a deterministic simulator of many nodes on a faulty network, with
 //!   invariant checkers and the scenarios run in it.
 
+pub mod certs;
 pub mod deployments;
 pub mod handoff;
 pub mod identity;
@@ -37,6 +41,7 @@ pub mod service;
 #[cfg(test)]
 mod simulation;
 pub mod suspicion;
+pub mod tls;
 pub mod transport;
 
 pub use deployments::{Deployer, Deployment};
@@ -52,4 +57,5 @@ pub use routing::{
 };
 pub use service::{Cluster, ClusterConfig, ClusterView, SeedConfig, packet_channel};
 pub use suspicion::AdaptiveSuspicion;
-pub use transport::{CircuitBreaker, Faults, Inbound, Topic, Transport, TransportError};
+pub use tls::{ClusterTls, ClusterTlsConfig};
+pub use transport::{CircuitBreaker, Faults, Inbound, Refusals, Topic, Transport, TransportError};

@@ -27,6 +27,7 @@ use ulid::Ulid;
 
 use super::identity::{Member, NodeId, NodeName, NodeRole};
 use super::membership::{Membership, MembershipAction, MembershipConfig, MembershipTimer, Seed};
+use super::tls::{ClusterTlsConfig, certifiable_name};
 use super::transport::{Topic, Transport};
 use crate::timeline::Timeline;
 
@@ -67,6 +68,13 @@ pub struct ClusterConfig {
     /// in production.
     #[serde(default)]
     pub fault_injection: bool,
+    /// Mutual TLS between nodes (`[cluster.tls]`, docs/security.md).
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
+    /// Lets the transport listen on a non-loopback address without TLS: anyone who reaches it
+    /// could join the cluster. Without TLS and without this, only a loopback `listen` starts.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,8 +99,23 @@ fn default_forward_timeout_ms() -> u64 {
 
 impl ClusterConfig {
     /// Refuses numeric settings outside what membership and routing can honour, naming the
-    /// range.
+    /// range; a transport open to other machines without TLS unless allowed by name; and, with
+    /// TLS, a node name no certificate can carry.
     pub fn validate(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(_) => certifiable_name(self.name.as_str())?,
+            None if !self.listen.ip().is_loopback() && !self.allow_plaintext => {
+                return Err(format!(
+                    "[cluster] listen = \"{}\" is reachable from other machines, and without \
+                     TLS anyone who reaches it could join the cluster: add [cluster.tls] \
+                     (`weft cluster certs` makes a development CA and node certificates; \
+                     docs/security.md), or set [cluster] allow_plaintext = true on a network \
+                     you trust",
+                    self.listen
+                ));
+            }
+            None => {}
+        }
         check_ranges(
             "cluster",
             &[

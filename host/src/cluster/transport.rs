@@ -13,6 +13,10 @@
 //! the same connection. Every frame is a 4-byte big-endian length, then a MessagePack [`Frame`];
 //! a frame longer than [`FRAME_BYTES_MAX`] closes the connection.
 //!
+//! With [`ClusterTls`] every connection is mutual TLS: a peer without a certificate of the
+//! cluster's CA, or whose certificate does not name the node its hello claims, is refused before
+//! any of its frames is read, and the refusal is logged and counted ([`Transport::refusals`]).
+//!
 //! Two seams make failures cheap to handle and to test:
 //! - a [`CircuitBreaker`] per peer: after [`BREAKER_FAILURES_MAX`] failures in a row, calls to that
 //!   peer fail at once with [`TransportError::CircuitOpen`] for [`BREAKER_OPEN_MS`], then one call
@@ -29,10 +33,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+
+use super::tls::{ClusterTls, names_node};
 
 /// Largest frame accepted: a forwarded command is at most the API's command limit (1 MiB) plus
 /// its envelope; anything bigger is a bug or an attack.
@@ -57,6 +62,28 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Requests waiting for their responses, per peer, at most: a peer that stopped answering cannot
 /// grow this node's memory without bound.
 const PENDING_REQUESTS_MAX: usize = 4_096;
+
+/// A connection's bytes: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+type Reader = ReadHalf<Box<dyn Stream>>;
+type Writer = WriteHalf<Box<dyn Stream>>;
+
+/// Connections refused since the transport started: peers that failed the TLS handshake or
+/// claimed a name their certificate does not carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Connections from peers, refused here.
+    pub inbound: u64,
+    /// Connections this node dialed and refused: the peer's certificate did not check out.
+    pub outbound: u64,
+}
+
+#[derive(Default)]
+struct RefusalCounts {
+    inbound: AtomicU64,
+    outbound: AtomicU64,
+}
 
 /// What travels on a connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -239,6 +266,9 @@ struct Inner {
     name: String,
     local_addr: SocketAddr,
     faults: Faults,
+    /// `None`: plaintext.
+    tls: Option<ClusterTls>,
+    refusals: Arc<RefusalCounts>,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     next_request_id: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -248,7 +278,7 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
 
 /// The sending half of an outbound connection.
 struct Connection {
-    writer: OwnedWriteHalf,
+    writer: Writer,
     /// Set by the connection's reader when the peer closed it (or it broke): the next frame
     /// dials afresh instead of writing into a dead socket and waiting for its deadline.
     closed: Arc<AtomicBool>,
@@ -267,12 +297,14 @@ struct Peer {
 }
 
 impl Transport {
-    /// Listens on `listen` as node `name`, handing what peers send to `inbound`.
+    /// Listens on `listen` as node `name`, handing what peers send to `inbound`; with `tls`,
+    /// every connection, both ways, is mutual TLS.
     pub async fn bind(
         name: &str,
         listen: SocketAddr,
         inbound: Arc<dyn Inbound>,
         faults: Faults,
+        tls: Option<ClusterTls>,
     ) -> std::io::Result<Transport> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
@@ -281,12 +313,29 @@ impl Transport {
             name: name.to_owned(),
             local_addr,
             faults,
+            tls,
+            refusals: Arc::default(),
             peers: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
             shutdown,
         });
-        tokio::spawn(accept(listener, inbound, inner.faults.clone(), stop));
+        let acceptor = Acceptor {
+            inbound,
+            faults: inner.faults.clone(),
+            tls: inner.tls.clone(),
+            refusals: inner.refusals.clone(),
+            stop,
+        };
+        tokio::spawn(acceptor.run(listener));
         Ok(Transport { inner })
+    }
+
+    /// Connections refused so far (see [`Refusals`]).
+    pub fn refusals(&self) -> Refusals {
+        Refusals {
+            inbound: self.inner.refusals.inbound.load(Ordering::Relaxed),
+            outbound: self.inner.refusals.outbound.load(Ordering::Relaxed),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -456,7 +505,24 @@ impl Transport {
         stream
             .set_nodelay(true)
             .map_err(|error| error.to_string())?;
-        let (reader, mut writer) = stream.into_split();
+        let stream: Box<dyn Stream> = match &self.inner.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let name = peer.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match tls.connect(stream, &name, peer.addr).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(reason) => {
+                        self.inner.refusals.outbound.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            peer = %name, addr = %peer.addr,
+                            "cluster transport: refused the node dialed: {reason}"
+                        );
+                        return Err(reason);
+                    }
+                }
+            }
+        };
+        let (reader, mut writer) = tokio::io::split(stream);
         let hello = encode(&Frame::Hello {
             from: self.inner.name.clone(),
         })?;
@@ -509,7 +575,7 @@ fn encode(frame: &Frame) -> Result<Vec<u8>, String> {
 }
 
 /// The next frame, `Ok(None)` at a clean end of the stream.
-async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Option<Frame>, String> {
+async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, String> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -533,7 +599,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> Result<Option<Frame>, String>
 }
 
 /// Routes the responses of an outbound connection to their waiting requests, until it closes.
-async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>, closed: Arc<AtomicBool>) {
+async fn read_responses(mut reader: Reader, pending: Arc<Pending>, closed: Arc<AtomicBool>) {
     while let Ok(Some(frame)) = read_frame(&mut reader).await {
         if let Frame::Response { id, outcome } = frame {
             let waiting = pending
@@ -552,48 +618,86 @@ async fn read_responses(mut reader: OwnedReadHalf, pending: Arc<Pending>, closed
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
-async fn accept(
-    listener: TcpListener,
+/// What the accepting side of a transport needs for each connection.
+struct Acceptor {
     inbound: Arc<dyn Inbound>,
     faults: Faults,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(
-                    stream,
-                    inbound.clone(),
-                    faults.clone(),
-                    stop.clone(),
-                ));
+    tls: Option<ClusterTls>,
+    refusals: Arc<RefusalCounts>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener) {
+        let mut stop = self.stop.clone();
+        let acceptor = Arc::new(self);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(acceptor.clone().serve(stream, remote));
+                }
+                Err(error) => tracing::warn!("cluster transport: accept failed: {error}"),
             }
-            Err(error) => tracing::warn!("cluster transport: accept failed: {error}"),
         }
+    }
+
+    /// Counts and logs a connection refused before any of its frames was read.
+    fn refuse(&self, remote: SocketAddr, reason: &str) {
+        self.refusals.inbound.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%remote, "cluster transport: refused a connection: {reason}");
+    }
+
+    /// Serves one inbound connection: the TLS handshake if configured, a hello (from the node
+    /// the certificate names), then messages and requests until it closes.
+    async fn serve(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let (stream, certificate): (Box<dyn Stream>, _) = match &self.tls {
+            None => (Box::new(stream), None),
+            Some(tls) => match tls.accept(stream).await {
+                Ok((stream, certificate)) => (Box::new(stream), Some(certificate)),
+                Err(reason) => return self.refuse(remote, &reason),
+            },
+        };
+        let (mut reader, writer) = tokio::io::split(stream);
+        let from = match read_frame(&mut reader).await {
+            Ok(Some(Frame::Hello { from })) => from,
+            other => {
+                tracing::debug!("cluster transport: a connection without a hello: {other:?}");
+                return;
+            }
+        };
+        if let Some(certificate) = certificate
+            && let Err(reason) = names_node(&certificate, &from)
+        {
+            return self.refuse(remote, &format!("its hello says {from:?}, but {reason}"));
+        }
+        serve_frames(
+            reader,
+            writer,
+            from,
+            self.inbound.clone(),
+            self.faults.clone(),
+            self.stop.clone(),
+        )
+        .await;
     }
 }
 
-/// Serves one inbound connection: a hello, then messages and requests until it closes.
-async fn serve_connection(
-    stream: TcpStream,
+/// Hands the frames of an inbound connection from the node `from` to `inbound`, and writes the
+/// answers to its requests, until it closes.
+async fn serve_frames(
+    mut reader: Reader,
+    writer: Writer,
+    from: String,
     inbound: Arc<dyn Inbound>,
     faults: Faults,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    let from = match read_frame(&mut reader).await {
-        Ok(Some(Frame::Hello { from })) => from,
-        other => {
-            tracing::debug!("cluster transport: a connection without a hello: {other:?}");
-            return;
-        }
-    };
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader) => frame,
@@ -665,6 +769,7 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::certs::DevelopmentCa;
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
@@ -725,10 +830,95 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             echo.clone(),
             Faults::default(),
+            None,
         )
         .await
         .unwrap();
         (transport, echo)
+    }
+
+    /// A node speaking mutual TLS with the certificate `ca` issued for `certified_as`.
+    async fn tls_node(
+        name: &str,
+        ca: &DevelopmentCa,
+        certified_as: &str,
+        trusts: &DevelopmentCa,
+    ) -> (Transport, Arc<Echo>) {
+        let issued = ca.issue(certified_as).unwrap();
+        let tls = ClusterTls::from_pem(
+            trusts.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .unwrap();
+        let echo = Arc::new(Echo::default());
+        let transport = Transport::bind(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            echo.clone(),
+            Faults::default(),
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        (transport, echo)
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_ca_talk_over_mutual_tls() {
+        let ca = DevelopmentCa::generate().unwrap();
+        let (a, _) = tls_node("a", &ca, "a", &ca).await;
+        let (b, echo) = tls_node("b", &ca, "b", &ca).await;
+        let answer = a
+            .request("b", b.local_addr(), b"hi".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(answer.unwrap(), b"echo:hi");
+        a.send("b", b.local_addr(), Topic::Ddata, b"m".to_vec())
+            .await
+            .unwrap();
+        tokio::time::timeout(PATIENCE, echo.received.notified())
+            .await
+            .unwrap();
+        assert_eq!(b.refusals(), Refusals::default());
+        assert_eq!(a.refusals(), Refusals::default());
+    }
+
+    /// Sends a request from `rogue` to `target` and checks that the connection was refused and
+    /// counted there, and that nothing reached `target`'s handler.
+    async fn assert_refused(rogue: &Transport, target: &Transport, echo: &Echo) {
+        let before = target.refusals().inbound;
+        let answer = rogue
+            .request("b", target.local_addr(), b"hi".to_vec(), PATIENCE)
+            .await;
+        assert!(answer.is_err(), "a rogue's request was answered");
+        let started = Instant::now();
+        while target.refusals().inbound == before {
+            assert!(started.elapsed() < PATIENCE, "{:?}", target.refusals());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(echo.deadlines.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn peers_without_a_certificate_of_the_ca_are_refused_and_counted() {
+        let ca = DevelopmentCa::generate().unwrap();
+        let other_ca = DevelopmentCa::generate().unwrap();
+        let (b, echo) = tls_node("b", &ca, "b", &ca).await;
+        let (plaintext, _) = node("a").await;
+        assert_refused(&plaintext, &b, &echo).await;
+        // A certificate from another CA, presented by a node that trusts b's.
+        let (foreign, _) = tls_node("a", &other_ca, "a", &ca).await;
+        assert_refused(&foreign, &b, &echo).await;
+        assert_eq!(foreign.refusals(), Refusals::default());
+        // A node of the other CA refuses b in turn, when it dials it.
+        let (sceptic, _) = tls_node("a", &other_ca, "a", &other_ca).await;
+        let _ = sceptic
+            .request("b", b.local_addr(), b"hi".to_vec(), PATIENCE)
+            .await;
+        assert_eq!(sceptic.refusals().outbound, 1);
+        // One of the cluster's certificates, claiming to be another node.
+        let (impostor, _) = tls_node("b", &ca, "c", &ca).await;
+        assert_refused(&impostor, &b, &echo).await;
     }
 
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -924,7 +1114,7 @@ mod tests {
         let echo = Arc::new(Echo::default());
         let started = Instant::now();
         let b = loop {
-            match Transport::bind("b", addr, echo.clone(), Faults::default()).await {
+            match Transport::bind("b", addr, echo.clone(), Faults::default(), None).await {
                 Ok(b) => break b,
                 Err(error) => {
                     assert!(started.elapsed() < PATIENCE, "rebind {addr}: {error}");

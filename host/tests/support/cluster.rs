@@ -1,5 +1,6 @@
 //! A cluster of `weft serve` processes on loopback for tests and benchmark programs: node configs
-//! sharing a PostgreSQL journal, and waiting on each node's view of the membership.
+//! sharing a PostgreSQL journal, their transport on mutual TLS with certificates of one CA made
+//! per cluster, and waiting on each node's view of the membership.
 //! Benchmark programs include this file (with `node`, `plugins` and `services`) through `#[path]`.
 
 #![allow(dead_code)] // each test binary and benchmark uses a different subset
@@ -41,6 +42,25 @@ pub struct NodeSpec<'a> {
     pub suspect_to_down_after_ms: u64,
     /// More `weft.toml`, appended as it is (e.g. a `[ddata]` section).
     pub extra: &'a str,
+    /// Mutual TLS on the transport, with a certificate for the node from the CA in
+    /// `root/certs` (made by the first node that needs it).
+    pub tls: bool,
+}
+
+/// The `[cluster.tls]` section for the node `name`: a new certificate for it, signed by the CA
+/// in `root/certs` (made there first if missing). A node restarted with a new config has a new
+/// certificate, as after a rotation.
+pub fn tls_section(root: &Path, name: &str) -> String {
+    let certs = root.join("certs");
+    let written = weft::cluster::certs::write_certificates(&certs, &[name.to_owned()])
+        .expect("certificates for the node");
+    let (cert, key) = &written.nodes[0];
+    format!(
+        "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        written.ca.display(),
+        cert.display(),
+        key.display()
+    )
 }
 
 /// Writes `root/<name>/weft.toml` for `spec`: a PostgreSQL journal, fast failure detection (probe
@@ -58,6 +78,7 @@ pub fn node_config(root: &Path, spec: &NodeSpec) -> std::path::PathBuf {
         lease_ttl_ms,
         suspect_to_down_after_ms,
         extra,
+        tls,
     } = *spec;
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -84,6 +105,7 @@ suspect_to_down_after_ms = {suspect_to_down_after_ms}
 forward_timeout_ms = 3000
 fault_injection = {fault_injection}
 
+{tls}
 [entities.counter]
 plugin = "counter"
 single_writer = true
@@ -94,6 +116,11 @@ lease_ttl_ms = {lease_ttl_ms}
         data = dir.join("data").display(),
         plugins = plugins.display(),
         cache = shared_compile_cache().display(),
+        tls = if tls {
+            tls_section(root, name)
+        } else {
+            String::new()
+        },
     );
     let path = dir.join("weft.toml");
     std::fs::write(&path, text).unwrap();
@@ -180,6 +207,8 @@ pub struct TestCluster {
     pub suspect_to_down_after_ms: u64,
     /// More `weft.toml` for every node.
     pub extra: String,
+    /// Mutual TLS on the transport (default on: the path every deployment should take).
+    pub tls: bool,
 }
 
 impl TestCluster {
@@ -195,6 +224,7 @@ impl TestCluster {
             lease_ttl_ms: 2_000,
             suspect_to_down_after_ms: 1_000,
             extra: String::new(),
+            tls: true,
         }
     }
 
@@ -222,6 +252,7 @@ impl TestCluster {
             lease_ttl_ms: self.lease_ttl_ms,
             suspect_to_down_after_ms: self.suspect_to_down_after_ms,
             extra: &self.extra,
+            tls: self.tls,
         };
         node_config(self.root.path(), &spec)
     }
