@@ -158,7 +158,9 @@ export class Resident {
       try {
         decided = encodeDecision(this.plugin.handle(this.state, ctx, decodeOrReject("command", command)));
       } catch (error) {
-        outcomes.push(error instanceof Rejected ? error : new Rejected(`handle failed: ${failed("handle", error)}`));
+        outcomes.push(
+          error instanceof Rejected ? error : new Rejected(`handle failed: ${describeException(failed("handle", error))}`),
+        );
         continue;
       }
       for (const payload of decided.events) {
@@ -223,9 +225,46 @@ function metaFromWit(meta) {
   return { ...meta, version };
 }
 
-/** Logs an unexpected exception of a handler, then throws it on to fail the call. */
+/** The most of an exception's description (message and stack) a refusal carries, in bytes. */
+export const EXCEPTION_TEXT_BYTES_MAX = 4096;
+
+/** What ends a description cut to `EXCEPTION_TEXT_BYTES_MAX`. */
+const CUT_MARKER = "… [cut]";
+
+/**
+ * An exception's message and stack, as the caller reads them in a refusal: cut to
+ * `EXCEPTION_TEXT_BYTES_MAX` bytes of UTF-8, with a marker.
+ */
+export function describeException(error) {
+  const message = String(error);
+  const stack = typeof error?.stack === "string" ? error.stack.trimEnd() : "";
+  // V8 starts the stack with the message; QuickJS gives the frames alone.
+  const text = stack === "" ? message : stack.startsWith(message) ? stack : `${message}\n${stack}`;
+  // Counted by hand: componentize-qjs's QuickJS has no TextEncoder.
+  const room = EXCEPTION_TEXT_BYTES_MAX - utf8Length(CUT_MARKER);
+  let bytes = 0;
+  let end = 0;
+  for (const char of text) {
+    bytes += utf8Length(char);
+    if (bytes > EXCEPTION_TEXT_BYTES_MAX) return text.slice(0, end) + CUT_MARKER;
+    if (bytes <= room) end += char.length;
+  }
+  return text;
+}
+
+/** Bytes of `text` in UTF-8 (a lone surrogate as the 3 of U+FFFD). */
+function utf8Length(text) {
+  let bytes = 0;
+  for (const char of text) {
+    const point = char.codePointAt(0);
+    bytes += point < 0x80 ? 1 : point < 0x800 ? 2 : point < 0x10000 ? 3 : 4;
+  }
+  return bytes;
+}
+
+/** Logs an unexpected exception of a handler, with its stack, then throws it on to fail the call. */
 function failed(call, error) {
-  log("error", `${call} failed: ${error}${error?.stack ? `\n${error.stack}` : ""}`);
+  log("error", `${call} failed: ${describeException(error)}`);
   return error;
 }
 
@@ -290,7 +329,7 @@ export function exportEntity({ init, handle, apply, onLeaseLost }) {
         // turns any exception of a function returning `result` into an `err`, so a bug in
         // `handle` fails the command with its message too, after a line in the host's log.
         if (error instanceof Rejected) throw error.message;
-        throw `handle failed: ${failed("handle", error)}`;
+        throw `handle failed: ${describeException(failed("handle", error))}`;
       }
       return decision;
     },

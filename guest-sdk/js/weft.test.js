@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import {
-  compareText, decode, drop, encode, exportEntity, exportResolver, keep, nthEventMeta, Rejected, replace, Resident, testContext,
+  compareText, decode, describeException, drop, encode, EXCEPTION_TEXT_BYTES_MAX, exportEntity, exportResolver, keep, nthEventMeta, Rejected, replace, Resident, testContext,
 } from "./weft.js";
 
 // What the bindings pass in: records with camelCase fields, `role` as its case name.
@@ -106,6 +106,8 @@ test("a rejection in the middle of a batch changes nothing and the batch goes on
   assert.ok(outcomes[2] instanceof Rejected);
   assert.equal(outcomes[2].message, "nothing to pop");
   assert.match(outcomes[3].message, /^handle failed: TypeError/);
+  // The refusal carries the stack: the caller sees where the bug is.
+  assert.match(outcomes[3].message, /\n\s+at .*weft\.test\.js:\d+/);
   assert.match(outcomes[4].message, /^cannot decode command/);
   assert.deepEqual(decode(outcomes[5].reply), ["b"]);
   const state = decode(entity.snapshot());
@@ -157,4 +159,13 @@ test("the exported resource takes and gives the bindings' shapes", () => {
   assert.deepEqual(decode(entity.onLeaseLost(witContext, lost)), { token: 3, items: 1 });
   assert.equal(new (exportEntity(list).Entity)(witContext, null).onLeaseLost(witContext, lost), null);
   assert.deepEqual(new Entity(witContext, entity.snapshot()).resident.state, entity.resident.state);
+});
+
+test("an exception's description is cut to its bound with a marker", () => {
+  const error = new Error("é".repeat(EXCEPTION_TEXT_BYTES_MAX));
+  const text = describeException(error);
+  assert.ok(new TextEncoder().encode(text).length <= EXCEPTION_TEXT_BYTES_MAX);
+  assert.ok(text.endsWith("… [cut]"));
+  assert.ok(!text.includes("\uFFFD"));
+  assert.equal(describeException("plain"), "plain");
 });

@@ -64,6 +64,9 @@
 //! [entities.tally]               # replicated on the nodes named a, b, c (docs/replication.md)
 //! plugin = "counter"
 //! replication = { replicas = ["a", "b", "c"], resolver = "last-writer-wins" }
+//!
+//! [log]                          # which lines: RUST_LOG (docs/operations.md)
+//! # format = "text"              # or "json", one object per line; WEFT_LOG_FORMAT overrides it
 //! ```
 
 use anyhow::Context as _;
@@ -78,6 +81,7 @@ use crate::cluster::ClusterConfig;
 use crate::ddata::DdataConfig;
 use crate::entity::EntityTypeConfig;
 use crate::lease::ENTITY_LEASE_TTL_DEFAULT;
+use crate::observability::LogConfig;
 use crate::plugin::RuntimeLimits;
 use crate::postgres::SessionBounds;
 use crate::settings::check_ranges;
@@ -98,6 +102,8 @@ pub struct Config {
     /// Entity types by name. A loaded entity plugin with no entry here serves the entity type
     /// of its own name with the defaults.
     pub entities: BTreeMap<String, EntityTypeConfig>,
+    /// How log lines are written (`WEFT_LOG_FORMAT` overrides it).
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

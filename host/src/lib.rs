@@ -17,6 +17,7 @@
 //! - [`api`]: the HTTP API.
 //! - [`cli`]: the `weft` command line.
 //! - [`node`]: a running node, wired from [`config`].
+//! - [`observability`]: log set-up (text or JSON), request ids, latency histograms.
 //! - [`deployments`]: plugins and entity types loaded over the API, kept across restarts.
 //! - [`clock`]: the node's hybrid logical clock.
 //! - [`settings`]: range checks for numeric settings.
@@ -37,6 +38,7 @@ pub mod journal;
 pub mod lease;
 pub mod msgpack;
 pub mod node;
+pub mod observability;
 pub mod plugin;
 pub mod postgres;
 pub mod readiness;

@@ -2,20 +2,16 @@
 
 use clap::Parser;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
 /// How long the runtime waits, once the command has returned, for blocking work still running —
 /// a guest call a forced stop left behind — before the process exits anyway.
 const BLOCKING_WORK_WAIT: Duration = Duration::from_secs(1);
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(error) = weft::observability::init_logging() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

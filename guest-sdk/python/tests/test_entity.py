@@ -97,6 +97,23 @@ class BatchTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             entity.handle(CTX, FIRST, [weft.encode({"op": "bug"})])
 
+    def test_a_handler_bug_is_logged_with_its_traceback(self):
+        logged = []
+        entity_module = sys.modules["weft.entity"]
+        real_log = entity_module.log
+        entity_module.log = lambda level, message: logged.append((level, message))
+        try:
+            entity = weft.Resident(PLUGIN, CTX, None)
+            with self.assertRaises(TypeError):
+                entity_module._logged("handle", entity.handle, CTX, FIRST, [weft.encode({"op": "bug"})])
+        finally:
+            entity_module.log = real_log
+        [(level, message)] = logged
+        self.assertEqual(level, entity_module.Level.ERROR)
+        self.assertTrue(message.startswith("handle failed: TypeError: "), message)
+        self.assertIn("Traceback (most recent call last):", message)
+        self.assertRegex(message, r'File ".*entity\.py", line \d+, in _encode_decision')
+
     def test_the_ith_event_of_the_batch_folds_with_the_ith_metadata_and_its_own_time(self):
         entity = weft.Resident(PLUGIN, CTX, None)
         entity.handle(CTX, FIRST, [push("a", "b"), POP, push("c")])

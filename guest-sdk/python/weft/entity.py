@@ -193,9 +193,26 @@ def apply_bytes(apply, ctx, state, event):
     return codec.encode(apply(codec.decode(state), ctx, codec.decode(event)))
 
 
+def _traceback(error):
+    """The frames an exception went through, as Python prints them, without the source lines:
+    reading them would need the files, which a guest cannot open."""
+    lines = ["Traceback (most recent call last):"]
+    frame = error.__traceback__
+    while frame is not None:
+        code = frame.tb_frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.tb_lineno}, in {code.co_name}')
+        frame = frame.tb_next
+    lines.append(f"{type(error).__name__}: {error}")
+    return "\n".join(lines)
+
+
 def failed(call, error):
-    """Logs an unexpected exception of a handler before it traps the call."""
-    log(Level.ERROR, f"{call} failed: {type(error).__name__}: {error}")
+    """Logs an unexpected exception of a handler, with its traceback, before it traps the call.
+
+    The WIT's ``err`` means a refusal, so a bug cannot travel in it: the host attaches this line,
+    the call's last at error level, to the trap's error, and the caller reads it there.
+    """
+    log(Level.ERROR, f"{call} failed: {type(error).__name__}: {error}\n{_traceback(error)}")
 
 
 def _logged(call, function, *args):

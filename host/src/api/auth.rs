@@ -266,8 +266,8 @@ fn equal_in_constant_time(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// The middleware on every route: refuses what the caller may not do, and hands the handlers the
-/// caller's [`Identity`].
+/// The middleware on every route: refuses what the caller may not do, and hands the handlers (and
+/// the response, for the access log) the caller's [`Identity`].
 pub async fn require_access(
     State(authenticator): State<Option<Arc<Authenticator>>>,
     matched: Option<MatchedPath>,
@@ -283,10 +283,15 @@ pub async fn require_access(
     };
     match authenticator.check(access, request.headers()) {
         Ok(identity) => {
-            if let Some(identity) = identity {
-                request.extensions_mut().insert(identity);
+            if let Some(identity) = &identity {
+                request.extensions_mut().insert(identity.clone());
             }
-            next.run(request).await
+            let mut response = next.run(request).await;
+            // For the access log, written once the response is ready.
+            if let Some(identity) = identity {
+                response.extensions_mut().insert(identity);
+            }
+            response
         }
         Err(refusal) => refusal.into_response(),
     }

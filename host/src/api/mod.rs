@@ -1,8 +1,9 @@
 //! The HTTP API (axum): entities, plugins, entity types, named leases, health, readiness, metrics
 //! and the OpenAPI document.
 //!
-//! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code and a
-//! message for people. Bad input is refused before anything is written.
+//! Errors are JSON, `{"error": {"code": "...", "message": "...", "request_id": "..."}}`, with a
+//! stable code, a message for people and the request's id (also in every response's
+//! `x-request-id`). Bad input is refused before anything is written.
 //!
 //! # Layout
 //! - `auth`: bearer tokens, their scopes and the table of what each route needs.
@@ -17,6 +18,7 @@
 //! - `notifications`: `/notifications`, lease changes of single-writer entities as server-sent
 //!   events.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`.
+//! - `observe`: the outermost middleware: request ids, the access log, request latencies.
 
 mod auth;
 mod cluster;
@@ -25,6 +27,7 @@ mod entities;
 mod error;
 mod leases;
 mod notifications;
+mod observe;
 mod ops;
 mod payload;
 mod plugins;
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             auth::require_access,
         ))
         .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 

@@ -1,5 +1,6 @@
-//! `/health` (liveness), `/ready` (start-up loading done), `/metrics` (Prometheus text format),
-//! `/openapi.json`, and the JSON 404.
+//! `/health` (liveness), `/ready` (start-up loading done), `/metrics` (Prometheus text format:
+//! the counters and gauges written here, then the latency histograms of
+//! `observability::metrics`), `/openapi.json`, and the JSON 404.
 
 use axum::Json;
 use axum::extract::State;
@@ -158,6 +159,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             refusals.inbound, refusals.outbound
         );
     }
+    crate::observability::metrics::render(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

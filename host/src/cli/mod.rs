@@ -464,6 +464,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    crate::observability::use_configured_format(config.log.format);
     if let Some(listen) = args.listen {
         config.node.listen = listen;
     }

@@ -461,16 +461,19 @@ impl Deployer {
             .check_new_build(name, plugins.get(name).is_ok())
             .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "resolver_bound", reason))?;
         let plugin = name.to_owned();
-        let report =
-            tokio::task::spawn_blocking(move || plugins.load_world(&plugin, &bytes, needed))
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "load_failed",
-                        e.to_string(),
-                    )
-                })??;
+        // The load's lines are written in the caller's span (an upload's request id).
+        let span = tracing::Span::current();
+        let report = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| plugins.load_world(&plugin, &bytes, needed))
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "load_failed",
+                e.to_string(),
+            )
+        })??;
         if report.world == World::Entity {
             entities.bind_type_if_unbound(name);
         }

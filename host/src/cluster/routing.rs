@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::deployments::{Deployer, DeploymentAnswer, DeploymentFailure, DeploymentRequest};
 use super::handoff::{moved_away, owned_elsewhere};
@@ -28,6 +29,7 @@ use crate::entity::{
     CommandOptions, CommandReply, EntityError, EntityState, EntitySystem, IdempotencyKey,
     ReplicaStatus, persistence_id,
 };
+use crate::observability::current_request_id;
 use crate::plugin::{PluginInfo, PluginRegistry};
 use crate::readiness::Readiness;
 
@@ -42,6 +44,9 @@ enum Call {
         /// The client's idempotency key, checked again by the owner.
         #[serde(default)]
         idempotency_key: Option<String>,
+        /// The id of the HTTP request that sent it, for the owner's log lines.
+        #[serde(default)]
+        request_id: Option<String>,
     },
     State {
         entity_type: String,
@@ -395,6 +400,7 @@ async fn forward_command(
             .idempotency_key
             .as_ref()
             .map(|key| key.as_str().to_owned()),
+        request_id: current_request_id().map(|id| id.to_string()),
     };
     match forward(cluster, owner, entity_type, entity_id, &call, timeout).await? {
         Answer::Command {
@@ -502,6 +508,7 @@ impl Inbound for NodeInbound {
                 entity_id,
                 command,
                 idempotency_key,
+                request_id,
             } => {
                 let key = idempotency_key
                     .as_deref()
@@ -512,9 +519,12 @@ impl Inbound for NodeInbound {
                     deadline: Some(deadline),
                     idempotency_key: key,
                 };
+                let span =
+                    tracing::info_span!("forwarded", request_id = request_id.as_deref(), from);
                 let outcome = self
                     .entities
                     .ask_with(&entity_type, &entity_id, command, options)
+                    .instrument(span)
                     .await;
                 match while_loading(&self.readiness, &entity_type, outcome) {
                     Ok(reply) => {

@@ -33,6 +33,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::budget::ResidentUsage;
 use super::error::EntityError;
@@ -45,17 +46,29 @@ use crate::journal::{
     EventEnvelope, IdempotencyRecord, JournalError, ReplayFilter, ReplayFilterSettings,
     SnapshotEnvelope,
 };
+use crate::observability::metrics::observe_journal_append;
 use crate::plugin::{Context, Envelope, LeaseLost, PluginError, PluginVersion, Resident, Role};
 use crate::replication::ReplicationBody;
 
 /// Events read per journal query during recovery.
 const RECOVERY_PAGE: usize = 1_000;
 
+/// The error codes of a plugin stopped mid-call (a trap, its CPU bound, its memory cap): logged
+/// with the entity, unlike a refusal.
+const GUEST_FAILURE_CODES: [&str; 3] = [
+    "plugin_trapped",
+    "plugin_cpu_bound_exceeded",
+    "plugin_memory_cap_exceeded",
+];
+
 pub(super) enum Message {
     Command {
         command: Vec<u8>,
         options: CommandOptions,
         reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+        /// The sender's span (an HTTP request's, with its id): the lines of a turn that runs
+        /// this command alone are written in it.
+        span: tracing::Span,
     },
     GetState {
         reply: oneshot::Sender<Result<EntityState, EntityError>>,
@@ -98,6 +111,7 @@ struct Call {
     command: Vec<u8>,
     options: CommandOptions,
     reply: oneshot::Sender<Result<CommandReply, EntityError>>,
+    span: tracing::Span,
 }
 
 impl Call {
@@ -596,10 +610,12 @@ impl Actor {
                     command,
                     options,
                     reply,
+                    span,
                 } => segment.push(Call {
                     command,
                     options,
                     reply,
+                    span,
                 }),
             }
         }
@@ -621,7 +637,16 @@ impl Actor {
         }
         let commands: Vec<Vec<u8>> = segment.iter().map(|call| call.command.clone()).collect();
         let records: Vec<Option<(String, Vec<u8>)>> = segment.iter().map(Call::record).collect();
-        let outcomes = self.handle(committed, tenure, &commands, records).await;
+        // A command run alone runs in its sender's span, so the plugin's lines carry its request
+        // id; a batch serves several requests and carries only the entity.
+        let span = match segment.as_slice() {
+            [call] => call.span.clone(),
+            _ => tracing::Span::none(),
+        };
+        let outcomes = self
+            .handle(committed, tenure, &commands, records)
+            .instrument(span)
+            .await;
         let ran = match outcomes {
             // A deadline passed during the plugin call (a slow command ahead in the batch, say):
             // nothing is persisted yet, so the expired commands are dropped after all. The state
@@ -736,6 +761,26 @@ impl Actor {
         }
     }
 
+    /// Logs a trap or a bound that stopped the plugin while it handled commands, with the entity
+    /// and the sequence number the first command's event would have taken: the plugin's author
+    /// has something to fix. A refusal, or a plugin that is busy or missing, is not logged here.
+    fn log_guest_failure(&self, error: &EntityError, plugin: &str, seq_nr: u64) {
+        if let EntityError::Plugin { code, message } = error
+            && GUEST_FAILURE_CODES.contains(code)
+        {
+            tracing::warn!(
+                plugin,
+                entity_type = %self.entity_type,
+                entity_id = %self.entity_id,
+                seq_nr,
+                code,
+                // Debug-quoted: a guest's report (a traceback) keeps the line one line.
+                error = ?message,
+                "plugin call failed"
+            );
+        }
+    }
+
     /// Runs a batch of commands through the plugin: the batch's events, and per command either
     /// how many of them it produced with its reply, or its rejection.
     async fn handle(
@@ -763,7 +808,8 @@ impl Actor {
                 let first = Envelope::from(&first).meta;
                 resident.handle(&ctx, &first, commands)
             })
-            .await?;
+            .await
+            .inspect_err(|error| self.log_guest_failure(error, &plugin_id, first_seq_nr))?;
         let mut events = Vec::new();
         let outcomes = outcomes
             .into_iter()
@@ -822,10 +868,14 @@ impl Actor {
         let outcome = if events.is_empty() {
             Ok(())
         } else {
-            self.shared
+            let started = std::time::Instant::now();
+            let appended = self
+                .shared
                 .journal
                 .append(&self.pid, committed.seq_nr, fencing_token, events)
-                .await
+                .await;
+            observe_journal_append(started.elapsed());
+            appended
         };
         match outcome {
             Ok(()) => {

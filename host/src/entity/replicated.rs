@@ -37,6 +37,7 @@ use super::types::{
     replica_stream,
 };
 use crate::journal::{EventEnvelope, JournalError, SnapshotEnvelope};
+use crate::observability::metrics::observe_journal_append;
 use crate::plugin::{Context, LeaseLost, PluginError, PluginVersion, Role, World};
 use crate::replication::{
     CONFIG_EVENT, EVENTS_PER_MESSAGE_MAX, FoldConfig, PluginFold, Replica, ReplicaSnapshot,
@@ -643,11 +644,13 @@ impl ReplicatedActor {
         let batch = std::mem::take(events);
         let count = batch.len() as u64;
         let token = fencing_token(&live.tenure);
+        let started = std::time::Instant::now();
         let appended = self
             .shared
             .journal
             .append(&self.stream, live.persisted, token, batch.clone())
             .await;
+        observe_journal_append(started.elapsed());
         if let Err(error) = appended {
             for Pending { reply, .. } in pending.drain(..) {
                 let _ = reply.send(Err(EntityError::from(error.clone())));

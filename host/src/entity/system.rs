@@ -536,6 +536,7 @@ impl EntitySystem {
                 command: command.clone(),
                 options: options.clone(),
                 reply,
+                span: tracing::Span::current(),
             })
             .await;
         let counter = match outcome {

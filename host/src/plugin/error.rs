@@ -7,6 +7,28 @@ use std::time::Duration;
 
 use super::limits::OutputLimit;
 
+/// The most of a guest's report (an exception's message and traceback) a trap's error carries:
+/// enough for a traceback, small enough for an error body.
+pub const GUEST_REPORT_BYTES_MAX: usize = 4 << 10;
+
+/// What ends a report cut to [`GUEST_REPORT_BYTES_MAX`].
+const CUT_MARKER: &str = "… [cut]";
+
+/// `report` cut at a character boundary so that, with [`CUT_MARKER`], it fits
+/// [`GUEST_REPORT_BYTES_MAX`].
+fn cut_report(mut report: String) -> String {
+    if report.len() <= GUEST_REPORT_BYTES_MAX {
+        return report;
+    }
+    let mut end = GUEST_REPORT_BYTES_MAX - CUT_MARKER.len();
+    while !report.is_char_boundary(end) {
+        end -= 1;
+    }
+    report.truncate(end);
+    report.push_str(CUT_MARKER);
+    report
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The handler refused the command (its own `err`): a normal outcome, not a failure.
@@ -98,6 +120,19 @@ impl PluginError {
         }
     }
 
+    /// A trap with what the guest reported just before it (the last line it logged at error in
+    /// the call: an SDK's exception and traceback), cut to [`GUEST_REPORT_BYTES_MAX`]. Any other
+    /// error is returned as it is.
+    pub fn with_guest_report(self, reported: Option<String>) -> Self {
+        match (self, reported) {
+            (PluginError::Trapped { plugin, message }, Some(report)) => PluginError::Trapped {
+                plugin,
+                message: format!("{message}; the guest reported: {}", cut_report(report)),
+            },
+            (error, _) => error,
+        }
+    }
+
     /// Whether the instance that ran the failed call must be thrown away: a trap, a bound or cap
     /// hit, output the host refused. A handler's refusal and calls of the wrong kind leave it
     /// as good as before.
@@ -106,5 +141,42 @@ impl PluginError {
             self,
             PluginError::Rejected { .. } | PluginError::WrongKind { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trap() -> PluginError {
+        PluginError::Trapped {
+            plugin: "p@1".into(),
+            message: "wasm trap: wasm `unreachable` instruction executed".into(),
+        }
+    }
+
+    #[test]
+    fn a_trap_carries_what_the_guest_reported() {
+        let error = trap().with_guest_report(Some("handle failed: KeyError: 'x'".into()));
+        assert!(
+            error
+                .to_string()
+                .ends_with("the guest reported: handle failed: KeyError: 'x'")
+        );
+        let rejected = PluginError::Rejected {
+            plugin: "p@1".into(),
+            message: "no".into(),
+        };
+        let kept = rejected.with_guest_report(Some("other".into()));
+        assert!(!kept.to_string().contains("other"));
+    }
+
+    #[test]
+    fn a_long_report_is_cut_with_a_marker_within_the_bound() {
+        let report = "é".repeat(GUEST_REPORT_BYTES_MAX);
+        let cut = cut_report(report);
+        assert!(cut.len() <= GUEST_REPORT_BYTES_MAX, "{}", cut.len());
+        assert!(cut.ends_with(CUT_MARKER));
+        assert_eq!(cut_report("short".into()), "short");
     }
 }

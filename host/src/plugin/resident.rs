@@ -28,7 +28,7 @@ use super::byte_calls::decision_of;
 use super::error::PluginError;
 use super::home::{Home, Occupant};
 use super::instance::{Exports, Instance};
-use super::sandbox::GuestState;
+use super::sandbox::{CallFor, GuestState};
 use super::validate::World;
 use super::version::PluginVersion;
 
@@ -77,7 +77,7 @@ impl Resident {
             None => version.checkout_home_instance()?,
         };
         let snapshot = snapshot.map(<[u8]>::to_vec);
-        let made = version.run(&mut instance, ctx.now, |store, exports| {
+        let made = version.run(&mut instance, CallFor::of(ctx), |store, exports| {
             resident_exports(exports).map(|plugin| {
                 plugin
                     .weft_plugin_resident_entity()
@@ -140,7 +140,7 @@ impl Resident {
             // The byte calls check each outcome themselves.
             Held::Bytes(state) => handle_on_bytes(&version, state, ctx, first_event, commands),
             _ => self
-                .guest_call(ctx.now, |store, plugin, entity| {
+                .guest_call(CallFor::of(ctx), |store, plugin, entity| {
                     plugin.weft_plugin_resident_entity().entity().call_handle(
                         store,
                         entity,
@@ -165,7 +165,7 @@ impl Resident {
             Held::Bytes(state) => version
                 .apply_events(ctx, state, events)
                 .map(|folded| *state = folded),
-            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+            _ => self.guest_call(CallFor::of(ctx), |store, plugin, entity| {
                 plugin
                     .weft_plugin_resident_entity()
                     .entity()
@@ -179,7 +179,7 @@ impl Resident {
     pub fn snapshot(&mut self, ctx: &Context) -> Result<Vec<u8>, PluginError> {
         let state = match &self.held {
             Held::Bytes(state) => return Ok(state.clone()),
-            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+            _ => self.guest_call(CallFor::of(ctx), |store, plugin, entity| {
                 plugin
                     .weft_plugin_resident_entity()
                     .entity()
@@ -200,7 +200,7 @@ impl Resident {
     ) -> Result<Option<Vec<u8>>, PluginError> {
         let notice = match &self.held {
             Held::Bytes(state) => return self.version.on_lease_lost(ctx, state, lost),
-            _ => self.guest_call(ctx.now, |store, plugin, entity| {
+            _ => self.guest_call(CallFor::of(ctx), |store, plugin, entity| {
                 let loss = LeaseLoss {
                     fencing_token: lost.fencing_token,
                     reason: lost.reason.clone(),
@@ -223,7 +223,7 @@ impl Resident {
     /// it away with every state in it.
     fn guest_call<R>(
         &mut self,
-        now_hlc: u64,
+        call: CallFor<'_>,
         f: impl FnOnce(
             &mut Store<GuestState>,
             &ResidentEntityPlugin,
@@ -249,7 +249,7 @@ impl Resident {
             self.held = Held::Lost;
             return Err(lost());
         };
-        let outcome = self.version.run(&mut instance, now_hlc, |store, exports| {
+        let outcome = self.version.run(&mut instance, call, |store, exports| {
             resident_exports(exports).map(|plugin| f(store, plugin, entity))
         });
         match outcome {
@@ -284,9 +284,11 @@ impl Resident {
         let Some(mut instance) = occupant.instance.take() else {
             return;
         };
-        let dropped =
-            self.version
-                .run(&mut instance, 0, |store, _| Ok(entity.resource_drop(store)));
+        let dropped = self
+            .version
+            .run(&mut instance, CallFor::housekeeping(), |store, _| {
+                Ok(entity.resource_drop(store))
+            });
         occupant.residents -= 1;
         match dropped {
             Ok(()) if occupant.residents > 0 => occupant.instance = Some(instance),

@@ -6,7 +6,9 @@
 //! context) and the random source is seeded from it, so a call replays identically. Stderr goes
 //! to a small bounded buffer, so a guest's panic message reaches the error the user sees. Memory
 //! growth beyond the cap fails the call with a clear error. A guest's sleep passes in the call's
-//! virtual time at once, so no host call blocks. Log lines are bounded in number and length.
+//! virtual time at once, so no host call blocks. Log lines are bounded in number and length, and
+//! tagged with the plugin and the call's entity; the call's last error line is kept for the error
+//! of a trap that follows it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +22,37 @@ use wasmtime_wasi::{
 };
 
 use super::bindings::host::{self, Level};
+use super::bindings::types::Context;
 use super::limits::OutputLimits;
 
 /// Bytes of stderr kept per call; a guest writing more traps.
 const STDERR_CAPACITY_BYTES: usize = 16 << 10;
+
+/// What a guest call is for: its time (an HLC timestamp) and the entity, `(type, id)`, its log
+/// lines are tagged with (`None` for calls on no entity's behalf).
+#[derive(Debug, Clone, Copy)]
+pub struct CallFor<'a> {
+    pub now_hlc: u64,
+    pub entity: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> CallFor<'a> {
+    /// A call for the entity `ctx` names, at `ctx.now`.
+    pub fn of(ctx: &'a Context) -> Self {
+        CallFor {
+            now_hlc: ctx.now,
+            entity: Some((&ctx.entity_type, &ctx.entity_id)),
+        }
+    }
+
+    /// Housekeeping on no entity's behalf (dropping a resource).
+    pub fn housekeeping() -> Self {
+        CallFor {
+            now_hlc: 0,
+            entity: None,
+        }
+    }
+}
 
 /// The data of one instance's store.
 pub struct GuestState {
@@ -37,7 +66,12 @@ pub struct GuestState {
     /// State of the random source, reseeded from the call's time before each call.
     random_state: Arc<AtomicU64>,
     memory: MemoryCap,
+    /// The entity of the current call, `(type, id)`, tagging its log lines.
+    entity: Option<(String, String)>,
     log_lines: u32,
+    /// The current call's last line logged at error: what an SDK reports of an exception
+    /// before the call traps, attached to the trap's error.
+    last_error_line: Option<String>,
     /// `[limits.output]`: how many log lines a call may write, and how long each may be.
     output: OutputLimits,
 }
@@ -68,20 +102,31 @@ impl GuestState {
                 exceeded_by_request: None,
                 current_bytes: 0,
             },
+            entity: None,
             log_lines: 0,
+            last_error_line: None,
             output: output.clone(),
         }
     }
 
-    /// Resets the per-call state: the clocks read `now_hlc`, the random source restarts from
-    /// a seed derived from it.
-    pub fn begin_call(&mut self, now_hlc: u64) {
+    /// Resets the per-call state: the clocks read the call's time, the random source restarts
+    /// from a seed derived from it, log lines are tagged with the call's entity.
+    pub fn begin_call(&mut self, call: CallFor<'_>) {
         // HLC timestamps are physical milliseconds << 16 | a logical counter.
-        let physical_ms = now_hlc >> 16;
+        let physical_ms = call.now_hlc >> 16;
         self.call_time_ns
             .store(physical_ms.saturating_mul(1_000_000), Ordering::Relaxed);
-        self.random_state.store(now_hlc, Ordering::Relaxed);
+        self.random_state.store(call.now_hlc, Ordering::Relaxed);
+        self.entity = call
+            .entity
+            .map(|(entity_type, entity_id)| (entity_type.to_owned(), entity_id.to_owned()));
         self.log_lines = 0;
+        self.last_error_line = None;
+    }
+
+    /// The current call's last line logged at error, taken.
+    pub fn take_last_error_line(&mut self) -> Option<String> {
+        self.last_error_line.take()
     }
 
     /// What the guest wrote to stderr during the call; clears the buffer when it holds anything.
@@ -186,6 +231,11 @@ impl WasiView for GuestState {
 
 impl host::Host for GuestState {
     fn log(&mut self, level: Level, msg: String) {
+        let msg = self.output.cut_log_line(msg);
+        if matches!(level, Level::Error) {
+            // Kept even past the line limit: it may explain the trap that follows.
+            self.last_error_line = Some(msg.clone());
+        }
         self.log_lines += 1;
         let lines_max = self.output.log_lines_per_call_max;
         if self.log_lines > lines_max {
@@ -194,15 +244,41 @@ impl host::Host for GuestState {
             }
             return;
         }
-        let msg = self.output.cut_log_line(msg);
+        // One line per call of `log`: a guest cannot write what looks like the host's lines.
+        let msg = one_line(&msg);
         let plugin = &*self.plugin;
+        let (entity_type, entity_id) = match &self.entity {
+            Some((entity_type, entity_id)) => {
+                (Some(entity_type.as_str()), Some(entity_id.as_str()))
+            }
+            None => (None, None),
+        };
         match level {
-            Level::Trace => tracing::trace!(target: "weft::guest", plugin, "{msg}"),
-            Level::Debug => tracing::debug!(target: "weft::guest", plugin, "{msg}"),
-            Level::Info => tracing::info!(target: "weft::guest", plugin, "{msg}"),
-            Level::Warn => tracing::warn!(target: "weft::guest", plugin, "{msg}"),
-            Level::Error => tracing::error!(target: "weft::guest", plugin, "{msg}"),
+            Level::Trace => {
+                tracing::trace!(target: "weft::guest", plugin, entity_type, entity_id, "{msg}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "weft::guest", plugin, entity_type, entity_id, "{msg}")
+            }
+            Level::Info => {
+                tracing::info!(target: "weft::guest", plugin, entity_type, entity_id, "{msg}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "weft::guest", plugin, entity_type, entity_id, "{msg}")
+            }
+            Level::Error => {
+                tracing::error!(target: "weft::guest", plugin, entity_type, entity_id, "{msg}")
+            }
         }
+    }
+}
+
+/// `line` with its line breaks written as `\n` and `\r`.
+fn one_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.contains(['\n', '\r']) {
+        line.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        line.into()
     }
 }
 
@@ -283,5 +359,19 @@ impl rand_core::TryRng for CallRandom {
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_guest_line_stays_one_line() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(
+            one_line("a\nINFO weft::node: forged\r\n"),
+            "a\\nINFO weft::node: forged\\r\\n"
+        );
     }
 }

@@ -35,8 +35,9 @@ use super::home::Home;
 use super::instance::{Exports, Instance};
 use super::limits::{OutputLimits, TypeOutputLimits};
 use super::pool::{Checkout, Pool};
-use super::sandbox::{self, GuestState};
+use super::sandbox::{self, CallFor, GuestState};
 use super::validate::World;
+use crate::observability::metrics::observe_plugin_call;
 
 /// How instances of a world are made.
 enum Pre {
@@ -146,7 +147,7 @@ impl Session<'_> {
         ctx: &Context,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<Vec<u8>>, World>,
     ) -> Result<Vec<u8>, PluginError> {
-        let state = self.call(ctx.now, f)?;
+        let state = self.call(CallFor::of(ctx), f)?;
         let version = self.version;
         version
             .output_limits(ctx)
@@ -158,7 +159,7 @@ impl Session<'_> {
     /// the world the call needs, else the wasm call's own result.
     fn call<R>(
         &mut self,
-        now_hlc: u64,
+        call: CallFor<'_>,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
     ) -> Result<R, PluginError> {
         let version = self.version;
@@ -166,7 +167,7 @@ impl Session<'_> {
             Some(instance) => instance,
             None => version.checkout(self.share)?,
         };
-        match version.run(&mut instance, now_hlc, f) {
+        match version.run(&mut instance, call, f) {
             Err(error) if error.poisons_instance() => {
                 // The instance is dropped: after a trap it must not run again.
                 version
@@ -307,7 +308,7 @@ impl PluginVersion {
         command: &[u8],
     ) -> Result<Decision, PluginError> {
         let outcome =
-            self.call(ctx.now, |store, exports| match exports {
+            self.call(CallFor::of(ctx), |store, exports| match exports {
                 Exports::Entity { plugin, .. } => Ok(plugin
                     .weft_plugin_entity()
                     .call_handle_command(store, ctx, &state.to_vec(), &command.to_vec())),
@@ -410,7 +411,7 @@ impl PluginVersion {
         if !self.has_lease_hooks() {
             return Ok(None);
         }
-        let notice = self.call(ctx.now, |store, exports| match exports {
+        let notice = self.call(CallFor::of(ctx), |store, exports| match exports {
             Exports::Entity {
                 hooks: Some(hooks), ..
             } => Ok(hooks.call_on_lease_lost(store, ctx, &state.to_vec(), lost)),
@@ -434,7 +435,7 @@ impl PluginVersion {
         incoming: &Envelope,
         concurrent: &[Envelope],
     ) -> Result<Resolution, PluginError> {
-        let resolution = self.call(ctx.now, |store, exports| match exports {
+        let resolution = self.call(CallFor::of(ctx), |store, exports| match exports {
             Exports::Resolver(plugin) => Ok(plugin.weft_plugin_resolver().call_resolve(
                 store,
                 ctx,
@@ -454,10 +455,10 @@ impl PluginVersion {
     /// world the call needs, else the wasm call's own result.
     fn call<R>(
         &self,
-        now_hlc: u64,
+        call: CallFor<'_>,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
     ) -> Result<R, PluginError> {
-        self.session().call(now_hlc, f)
+        self.session().call(call, f)
     }
 
     /// A run of calls on one instance of this version, held until the session is dropped: a
@@ -476,20 +477,22 @@ impl PluginVersion {
         }
     }
 
-    /// Runs `f` on `instance` under the call's limits: the clocks read `now_hlc`, the CPU
-    /// deadline is armed, stderr is collected. An error that
+    /// Runs `f` on `instance` under the call's limits: the clocks read the call's time, the CPU
+    /// deadline is armed, stderr is collected, the time taken goes to `/metrics`. An error that
     /// [poisons](PluginError::poisons_instance) the instance means it must not run again.
     pub(super) fn run<R>(
         &self,
         instance: &mut Instance,
-        now_hlc: u64,
+        call: CallFor<'_>,
         f: impl FnOnce(&mut Store<GuestState>, &Exports) -> Result<wasmtime::Result<R>, World>,
     ) -> Result<R, PluginError> {
-        instance.store.data_mut().begin_call(now_hlc);
+        instance.store.data_mut().begin_call(call);
         instance
             .store
             .set_epoch_deadline(self.limits.epoch_deadline_ticks());
+        let started = std::time::Instant::now();
         let outcome = f(&mut instance.store, &instance.exports);
+        observe_plugin_call(&self.name, started.elapsed());
         let stderr = instance.store.data_mut().take_stderr();
         match outcome {
             Err(expected) => Err(PluginError::WrongKind {
@@ -503,7 +506,12 @@ impl PluginVersion {
                 }
                 Ok(value)
             }
-            Ok(Err(error)) => Err(self.classify(&error, instance.store.data(), stderr)),
+            Ok(Err(error)) => {
+                let reported = instance.store.data_mut().take_last_error_line();
+                Err(self
+                    .classify(&error, instance.store.data(), stderr)
+                    .with_guest_report(reported))
+            }
         }
     }
 

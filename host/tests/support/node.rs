@@ -122,17 +122,21 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
         .expect("a JSON body")
 }
 
-/// The value of the counter or gauge `name` on the `/metrics` of the node at `url`.
-pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let metrics = http
-        .get(format!("{url}/metrics"))
+/// The `/metrics` text of the node at `url`.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    metrics
+        .unwrap()
+}
+
+/// The value of the counter or gauge `name` on the `/metrics` of the node at `url`.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
+    metrics_text(http, url)
+        .await
         .lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .and_then(|value| value.trim().parse().ok())
@@ -189,20 +193,40 @@ impl ServeProcess {
     /// Starts `weft serve --config config` (which sets the HTTP address) and waits until it is
     /// ready.
     pub fn start_with_config(config: &Path) -> ServeProcess {
-        ServeProcess::spawn(
+        ServeProcess::spawn_with_env(
             &[
                 "serve".into(),
                 "--config".into(),
                 config.as_os_str().to_owned(),
             ],
             Wait::Ready,
+            &[],
         )
     }
 
+    /// [`ServeProcess::start`] with environment variables set for the process (`RUST_LOG`
+    /// among them, over the default `info`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        plugins_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        ServeProcess::spawn_with_env(&serve_args(data_dir, plugins_dir), Wait::Ready, env)
+    }
+
     fn spawn(args: &[std::ffi::OsString], wait: Wait) -> ServeProcess {
+        ServeProcess::spawn_with_env(args, wait, &[])
+    }
+
+    fn spawn_with_env(
+        args: &[std::ffi::OsString],
+        wait: Wait,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let mut child = Command::new(weft_binary())
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -218,7 +242,8 @@ impl ServeProcess {
                 let url = line
                     .split("listening on ")
                     .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next());
+                    // The URL ends at a space, or at the quote closing a JSON log line's message.
+                    .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next());
                 if let Some(url) = url {
                     let _ = addr_tx.send(url.to_owned());
                 }
