@@ -17,6 +17,7 @@ use std::time::Duration;
 use support::cluster::{NodeSpec, TestCluster, cluster_view, node_config, wait_for_members};
 use support::node::{ServeProcess, get_json, metric};
 use support::services::Postgres;
+use weft::cluster::routing::Call;
 use weft::cluster::{ClusterTls, ClusterTlsConfig, Faults, Inbound, Topic, Transport};
 use weft::ddata::Entry;
 use weft::journal::EventEnvelope;
@@ -30,19 +31,6 @@ replication = { replicas = ["n1", "n3"], pull_interval_ms = 200 }
 "#;
 
 const INBOUND_REFUSALS: &str = "weft_cluster_connections_refused_total{direction=\"inbound\"}";
-
-/// An entity call as the transport carries it to an entity's owner (the wire form a rogue would
-/// write).
-#[derive(Serialize)]
-enum Call {
-    Command {
-        entity_type: String,
-        entity_id: String,
-        #[serde(with = "serde_bytes")]
-        command: Vec<u8>,
-        idempotency_key: Option<String>,
-    },
-}
 
 /// A DistributedData message as replicators send it.
 #[derive(Serialize)]
@@ -102,6 +90,7 @@ fn attack_frames() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         entity_id: "c1".into(),
         command,
         idempotency_key: None,
+        request_id: None,
     })
     .unwrap();
     let now_ms = std::time::SystemTime::now()
@@ -193,27 +182,19 @@ async fn a_rogue_without_the_clusters_certificate_is_refused_and_changes_nothing
 
     // State the attacks go for: a counter (through the gateway: over TLS), a replica's events,
     // a DistributedData key.
-    let sent = http
-        .post(format!("{}/entities/counter/c1", n2.url))
-        .json(&json!({"op": "increment", "by": 5}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
-    let sent = http
-        .post(format!("{}/entities/tally/t1", n1.url))
-        .json(&json!({"op": "increment", "by": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 200);
-    let sent = http
-        .post(format!("{}/ddata/hits", n1.url))
-        .json(&json!({"op": "increment", "by": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 200);
+    for (url, path, by) in [
+        (&n2.url, "entities/counter/c1", 5),
+        (&n1.url, "entities/tally/t1", 1),
+        (&n1.url, "ddata/hits", 1),
+    ] {
+        let sent = http
+            .post(format!("{url}/{path}"))
+            .json(&json!({"op": "increment", "by": by}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200, "{path}: {}", sent.text().await.unwrap());
+    }
     let before = observe(&http, &n1.url).await;
     assert_eq!(before.members, ["n1", "n2"]);
     assert_eq!(metric(&http, &n1.url, INBOUND_REFUSALS).await, 0);

@@ -33,9 +33,10 @@ use crate::observability::current_request_id;
 use crate::plugin::{PluginInfo, PluginRegistry};
 use crate::readiness::Readiness;
 
-/// An entity call as it travels to the owner.
+/// An entity call as it travels to the owner: the payload of a transport request. Public as the
+/// wire protocol between nodes, which tests write by hand.
 #[derive(Debug, Serialize, Deserialize)]
-enum Call {
+pub enum Call {
     Command {
         entity_type: String,
         entity_id: String,

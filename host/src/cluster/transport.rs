@@ -824,13 +824,17 @@ mod tests {
     }
 
     async fn node(name: &str) -> (Transport, Arc<Echo>) {
+        node_with(name, None).await
+    }
+
+    async fn node_with(name: &str, tls: Option<ClusterTls>) -> (Transport, Arc<Echo>) {
         let echo = Arc::new(Echo::default());
         let transport = Transport::bind(
             name,
             "127.0.0.1:0".parse().unwrap(),
             echo.clone(),
             Faults::default(),
-            None,
+            tls,
         )
         .await
         .unwrap();
@@ -851,17 +855,7 @@ mod tests {
             issued.key_pem.as_bytes(),
         )
         .unwrap();
-        let echo = Arc::new(Echo::default());
-        let transport = Transport::bind(
-            name,
-            "127.0.0.1:0".parse().unwrap(),
-            echo.clone(),
-            Faults::default(),
-            Some(tls),
-        )
-        .await
-        .unwrap();
-        (transport, echo)
+        node_with(name, Some(tls)).await
     }
 
     #[tokio::test]
