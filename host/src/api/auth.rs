@@ -54,6 +54,7 @@ pub const ROUTE_ACCESS: &[(Method, &str, Access)] = &[
     (Method::GET, "/ready", OPEN),
     (Method::GET, "/metrics", CLIENT),
     (Method::GET, "/openapi.json", CLIENT),
+    (Method::GET, "/entities/{entity_type}", CLIENT),
     (Method::POST, "/entities/{entity_type}/{entity_id}", CLIENT),
     (Method::GET, "/entities/{entity_type}/{entity_id}", CLIENT),
     (

@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
 /// Every route of the API; each one must have its entry in [`auth::ROUTE_ACCESS`].
 fn routes(limits: BodyLimits) -> Router<AppState> {
     let commands = Router::new()
+        .route("/entities/{entity_type}", get(entities::list_entities))
         .route(
             "/entities/{entity_type}/{entity_id}",
             post(entities::send_command).get(entities::get_state),

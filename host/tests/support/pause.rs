@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use weft::journal::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use weft::journal::{EventEnvelope, Journal, JournalError, SnapshotEnvelope, StreamHead};
 use weft::lease::{Grant, Holder, Lease, LeaseError};
 
 /// Whether the host runs, and which calls are waiting for it to.
@@ -152,6 +152,16 @@ impl Journal for PausableJournal {
     async fn persistence_ids(&self) -> Result<Vec<String>, JournalError> {
         self.gate.pass("persistence_ids").await;
         self.inner.persistence_ids().await
+    }
+
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError> {
+        self.gate.pass("stream_heads").await;
+        self.inner.stream_heads(from, until, max).await
     }
 }
 
