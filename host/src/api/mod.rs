@@ -17,9 +17,11 @@
 //! - `notifications`: `/notifications`, lease changes of single-writer entities as server-sent
 //!   events.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`.
+//! - `console`: the web console at `/` and its assets under `/console/`.
 
 mod auth;
 mod cluster;
+mod console;
 mod ddata;
 mod entities;
 mod error;
@@ -138,6 +140,8 @@ fn routes(limits: BodyLimits) -> Router<AppState> {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/", get(console::index))
+        .route("/console/{asset}", get(console::static_asset))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
