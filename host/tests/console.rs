@@ -2,8 +2,9 @@
 //! cluster: the page served at `/` shows the members and their roles, the plugins, the entity
 //! types; from a type's listing it opens an entity and shows the events a command wrote; it
 //! sends a command itself, shows a single-writer entity's lease with its fencing token and the
-//! live notifications — with no error in the browser's console. Screenshots are kept under
-//! `target/test-artifacts/console/`.
+//! live notifications — with no error in the browser's console. On a node with tokens the page
+//! loads without one, and the token typed into it reaches the API and outlives a reload of the
+//! tab. Screenshots are kept under `target/test-artifacts/console/`.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use support::browser::Browser;
 use support::cluster::{TestCluster, wait_for_members};
-use support::node::{command_ok, get_json};
+use support::node::{TestNode, command_ok, config, get_json};
 use support::services::Postgres;
 
 fn artifacts() -> PathBuf {
@@ -159,6 +160,77 @@ async fn the_console_shows_the_cluster_and_an_entitys_events_in_chromium() {
         browser.severe_log_entries().await,
         Vec::<String>::new(),
         "no errors in the browser's console"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_sends_the_token_typed_into_it() {
+    const CLIENT_SECRET: &str = "console-client-secret";
+    let root = tempfile::tempdir().unwrap();
+    let mut config = config(root.path(), &["counter"]);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CLIENT_SECRET));
+    config.auth.tokens = vec![
+        serde_json::from_value(json!({"name": "shop", "scope": "client", "sha256": digest}))
+            .unwrap(),
+    ];
+    let TestNode {
+        node: _node,
+        url,
+        http,
+    } = TestNode::start(config).await;
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{url}/")).await;
+    browser
+        .wait_for_text("#entity-types", &["401", "enter a bearer token"])
+        .await;
+    browser.type_into("#token", CLIENT_SECRET).await;
+    browser.click("#token-form button[type='submit']").await;
+    browser.wait_for_text("#entity-types", &["counter"]).await;
+    // A client token may not see the members: the page says so.
+    browser
+        .wait_for_text("#members", &["403", "scope does not allow it"])
+        .await;
+    browser
+        .wait_for_text("#notifications-state", &["live"])
+        .await;
+
+    // Sent from the page with the token, a command is applied.
+    browser.type_into("#command-type", "counter").await;
+    browser.type_into("#command-id", "with-token").await;
+    browser
+        .type_into("#command-body", r#"{"op": "increment", "by": 2}"#)
+        .await;
+    browser.click("#command-form button[type='submit']").await;
+    browser
+        .wait_for_text("#command-reply", &["\"seq_nr\": 1"])
+        .await;
+    let state = http
+        .get(format!("{url}/entities/counter/with-token"))
+        .bearer_auth(CLIENT_SECRET)
+        .send()
+        .await
+        .unwrap();
+    let state: Value = state.json().await.unwrap();
+    assert_eq!(state["state"]["value"], 2, "{state}");
+
+    // The tab keeps the token across a reload.
+    browser.goto(&format!("{url}/")).await;
+    browser.wait_for_text("#entity-types", &["counter"]).await;
+    browser.screenshot(&artifacts(), "with-token").await;
+    // The only errors logged are the refused calls made before the token was entered, and the
+    // client token's refused call for the members.
+    let unexpected: Vec<String> = browser
+        .severe_log_entries()
+        .await
+        .into_iter()
+        .filter(|entry| !entry.contains("status of 401") && !entry.contains("status of 403"))
+        .collect();
+    assert_eq!(
+        unexpected,
+        Vec::<String>::new(),
+        "no other errors in the browser's console"
     );
     browser.close().await;
 }

@@ -191,31 +191,23 @@ impl Browser {
         reference.to_owned()
     }
 
+    /// Performs `action` (`click`, `clear`, `value`) with `body` on the element `element`.
+    async fn act_on(&self, element: &str, action: &str, body: Value) {
+        let path = format!("/element/{element}/{action}");
+        self.command(reqwest::Method::POST, &path, body).await;
+    }
+
     pub async fn click(&self, selector: &str) {
         let element = self.element(selector).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await;
+        self.act_on(&element, "click", json!({})).await;
     }
 
     /// Clears the field `selector` and types `text` into it, key by key.
     pub async fn type_into(&self, selector: &str, text: &str) {
         let element = self.element(selector).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/clear"),
-            json!({}),
-        )
-        .await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/value"),
-            json!({ "text": text }),
-        )
-        .await;
+        self.act_on(&element, "clear", json!({})).await;
+        self.act_on(&element, "value", json!({ "text": text }))
+            .await;
     }
 
     /// What the page logged to the browser's console at level `SEVERE` (uncaught errors, failed
