@@ -133,6 +133,11 @@ async fn the_console_shows_the_cluster_and_an_entitys_events_in_chromium() {
     browser
         .wait_for_text("#lease", &["fencing token", &token])
         .await;
+    // And in the list of live leases, after a refresh.
+    browser.click("#refresh").await;
+    browser
+        .wait_for_text("#leases", &["entity:counter|console-1", &token])
+        .await;
 
     // A new single-writer entity's lease, acquired while the page listens.
     browser

@@ -82,6 +82,7 @@ pub const ROUTE_ACCESS: &[(Method, &str, Access)] = &[
     (Method::GET, "/plugins/{name}/history", ADMIN),
     (Method::POST, "/plugins/{name}/upgrade", ADMIN),
     (Method::POST, "/plugins/{name}/rollback", ADMIN),
+    (Method::GET, "/leases", ADMIN),
     (Method::GET, "/leases/{name}", ADMIN),
     (Method::POST, "/leases/{name}/acquire", ADMIN),
     (Method::POST, "/leases/{name}/renew", ADMIN),

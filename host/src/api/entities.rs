@@ -209,11 +209,25 @@ pub async fn get_events(
     ))
 }
 
+/// A listing's `?limit=`: [`ENTITY_PAGE_DEFAULT`] when absent, `400 invalid_query` outside 1 to
+/// [`ENTITY_PAGE_MAX`].
+pub(super) fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(ENTITY_PAGE_DEFAULT);
+    if !(1..=ENTITY_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {ENTITY_PAGE_MAX}, not {limit}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// A listing's `?limit=&after=`.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    limit: Option<usize>,
-    /// The id the previous page ended with (its `next`).
-    after: Option<String>,
+    pub(super) limit: Option<usize>,
+    /// The id (or name) the previous page ended with (its `next`).
+    pub(super) after: Option<String>,
 }
 
 /// A page of the entities of a type, from this node's journal.
@@ -223,13 +237,7 @@ pub async fn list_entities(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EntityPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(ENTITY_PAGE_DEFAULT);
-    if !(1..=ENTITY_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be 1 to {ENTITY_PAGE_MAX}, not {limit}"),
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     let page = app
         .entities
         .list_entities(&entity_type, query.after.as_deref(), limit)

@@ -113,6 +113,7 @@ fn routes(limits: BodyLimits) -> Router<AppState> {
         )
         .route("/entity-types", get(entities::list_types))
         .route("/entity-types/{entity_type}", put(entities::bind_type))
+        .route("/leases", get(leases::list))
         .route("/leases/{name}", get(leases::show))
         .route("/leases/{name}/acquire", post(leases::acquire))
         .route("/leases/{name}/renew", post(leases::renew))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use weft::journal::{EventEnvelope, Journal, JournalError, SnapshotEnvelope, StreamHead};
-use weft::lease::{Grant, Holder, Lease, LeaseError};
+use weft::lease::{Grant, HeldLease, Holder, Lease, LeaseError};
 
 /// Whether the host runs, and which calls are waiting for it to.
 pub struct Gate {
@@ -207,5 +207,10 @@ impl Lease for PausableLease {
     async fn holder(&self, name: &str) -> Result<Option<Holder>, LeaseError> {
         self.gate.pass("holder").await;
         self.inner.holder(name).await
+    }
+
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError> {
+        self.gate.pass("held").await;
+        self.inner.held(after, max).await
     }
 }

@@ -165,6 +165,32 @@ async function loadEntityTypes() {
   }
 }
 
+const LEASES_SHOWN = 100;
+
+function leaseRows(leases) {
+  return table([
+    ["lease", (l) => l.name],
+    ["owner", (l) => l.holder.owner],
+    ["fencing token", (l) => String(l.holder.fencing_token)],
+    ["expires in", (l) => `${l.holder.expires_in_ms} ms`],
+  ], leases);
+}
+
+async function loadLeases() {
+  const container = $("leases");
+  try {
+    const answer = await api(`/leases?${new URLSearchParams({ limit: LEASES_SHOWN })}`);
+    if (answer.leases.length === 0) {
+      fill(container, el("span", { class: "muted" }, "no live leases"));
+      return;
+    }
+    fill(container, leaseRows(answer.leases),
+      answer.next ? el("p", { class: "muted" }, `the first ${LEASES_SHOWN}; look others up below`) : []);
+  } catch (error) {
+    showFailure(container, error);
+  }
+}
+
 /** Which listing the "More" button continues. */
 let listing = null;
 
@@ -282,12 +308,7 @@ async function showLease(event) {
   try {
     const lease = await api(route("leases", name));
     fill(container, lease.holder
-      ? table([
-        ["lease", () => lease.name],
-        ["owner", (h) => h.owner],
-        ["fencing token", (h) => String(h.fencing_token)],
-        ["expires in", (h) => `${h.expires_in_ms} ms`],
-      ], [lease.holder])
+      ? leaseRows([lease])
       : el("span", { class: "muted" }, `${lease.name}: nobody holds it`));
   } catch (error) {
     showFailure(container, error);
@@ -369,6 +390,7 @@ function refresh() {
   $("status").textContent = "";
   loadMembers();
   loadPlugins();
+  loadLeases();
   loadEntityTypes().then(showEntityFromAddress);
   const shownType = $("entities-type").textContent;
   if (shownType) listEntities(shownType);
