@@ -52,6 +52,16 @@ async fn api_events(http: &reqwest::Client, url: &str, id: &str) -> Vec<(String,
         .collect()
 }
 
+/// Types a command into the console's form, sends it, and waits for the reply naming `seq_nr`.
+async fn send_from_console(browser: &Browser, entity_id: &str, command: &str, seq_nr: u64) {
+    browser.type_into("#command-type", "counter").await;
+    browser.type_into("#command-id", entity_id).await;
+    browser.type_into("#command-body", command).await;
+    browser.click("#command-form button[type='submit']").await;
+    let reply = format!("\"seq_nr\": {seq_nr}");
+    browser.wait_for_text("#command-reply", &[&reply]).await;
+}
+
 /// Waits until the page's events table is exactly what the API says the entity's events are.
 async fn wait_for_events(browser: &Browser, expected: &[(String, Value)]) {
     support::eventually("the page shows the entity's events", || async {
@@ -106,15 +116,7 @@ async fn the_console_shows_the_cluster_and_an_entitys_events_in_chromium() {
     browser.screenshot(&artifacts(), "entity-events").await;
 
     // A command sent from the console is applied, and its event shows.
-    browser.type_into("#command-type", "counter").await;
-    browser.type_into("#command-id", "console-1").await;
-    browser
-        .type_into("#command-body", r#"{"op": "increment", "by": 30}"#)
-        .await;
-    browser.click("#command-form button[type='submit']").await;
-    browser
-        .wait_for_text("#command-reply", &["\"seq_nr\": 3"])
-        .await;
+    send_from_console(&browser, "console-1", r#"{"op": "increment", "by": 30}"#, 3).await;
     let expected = api_events(&http, &url, "console-1").await;
     assert_eq!(
         expected.len(),
@@ -202,15 +204,7 @@ async fn the_console_sends_the_token_typed_into_it() {
         .await;
 
     // Sent from the page with the token, a command is applied.
-    browser.type_into("#command-type", "counter").await;
-    browser.type_into("#command-id", "with-token").await;
-    browser
-        .type_into("#command-body", r#"{"op": "increment", "by": 2}"#)
-        .await;
-    browser.click("#command-form button[type='submit']").await;
-    browser
-        .wait_for_text("#command-reply", &["\"seq_nr\": 1"])
-        .await;
+    send_from_console(&browser, "with-token", r#"{"op": "increment", "by": 2}"#, 1).await;
     let state = http
         .get(format!("{url}/entities/counter/with-token"))
         .bearer_auth(CLIENT_SECRET)

@@ -59,6 +59,11 @@ async fn check_listing(reader: &TestNode) {
         }),
         "the default page holds them all; another type's entity is not among them"
     );
+    assert_eq!(
+        list("?after=").await,
+        list("").await,
+        "an empty after is the first page"
+    );
     let refused = [
         (
             "/entities/counter?limit=1001",

@@ -240,7 +240,11 @@ pub async fn list_entities(
     let limit = page_limit(query.limit)?;
     let page = app
         .entities
-        .list_entities(&entity_type, query.after.as_deref(), limit)
+        .list_entities(
+            &entity_type,
+            query.after.as_deref().filter(|after| !after.is_empty()),
+            limit,
+        )
         .await?;
     Ok(Json(page))
 }

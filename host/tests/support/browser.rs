@@ -88,16 +88,8 @@ impl Browser {
             "goog:chromeOptions": {"binary": chromium, "args": args},
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("a JSON answer");
-        let id = created["value"]["sessionId"]
+        let created = answer_of(http.post(format!("{base}/session")).json(&capabilities)).await;
+        let id = created["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("Chromium did not start: {created}"));
         Browser {
@@ -116,17 +108,7 @@ impl Browser {
         } else {
             request.json(&body)
         };
-        let answer: Value = request
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("a JSON answer");
-        if answer["value"]["error"].is_string() {
-            panic!("WebDriver {path} failed: {answer}");
-        }
-        answer["value"].clone()
+        answer_of(request).await
     }
 
     pub async fn goto(&self, url: &str) {
@@ -243,6 +225,22 @@ impl Browser {
     pub async fn close(self) {
         self.command(reqwest::Method::DELETE, "", Value::Null).await;
     }
+}
+
+/// The `value` of ChromeDriver's answer to `request`; a failure naming WebDriver's error.
+async fn answer_of(request: reqwest::RequestBuilder) -> Value {
+    let described = format!("{request:?}");
+    let mut answer: Value = request
+        .send()
+        .await
+        .expect("chromedriver answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    if answer["value"]["error"].is_string() {
+        panic!("WebDriver refused {described}: {answer}");
+    }
+    answer["value"].take()
 }
 
 impl Drop for Browser {
