@@ -1,5 +1,5 @@
 //! The `weft` command line against a real `weft serve`, as a person or a script uses it: ids with
-//! `?`, `#` and `%` reach the entity they name; a reader closing the pipe ends the
+//! `?`, `#` and `%` reach the entity they name and are listed and paged through whole; a reader closing the pipe ends the
 //! command quietly; tables on request, with readable times; `events --follow` prints events as
 //! they are written; a mistyped URL and a node that is not running are named as such.
 
@@ -68,6 +68,30 @@ async fn ids_are_sent_whole_and_answers_print_as_json_or_tables() {
         assert_eq!(state["entity_id"], id, "{state}");
         assert_eq!(state["state"]["value"], by, "{id}: {state}");
     }
+
+    // The listing, in pages, the `after` of the second sent whole too.
+    let first = weft_json(url, &["entities", "counter", "--limit", "3"]);
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["entities"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a listing: {page}"))
+            .iter()
+            .map(|entity| entity["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids_of(&first), ["50%25", "a", "a?b"], "{first}");
+    assert_eq!(first["next"], "a?b");
+    let second = weft_json(url, &["entities", "counter", "--after", "a?b"]);
+    assert_eq!(ids_of(&second), ["x#y"], "{second}");
+    assert_eq!(second["next"], Value::Null);
+    let table = weft(url, &["entities", "counter", "--output", "table"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with('1') && line.ends_with("x#y")),
+        "a table of ids and seq nrs:\n{table}"
+    );
 
     // JSON keeps the HLC value and adds the time it stands for.
     let events = weft_json(url, &["events", "counter", "a?b"]);

@@ -1,5 +1,5 @@
-//! Named leases through a node's HTTP API and the `weft lease` CLI: grants, conflicts naming the
-//! holder, renewals and releases by the wrong owner or token, bad input; and a node whose journal is
+//! Named leases through a node's HTTP API and the `weft lease` CLI: grants, the live ones listed
+//! a page at a time, conflicts naming the holder, renewals and releases by the wrong owner or token, bad input; and a node whose journal is
 //! PostgreSQL keeping its leases there too.
 
 mod support;
@@ -146,6 +146,63 @@ async fn leases_over_http() {
     assert!(token_of(&taken) > first, "a new holder, a higher token");
     assert_eq!(taken["ttl_ms"], json!(10_000), "the default time to live");
     node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_leases_are_listed_a_page_at_a_time() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let TestNode {
+        node: _node,
+        url,
+        http,
+    } = TestNode::start(bare_config(root.path())).await;
+    let api = Api { http, url };
+    let mut tokens = Vec::new();
+    for name in ["report-b", "report-a", "report-c"] {
+        let (status, grant) = api
+            .post(&format!("/leases/{name}/acquire"), json!({"owner": "w1"}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{grant}");
+        tokens.push((name, token_of(&grant)));
+    }
+    let (name, token) = tokens[2];
+    let (status, _) = api
+        .post(
+            &format!("/leases/{name}/release"),
+            json!({"owner": "w1", "fencing_token": token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let first = api.get("/leases?limit=1").await;
+    assert_eq!(first["leases"].as_array().map(Vec::len), Some(1), "{first}");
+    assert_eq!(first["leases"][0]["name"], "report-a");
+    assert_eq!(first["leases"][0]["holder"]["owner"], "w1");
+    assert_eq!(first["leases"][0]["holder"]["fencing_token"], tokens[1].1);
+    assert_eq!(first["next"], "report-a");
+    let rest = api.get("/leases?after=report-a").await;
+    let names: Vec<&str> = rest["leases"]
+        .as_array()
+        .expect("leases")
+        .iter()
+        .filter_map(|lease| lease["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["report-b"],
+        "the released lease is not listed: {rest}"
+    );
+    assert_eq!(rest["next"], Value::Null);
+
+    let response = api
+        .http
+        .get(format!("{}/leases?limit=1001", api.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["error"]["code"], "invalid_query", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
-//! The database servers the tests and benchmarks start for themselves (PostgreSQL and Redis, see
-//! `host/tests/support/services.rs`): installs their Debian packages when the binaries are missing.
+//! The programs the tests and benchmarks start for themselves — the database servers (PostgreSQL
+//! and Redis, see `host/tests/support/services.rs`) and the browser the console's test drives
+//! (Chromium and ChromeDriver, see `host/tests/support/browser.rs`): installs their Debian packages
+//! when the binaries are missing.
 
 use anyhow::Result;
 
 use crate::process::{apt_install, on_path};
 
-/// Installs `postgresql` and `redis-server` with apt-get unless their server binaries are already
-/// there (`WEFT_NO_INSTALL` forbids installing, see [`apt_install`]).
+/// Installs `postgresql`, `redis-server`, `chromium` and `chromium-driver` with apt-get unless
+/// their binaries are already there (`WEFT_NO_INSTALL` forbids installing, see [`apt_install`]).
 pub fn ensure_installed() -> Result<()> {
     let mut missing = Vec::new();
     if !postgres_installed() {
@@ -14,6 +16,12 @@ pub fn ensure_installed() -> Result<()> {
     }
     if !on_path("redis-server") {
         missing.push("redis-server");
+    }
+    if !on_path("chromium") {
+        missing.push("chromium");
+    }
+    if !on_path("chromedriver") {
+        missing.push("chromium-driver");
     }
     if missing.is_empty() {
         return Ok(());

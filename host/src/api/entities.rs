@@ -1,4 +1,5 @@
-//! `/entities/{type}/{id}` (commands, state, events) and `/entity-types` (bindings).
+//! `/entities/{type}` (the listing), `/entities/{type}/{id}` (commands, state, events) and
+//! `/entity-types` (bindings).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,7 +14,10 @@ use std::time::Duration;
 use super::AppState;
 use super::error::ApiError;
 use super::payload::{Document, command_from_body, msgpack_to_json, respond};
-use crate::entity::{CommandOptions, EntityTypeConfig, IdempotencyKey};
+use crate::entity::{
+    CommandOptions, ENTITY_PAGE_DEFAULT, ENTITY_PAGE_MAX, EntityPage, EntityTypeConfig,
+    IdempotencyKey,
+};
 
 /// The header a client names a command's idempotency key with.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -203,6 +207,46 @@ pub async fn get_events(
             .field("entity_id", entity_id)
             .documents("events", events),
     ))
+}
+
+/// A listing's `?limit=`: [`ENTITY_PAGE_DEFAULT`] when absent, `400 invalid_query` outside 1 to
+/// [`ENTITY_PAGE_MAX`].
+pub(super) fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(ENTITY_PAGE_DEFAULT);
+    if !(1..=ENTITY_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {ENTITY_PAGE_MAX}, not {limit}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// A listing's `?limit=&after=`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub(super) limit: Option<usize>,
+    /// The id (or name) the previous page ended with (its `next`).
+    pub(super) after: Option<String>,
+}
+
+/// A page of the entities of a type, from this node's journal.
+pub async fn list_entities(
+    State(app): State<AppState>,
+    Path(entity_type): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EntityPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = page_limit(query.limit)?;
+    let page = app
+        .entities
+        .list_entities(
+            &entity_type,
+            query.after.as_deref().filter(|after| !after.is_empty()),
+            limit,
+        )
+        .await?;
+    Ok(Json(page))
 }
 
 pub async fn list_types(State(app): State<AppState>) -> Json<serde_json::Value> {

@@ -1,5 +1,5 @@
 //! `/leases/{name}`: named leases for external workers that use weft as their coordinator (acquire,
-//! renew, release, show), on the node's lease backend.
+//! renew, release, show), on the node's lease backend; `/leases`: the live ones, listed.
 //!
 //! A worker acquires with its owner name and a time to live, renews well before the time to live runs
 //! out, and passes the fencing token to whatever it writes, so that its writes are refused once a
@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Identity;
+use super::entities::{ListQuery, page_limit};
 use super::error::ApiError;
-use crate::lease::{Grant, Holder, LeaseError};
+use crate::lease::{Grant, HeldLease, Holder, LeaseError};
 
 /// The time to live when a request names none.
 const DEFAULT_TTL_MS: u64 = 10_000;
@@ -133,6 +135,44 @@ pub async fn release(
 }
 
 /// 200 with the live holder, `null` when the lease is free.
+/// `GET /leases`: the live leases, by name, a page at a time (`?limit=&after=` as the entity
+/// listing).
+pub async fn list(
+    State(app): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = page_limit(query.limit)?;
+    // One more than the page shows whether there is a next one.
+    let mut held = app
+        .lease
+        .held(query.after.as_deref().unwrap_or_default(), limit + 1)
+        .await?;
+    let next = (held.len() > limit).then(|| {
+        held.truncate(limit);
+        held.last().map(|last| last.name.clone())
+    });
+    let leases: Vec<Value> = held
+        .into_iter()
+        .map(|HeldLease { name, holder }| json!({"name": name, "holder": holder_json(holder)}))
+        .collect();
+    Ok(Json(json!({"leases": leases, "next": next.flatten()})))
+}
+
+fn holder_json(
+    Holder {
+        owner,
+        fencing_token,
+        expires_in,
+    }: Holder,
+) -> Value {
+    json!({
+        "owner": owner,
+        "fencing_token": fencing_token,
+        "expires_in_ms": expires_in.as_millis() as u64,
+    })
+}
+
 pub async fn show(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -140,11 +180,7 @@ pub async fn show(
     let holder = app.lease.holder(&name).await?;
     Ok(Json(json!({
         "name": name,
-        "holder": holder.map(|Holder { owner, fencing_token, expires_in }| json!({
-            "owner": owner,
-            "fencing_token": fencing_token,
-            "expires_in_ms": expires_in.as_millis() as u64,
-        })),
+        "holder": holder.map(holder_json),
     })))
 }
 

@@ -19,9 +19,11 @@
 //!   events.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`.
 //! - `observe`: the outermost middleware: request ids, the access log, request latencies.
+//! - `console`: the web console at `/` and its assets under `/console/`.
 
 mod auth;
 mod cluster;
+mod console;
 mod ddata;
 mod entities;
 mod error;
@@ -100,6 +102,7 @@ pub fn router(state: AppState) -> Router {
 /// Every route of the API; each one must have its entry in [`auth::ROUTE_ACCESS`].
 fn routes(limits: BodyLimits) -> Router<AppState> {
     let commands = Router::new()
+        .route("/entities/{entity_type}", get(entities::list_entities))
         .route(
             "/entities/{entity_type}/{entity_id}",
             post(entities::send_command).get(entities::get_state),
@@ -114,6 +117,7 @@ fn routes(limits: BodyLimits) -> Router<AppState> {
         )
         .route("/entity-types", get(entities::list_types))
         .route("/entity-types/{entity_type}", put(entities::bind_type))
+        .route("/leases", get(leases::list))
         .route("/leases/{name}", get(leases::show))
         .route("/leases/{name}/acquire", post(leases::acquire))
         .route("/leases/{name}/renew", post(leases::renew))
@@ -141,6 +145,8 @@ fn routes(limits: BodyLimits) -> Router<AppState> {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/", get(console::index))
+        .route("/console/{asset}", get(console::static_asset))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -60,6 +60,19 @@ enum Command {
         #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
         url: String,
     },
+    /// List the entities of a type (those with events or a snapshot in the node's journal), a
+    /// page at a time: `next` is the `--after` of the next page.
+    Entities {
+        entity_type: String,
+        /// Entities per page, 1 to 1000.
+        #[arg(long, default_value_t = crate::entity::ENTITY_PAGE_DEFAULT)]
+        limit: usize,
+        /// List the entities after this id (the previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, env = "WEFT_URL", default_value = client::DEFAULT_URL)]
+        url: String,
+    },
     /// Print an entity's state.
     State {
         entity_type: String,
@@ -379,6 +392,23 @@ impl Cli {
                     .get(&["entities", &entity_type, &entity_id], &[])
                     .await?,
             ),
+            Command::Entities {
+                entity_type,
+                limit,
+                after,
+                url,
+            } => {
+                let limit = limit.to_string();
+                let mut query = vec![("limit", limit.as_str())];
+                if let Some(after) = &after {
+                    query.push(("after", after));
+                }
+                print(
+                    connect(&url)?
+                        .get(&["entities", &entity_type], &query)
+                        .await?,
+                )
+            }
             Command::Cluster {
                 command: Some(ClusterCommand::Certs { dir, nodes }),
                 ..

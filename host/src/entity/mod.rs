@@ -18,6 +18,7 @@
 //!   pulls between replicas, lease mode.
 //! - `tenure`: the lease side of a single-writer entity: contending, writing with a fencing
 //!   token, losing it exactly once.
+//! - `listing`: the entities of a type, a page at a time, from the journal's streams.
 //! - `notifications`: [`Notification`]s of lease changes, for `GET /notifications`.
 //! - `pending`: answers held back until a turn's events are durable, for both actors.
 //! - `system`: [`EntitySystem`]: routing commands to actors, spawning and retiring them.
@@ -26,6 +27,7 @@ mod actor;
 mod budget;
 mod error;
 mod idempotency;
+mod listing;
 mod notifications;
 mod pending;
 mod replicated;
@@ -38,6 +40,7 @@ pub use error::EntityError;
 pub use idempotency::{
     CommandOptions, IDEMPOTENCY_KEY_BYTES_MAX, IdempotencyKey, RecentKeys, command_digest,
 };
+pub use listing::{ENTITY_PAGE_DEFAULT, ENTITY_PAGE_MAX, EntityHead, EntityPage};
 pub use notifications::{NOTIFICATIONS_BUFFERED_MAX, Notification, Notifications};
 pub use system::{
     CommandReply, EntityState, EntitySystem, ParkedEvent, ReplicaStatus, StopReport, SystemSettings,

@@ -20,6 +20,7 @@ use super::actor::{Actor, Message};
 use super::budget::{ResidentBudget, ResidentUsage};
 use super::error::EntityError;
 use super::idempotency::CommandOptions;
+use super::listing::{EntityPage, list_entities};
 use super::notifications::Notifications;
 use super::replicated::ReplicatedActor;
 use super::tenure::{Seat, Tenure};
@@ -631,6 +632,29 @@ impl EntitySystem {
             }
         };
         Ok(self.shared.journal.read(&stream, from_seq_nr, max).await?)
+    }
+
+    /// Up to `limit` entities of `entity_type` after the entity `after`, from the journal: those
+    /// with events or a snapshot, active or not (`listing.rs` says in which order).
+    pub async fn list_entities(
+        &self,
+        entity_type: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<EntityPage, EntityError> {
+        let config = self.type_config(entity_type)?;
+        if let Some(after) = after {
+            validate_name("entity id", after).map_err(EntityError::InvalidName)?;
+        }
+        let replicated = config.replication.is_some();
+        Ok(list_entities(
+            self.shared.journal.as_ref(),
+            entity_type,
+            replicated,
+            after,
+            limit,
+        )
+        .await?)
     }
 
     fn type_config(&self, entity_type: &str) -> Result<Arc<EntityTypeConfig>, EntityError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ulid::Ulid;
 
 use super::rules::{EVENTS_PER_APPEND_MAX, STORED_INTEGER_MAX};
-use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope, StreamHead};
 
 /// Concurrent tasks in the concurrency checks.
 pub const CONCURRENT_TASKS: u64 = 16;
@@ -30,6 +30,7 @@ pub async fn run_all(make_empty_journal: impl AsyncFn() -> Arc<dyn Journal>) {
     check_read_from_the_middle_with_max(make_empty_journal().await).await;
     check_snapshots_keep_the_latest(make_empty_journal().await).await;
     check_persistence_ids_are_listed(make_empty_journal().await).await;
+    check_stream_heads_page_through_a_range(make_empty_journal().await).await;
     check_concurrent_appends_to_distinct_ids(make_empty_journal().await).await;
     check_racing_appends_to_one_id(make_empty_journal().await).await;
 }
@@ -518,6 +519,72 @@ pub async fn check_persistence_ids_are_listed(journal: Arc<dyn Journal>) {
             "order|2".to_owned()
         ]),
         "ids with events, ascending; fences and snapshots alone do not list an id"
+    );
+}
+
+/// Streams in a range of persistence ids, byte-wise ascending, with the highest seq nr of their
+/// events or snapshot: streams with only a snapshot or only a fence, ids just outside the range,
+/// and a page bounded by `max` and continued from the id after its last.
+pub async fn check_stream_heads_page_through_a_range(journal: Arc<dyn Journal>) {
+    let writer = Ulid::new();
+    for (pid, count) in [
+        ("tally|2", 3),
+        ("tally|10", 1),
+        ("tally|a|eu", 2),
+        ("tallyx|1", 1),
+        ("tall|1", 1),
+        ("tally}", 1),
+    ] {
+        journal
+            .append(pid, 0, 0, sample_batch(pid, 0, 0, count, writer))
+            .await
+            .expect("append");
+    }
+    for (pid, seq_nr) in [("tally|10", 7), ("tally|2", 2), ("tally|snapshot-only", 4)] {
+        journal
+            .save_snapshot(sample_snapshot(pid, seq_nr, writer))
+            .await
+            .expect("save a snapshot");
+    }
+    journal
+        .record_fence("tally|fence-only", 3)
+        .await
+        .expect("record a fence");
+    let head = |pid: &str, seq_nr| StreamHead {
+        persistence_id: pid.to_owned(),
+        seq_nr,
+    };
+    let all = vec![
+        head("tally|10", 7),
+        head("tally|2", 3),
+        head("tally|a|eu", 2),
+        head("tally|snapshot-only", 4),
+    ];
+    assert_eq!(
+        journal.stream_heads("tally|", "tally}", 100).await,
+        Ok(all.clone()),
+        "the range's streams with events or a snapshot, byte-wise, the later of the two heads"
+    );
+    assert_eq!(
+        journal.stream_heads("tally|", "tally}", 2).await,
+        Ok(all[..2].to_vec())
+    );
+    assert_eq!(
+        journal.stream_heads("tally|2", "tally}", 2).await,
+        Ok(all[1..3].to_vec()),
+        "from is inclusive"
+    );
+    assert_eq!(
+        journal.stream_heads("tally|b", "tally}", 100).await,
+        Ok(all[3..].to_vec())
+    );
+    assert_eq!(
+        journal.stream_heads("tally}", "tally|", 100).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        journal.stream_heads("tally|", "tally}", 0).await,
+        Ok(vec![])
     );
 }
 

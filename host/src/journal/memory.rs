@@ -3,6 +3,7 @@
 //! the same [`conformance`](super::conformance) suite as the durable backends.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, next_fence, validate_append,
     validate_fencing_token, validate_snapshot,
 };
-use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
+use super::{EventEnvelope, Journal, JournalError, SnapshotEnvelope, StreamHead};
 
 /// A journal held in memory. Cheap to create: make one per test.
 #[derive(Debug, Default)]
@@ -152,6 +153,37 @@ impl Journal for InMemoryJournal {
 
     async fn persistence_ids(&self) -> Result<Vec<String>, JournalError> {
         Ok(self.contents().streams.keys().cloned().collect())
+    }
+
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError> {
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        let contents = self.contents();
+        let mut heads: BTreeMap<&str, u64> = contents
+            .streams
+            .range::<str, _>((Bound::Included(from), Bound::Excluded(until)))
+            .map(|(id, events)| (id.as_str(), events.len() as u64))
+            .collect();
+        for (id, snapshot) in &contents.snapshots {
+            if (from..until).contains(&id.as_str()) {
+                let head = heads.entry(id.as_str()).or_default();
+                *head = (*head).max(snapshot.seq_nr);
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .take(max)
+            .map(|(id, seq_nr)| StreamHead {
+                persistence_id: id.to_owned(),
+                seq_nr,
+            })
+            .collect())
     }
 }
 

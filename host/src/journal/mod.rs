@@ -11,8 +11,8 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs` (this file): [`EventEnvelope`], [`SnapshotEnvelope`], [`JournalError`], the [`Journal`]
-//!   trait.
+//! - `mod.rs` (this file): [`EventEnvelope`], [`SnapshotEnvelope`], [`StreamHead`],
+//!   [`JournalError`], the [`Journal`] trait.
 //! - [`rules`]: the checks every backend applies to an append, a fence and a snapshot, so that all
 //!   backends accept and refuse exactly the same writes.
 //! - [`memory`]: an in-memory backend for tests and single-process experiments.
@@ -234,4 +234,23 @@ pub trait Journal: Send + Sync {
 
     /// Every persistence id with at least one event, in ascending order.
     async fn persistence_ids(&self) -> Result<Vec<String>, JournalError>;
+
+    /// The streams whose persistence id is in `from..until` (inclusive, exclusive; compared byte
+    /// by byte) and that hold events or a snapshot, in ascending byte order, at most `max`; each
+    /// with its highest seq nr, the higher of its last event's and its snapshot's. Entity listings
+    /// page through an entity type's streams with it (`"<type>|"..` `"<type>}"`).
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError>;
+}
+
+/// A stream as [`Journal::stream_heads`] lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    pub persistence_id: String,
+    /// The highest seq nr of its events or its snapshot.
+    pub seq_nr: u64,
 }

@@ -44,7 +44,9 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, validate_append, validate_fencing_token,
     validate_snapshot,
 };
-use super::{EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope};
+use super::{
+    EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope, StreamHead,
+};
 use crate::lease::ENTITY_LEASE_TTL_DEFAULT;
 use crate::postgres::{PgPool, PooledConnection, SessionBounds, describe, is_out_of_time};
 
@@ -132,6 +134,18 @@ const SAVE_SNAPSHOT: &str = "INSERT INTO weft_snapshots \
 const READ_SNAPSHOT: &str = "SELECT persistence_id, seq_nr, writer, version, seen, plugin, payload \
      FROM weft_snapshots WHERE persistence_id = $1";
 const PERSISTENCE_IDS: &str = "SELECT DISTINCT persistence_id FROM weft_events";
+/// The streams in `$1..$2` with events or a snapshot, at most `$3`: the first `$3` of each table,
+/// merged. Ids are compared and ordered under the "C" collation, byte by byte like the other
+/// backends, whatever the database's collation (an index serves the range when that is "C" too).
+const STREAM_HEADS: &str = "SELECT persistence_id, MAX(seq_nr) FROM ( \
+         (SELECT persistence_id, MAX(seq_nr) AS seq_nr FROM weft_events \
+             WHERE persistence_id COLLATE \"C\" >= $1 AND persistence_id COLLATE \"C\" < $2 \
+             GROUP BY persistence_id ORDER BY persistence_id COLLATE \"C\" LIMIT $3) \
+         UNION ALL \
+         (SELECT persistence_id, seq_nr FROM weft_snapshots \
+             WHERE persistence_id COLLATE \"C\" >= $1 AND persistence_id COLLATE \"C\" < $2 \
+             ORDER BY persistence_id COLLATE \"C\" LIMIT $3) \
+     ) AS heads GROUP BY persistence_id ORDER BY persistence_id COLLATE \"C\" LIMIT $3";
 
 /// Tuning of a [`PostgresJournal`].
 #[derive(Clone, Debug)]
@@ -438,6 +452,34 @@ impl Journal for PostgresJournal {
         // Sorted here, byte-wise like the other backends, whatever the database's collation.
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let in_context = |error| storage_error("listing streams", error);
+        let mut connection = self.connection().await?;
+        let statement = connection
+            .statement(STREAM_HEADS)
+            .await
+            .map_err(in_context)?;
+        connection
+            .client
+            .query(&statement, &[&from, &until, &limit])
+            .await
+            .map_err(in_context)?
+            .iter()
+            .map(|row| {
+                Ok(StreamHead {
+                    persistence_id: row.get(0),
+                    seq_nr: stored_u64(row.get(1), "seq nr")?,
+                })
+            })
+            .collect()
     }
 }
 

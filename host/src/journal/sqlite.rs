@@ -47,7 +47,9 @@ use super::rules::{
     check_append_against_stream, check_fence_advance, next_fence, validate_append,
     validate_fencing_token, validate_snapshot,
 };
-use super::{EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope};
+use super::{
+    EventEnvelope, IdempotencyRecord, Journal, JournalError, SnapshotEnvelope, StreamHead,
+};
 
 /// The schema version this code reads and writes, kept in `PRAGMA user_version`. Version 2 added
 /// the events' `idempotency` column; a version 1 journal is migrated when opened.
@@ -340,7 +342,42 @@ impl Journal for SqliteJournal {
             })
             .await
     }
+
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError> {
+        let (from, until) = (from.to_owned(), until.to_owned());
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.readers
+            .run("listing streams", move |connection| {
+                connection
+                    .prepare_cached(STREAM_HEADS)?
+                    .query_map(params![from, until, limit], |row| {
+                        Ok(StreamHead {
+                            persistence_id: row.get(0)?,
+                            seq_nr: row.get(1)?,
+                        })
+                    })?
+                    .collect()
+            })
+            .await
+    }
 }
+
+/// The streams in `?1..?2` with events or a snapshot, at most `?3`: the first `?3` of each table
+/// (walked along their primary keys, whose BINARY collation compares bytes), merged.
+const STREAM_HEADS: &str = "SELECT persistence_id, MAX(seq_nr) FROM ( \
+         SELECT * FROM (SELECT persistence_id, MAX(seq_nr) AS seq_nr FROM events \
+             WHERE persistence_id >= ?1 AND persistence_id < ?2 \
+             GROUP BY persistence_id ORDER BY persistence_id LIMIT ?3) \
+         UNION ALL \
+         SELECT * FROM (SELECT persistence_id, seq_nr FROM snapshots \
+             WHERE persistence_id >= ?1 AND persistence_id < ?2 \
+             ORDER BY persistence_id LIMIT ?3) \
+     ) GROUP BY persistence_id ORDER BY persistence_id LIMIT ?3";
 
 /// Read-only connections, opened on demand and kept for reuse, at most `permits` in use at once.
 #[derive(Debug)]

@@ -38,6 +38,57 @@ pub async fn run_all(make_empty_lease: impl AsyncFn() -> Arc<dyn Lease>) {
     check_invalid_requests_are_refused(make_empty_lease().await).await;
     check_takeover_after_the_time_to_live(make_empty_lease().await).await;
     check_mutual_exclusion_under_contention(make_empty_lease().await).await;
+    check_held_leases_are_listed_in_pages(make_empty_lease().await).await;
+}
+
+/// The live leases, by name in byte order after a given name: released ones are not listed, and
+/// each comes with its holder and token.
+pub async fn check_held_leases_are_listed_in_pages(lease: Arc<dyn Lease>) {
+    let ttl = Duration::from_secs(30);
+    assert_eq!(lease.held("", 10).await, Ok(vec![]));
+    let mut tokens = HashMap::new();
+    for (name, owner) in [
+        ("b/2", "w2"),
+        ("a/1", "w1"),
+        ("entity:x|1", "w3"),
+        ("c/3", "w1"),
+    ] {
+        tokens.insert(
+            name,
+            acquired(lease.as_ref(), name, owner, ttl)
+                .await
+                .fencing_token,
+        );
+    }
+    let released = lease
+        .release("c/3", "w1", tokens["c/3"])
+        .await
+        .expect("release");
+    assert!(released);
+    let listed = |page: Vec<super::HeldLease>| -> Vec<(String, String, u64)> {
+        page.into_iter()
+            .map(|held| {
+                assert!(held.holder.expires_in <= ttl, "{held:?}");
+                (held.name, held.holder.owner, held.holder.fencing_token)
+            })
+            .collect()
+    };
+    let all = vec![
+        ("a/1".to_owned(), "w1".to_owned(), tokens["a/1"]),
+        ("b/2".to_owned(), "w2".to_owned(), tokens["b/2"]),
+        (
+            "entity:x|1".to_owned(),
+            "w3".to_owned(),
+            tokens["entity:x|1"],
+        ),
+    ];
+    assert_eq!(listed(lease.held("", 10).await.expect("list")), all);
+    assert_eq!(listed(lease.held("", 2).await.expect("list")), all[..2]);
+    assert_eq!(listed(lease.held("a/1", 10).await.expect("list")), all[1..]);
+    assert_eq!(
+        listed(lease.held("entity:x|1", 10).await.expect("list")),
+        []
+    );
 }
 
 async fn acquired(lease: &dyn Lease, name: &str, owner: &str, ttl: Duration) -> Grant {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::rules::{validate_grant_request, validate_holder, validate_name};
-use super::{Grant, Holder, Lease, LeaseError};
+use super::{Grant, HeldLease, Holder, Lease, LeaseError};
 
 /// Where the in-memory backend reads the time.
 pub trait LeaseClock: Send + Sync {
@@ -221,6 +221,27 @@ impl Lease for InMemoryLease {
                 fencing_token: tenure.fencing_token,
                 expires_in: tenure.expires_at - now,
             }))
+    }
+
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError> {
+        let now = self.clock.now();
+        let leases = self.leases();
+        let mut held: Vec<HeldLease> = leases
+            .held
+            .iter()
+            .filter(|(name, tenure)| name.as_str() > after && tenure.expires_at > now)
+            .map(|(name, tenure)| HeldLease {
+                name: name.clone(),
+                holder: Holder {
+                    owner: tenure.owner.clone(),
+                    fencing_token: tenure.fencing_token,
+                    expires_in: tenure.expires_at - now,
+                },
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        held.truncate(max);
+        Ok(held)
     }
 }
 

@@ -112,4 +112,14 @@ pub trait Lease: Send + Sync {
 
     /// The live holder of `name`, if any.
     async fn holder(&self, name: &str) -> Result<Option<Holder>, LeaseError>;
+
+    /// The live leases whose names come after `after` in byte order, ascending, at most `max`.
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError>;
+}
+
+/// A live lease as [`Lease::held`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLease {
+    pub name: String,
+    pub holder: Holder,
 }

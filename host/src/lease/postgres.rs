@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::rules::{validate_grant_request, validate_holder, validate_name};
-use super::{ENTITY_LEASE_TTL_DEFAULT, Grant, Holder, Lease, LeaseError};
+use super::{ENTITY_LEASE_TTL_DEFAULT, Grant, HeldLease, Holder, Lease, LeaseError};
 use crate::postgres::{PgPool, PooledConnection, SessionBounds, describe};
 
 /// The lease table's schema version, kept in `weft_schema_versions`.
@@ -52,6 +52,12 @@ const RELEASE: &str = "UPDATE weft_leases SET owner = NULL, expires_at = NULL \
 const HOLDER: &str = "SELECT owner, fencing_token, \
          CAST(FLOOR(EXTRACT(EPOCH FROM (expires_at - now())) * 1000) AS BIGINT) \
      FROM weft_leases WHERE name = $1 AND owner IS NOT NULL AND expires_at > now()";
+/// The live leases named after $1 in byte order (the "C" collation, whatever the database's), at
+/// most $2.
+const HELD: &str = "SELECT name, owner, fencing_token, \
+         CAST(FLOOR(EXTRACT(EPOCH FROM (expires_at - now())) * 1000) AS BIGINT) \
+     FROM weft_leases WHERE name COLLATE \"C\" > $1 AND owner IS NOT NULL AND expires_at > now() \
+     ORDER BY name COLLATE \"C\" LIMIT $2";
 
 /// The name connections of this backend show in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "weft-lease";
@@ -193,16 +199,38 @@ impl Lease for PostgresLease {
             .query_opt(&statement, &[&name])
             .await
             .map_err(unavailable)?;
-        row.map(|row| {
-            let millis_left: i64 = row.get(2);
-            Ok(Holder {
-                owner: row.get(0),
-                fencing_token: token_from(row.get(1))?,
-                expires_in: Duration::from_millis(u64::try_from(millis_left).unwrap_or(0)),
-            })
-        })
-        .transpose()
+        row.map(|row| holder_from(&row, 0)).transpose()
     }
+
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError> {
+        let unavailable = |error| LeaseError::Unavailable(describe("listing leases", &error));
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut connection = self.connection().await?;
+        let statement = connection.statement(HELD).await.map_err(unavailable)?;
+        connection
+            .client
+            .query(&statement, &[&after, &limit])
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| {
+                Ok(HeldLease {
+                    name: row.get(0),
+                    holder: holder_from(row, 1)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The holder in the columns from `first` on: owner, fencing token, milliseconds left.
+fn holder_from(row: &tokio_postgres::Row, first: usize) -> Result<Holder, LeaseError> {
+    let millis_left: i64 = row.get(first + 2);
+    Ok(Holder {
+        owner: row.get(first),
+        fencing_token: token_from(row.get(first + 1))?,
+        expires_in: Duration::from_millis(u64::try_from(millis_left).unwrap_or(0)),
+    })
 }
 
 /// A time to live in milliseconds, at most a day: it fits.

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{AsyncCommands as _, AsyncConnectionConfig, Client, RedisError, Script};
 
 use crate::tls::{self, Verification};
 
 use super::rules::{validate_grant_request, validate_holder, validate_name};
-use super::{Grant, Holder, Lease, LeaseError};
+use super::{Grant, HeldLease, Holder, Lease, LeaseError};
 
 /// How long connecting and each call may take before they fail: a server that does not answer
 /// surfaces as an error, in time for a holder to step down before its lease runs out.
@@ -235,6 +235,47 @@ impl Lease for RedisLease {
             expires_in: Duration::from_millis(u64::try_from(millis_left).unwrap_or(0)),
         }))
     }
+
+    /// Redis keeps no order of its keys: every lease key is scanned (`SCAN`, which does not block
+    /// the server), then the live ones after `after` are sorted and cut to `max`.
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError> {
+        let doing = "listing leases";
+        let mut names = Vec::new();
+        {
+            let mut connection = self.connection().await?;
+            let mut keys = connection
+                .scan_match::<_, String>(LEASE_KEY_PATTERN)
+                .await
+                .map_err(|error| unavailable(doing, &error))?;
+            while let Some(key) = keys.next_item().await {
+                let key = key.map_err(|error| unavailable(doing, &error))?;
+                if let Some(name) = lease_name_of(&key)
+                    && name > after
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort_unstable();
+        let mut held = Vec::new();
+        for name in names {
+            if held.len() == max {
+                break;
+            }
+            if let Some(holder) = self.holder(&name).await? {
+                held.push(HeldLease { name, holder });
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// Every lease's key, and none of the token keys beside them.
+const LEASE_KEY_PATTERN: &str = "weft:lease:{*}";
+
+/// The lease name in a key [`LEASE_KEY_PATTERN`] matched.
+fn lease_name_of(key: &str) -> Option<&str> {
+    key.strip_prefix("weft:lease:{")?.strip_suffix('}')
 }
 
 fn lease_key(name: &str) -> String {

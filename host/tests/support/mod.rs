@@ -2,10 +2,11 @@
 //! in this process or as `weft serve` processes (`node`), throwaway database servers
 //! (`services`), a seeded generator (`rng`), a host paused mid-call (`pause`), clusters of
 //! processes (`cluster`), server-sent event streams (`sse`), compile bombs (`hostile`), a
-//! process's resident memory (`memory`).
+//! process's resident memory (`memory`), a headless Chromium driven over WebDriver (`browser`).
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod browser;
 pub mod cluster;
 pub mod hostile;
 pub mod memory;

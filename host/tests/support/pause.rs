@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use weft::journal::{EventEnvelope, Journal, JournalError, SnapshotEnvelope};
-use weft::lease::{Grant, Holder, Lease, LeaseError};
+use weft::journal::{EventEnvelope, Journal, JournalError, SnapshotEnvelope, StreamHead};
+use weft::lease::{Grant, HeldLease, Holder, Lease, LeaseError};
 
 /// Whether the host runs, and which calls are waiting for it to.
 pub struct Gate {
@@ -153,6 +153,16 @@ impl Journal for PausableJournal {
         self.gate.pass("persistence_ids").await;
         self.inner.persistence_ids().await
     }
+
+    async fn stream_heads(
+        &self,
+        from: &str,
+        until: &str,
+        max: usize,
+    ) -> Result<Vec<StreamHead>, JournalError> {
+        self.gate.pass("stream_heads").await;
+        self.inner.stream_heads(from, until, max).await
+    }
 }
 
 /// A lease backend whose calls wait at the gate.
@@ -197,5 +207,10 @@ impl Lease for PausableLease {
     async fn holder(&self, name: &str) -> Result<Option<Holder>, LeaseError> {
         self.gate.pass("holder").await;
         self.inner.holder(name).await
+    }
+
+    async fn held(&self, after: &str, max: usize) -> Result<Vec<HeldLease>, LeaseError> {
+        self.gate.pass("held").await;
+        self.inner.held(after, max).await
     }
 }
