@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn a_public_cluster_transport_needs_tls_or_an_explicit_opt_out() {
+        let cluster = |toml: &str| {
+            toml::from_str::<Config>(&format!("[cluster]\n{toml}"))
+                .unwrap()
+                .cluster
+                .unwrap()
+                .validate()
+        };
+        assert!(cluster("name = \"n1\"\nlisten = \"127.0.0.1:7170\"").is_ok());
+        let error = cluster("name = \"n1\"\nlisten = \"0.0.0.0:7170\"").unwrap_err();
+        assert!(
+            error.contains("[cluster.tls]") && error.contains("allow_plaintext"),
+            "{error}"
+        );
+        assert!(
+            cluster("name = \"n1\"\nlisten = \"0.0.0.0:7170\"\nallow_plaintext = true").is_ok()
+        );
+        let tls = "[cluster.tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"";
+        assert!(cluster(&format!("name = \"n1\"\nlisten = \"0.0.0.0:7170\"\n{tls}")).is_ok());
+        let error = cluster(&format!(
+            "name = \"10.0.0.1\"\nlisten = \"0.0.0.0:7170\"\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(error.contains("DNS name"), "{error}");
+    }
+
+    #[test]
     fn entity_types_and_typos() {
         let config: Config = toml::from_str(
             "[entities.account]\nplugin = \"bank\"\nsnapshot_every = 10\nreplay_filter = \"warn\"\n",
