@@ -53,6 +53,23 @@ pub fn certifiable_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Why a handshake this node started did not give a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The peer answered with a certificate this node does not accept, or TLS it cannot speak.
+    Refused(String),
+    /// The peer did not complete the handshake: frozen, gone, or the connection broke.
+    Unreachable(String),
+}
+
+impl DialFailure {
+    pub fn reason(&self) -> &str {
+        match self {
+            DialFailure::Refused(reason) | DialFailure::Unreachable(reason) => reason,
+        }
+    }
+}
+
 /// Both ends of this node's TLS connections. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterTls {
@@ -158,7 +175,7 @@ impl ClusterTls {
         stream: TcpStream,
         peer_name: &str,
         peer: SocketAddr,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialFailure> {
         let known_name = peer_name.parse::<SocketAddr>().is_err();
         // The name sent in SNI; the chain-only verifier does not compare it.
         let server_name = match ServerName::try_from(peer_name.to_owned()) {
@@ -170,16 +187,31 @@ impl ClusterTls {
             self.connector.connect(server_name, stream),
         )
         .await
-        .map_err(|_| format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
-        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+        .map_err(|_| {
+            DialFailure::Unreachable(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))
+        })?
+        .map_err(|error| {
+            let reason = format!("TLS handshake failed: {error}");
+            // rustls' own errors (a certificate refused, an alert) come wrapped in the I/O error;
+            // anything else is the connection failing.
+            match error
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                true => DialFailure::Refused(reason),
+                false => DialFailure::Unreachable(reason),
+            }
+        })?;
         if known_name {
             let certificate = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .ok_or("TLS handshake without a server certificate")?;
-            names_node(certificate, peer_name)?;
+                .ok_or_else(|| {
+                    DialFailure::Refused("TLS handshake without a server certificate".into())
+                })?;
+            names_node(certificate, peer_name).map_err(DialFailure::Refused)?;
         }
         Ok(stream)
     }

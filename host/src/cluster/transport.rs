@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-use super::tls::{ClusterTls, names_node};
+use super::tls::{ClusterTls, DialFailure, names_node};
 
 /// Largest frame accepted: a forwarded command is at most the API's command limit (1 MiB) plus
 /// its envelope; anything bigger is a bug or an attack.
@@ -511,7 +511,7 @@ impl Transport {
                 let name = peer.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 match tls.connect(stream, &name, peer.addr).await {
                     Ok(stream) => Box::new(stream),
-                    Err(reason) => {
+                    Err(DialFailure::Refused(reason)) => {
                         self.inner.refusals.outbound.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             peer = %name, addr = %peer.addr,
@@ -519,6 +519,7 @@ impl Transport {
                         );
                         return Err(reason);
                     }
+                    Err(failure) => return Err(failure.reason().to_owned()),
                 }
             }
         };
@@ -910,6 +911,23 @@ mod tests {
             .request("b", b.local_addr(), b"hi".to_vec(), PATIENCE)
             .await;
         assert_eq!(sceptic.refusals().outbound, 1);
+        // A peer that hangs up mid-handshake is unreachable, not refused.
+        let hang_up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hang_up_addr = hang_up.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = hang_up.accept().await {
+                drop(stream);
+            }
+        });
+        let (dialer, _) = tls_node("a", &ca, "a", &ca).await;
+        let answer = dialer
+            .request("b", hang_up_addr, b"hi".to_vec(), PATIENCE)
+            .await;
+        assert!(
+            matches!(answer, Err(TransportError::Unreachable { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(dialer.refusals(), Refusals::default());
         // One of the cluster's certificates, claiming to be another node.
         let (impostor, _) = tls_node("b", &ca, "c", &ca).await;
         assert_refused(&impostor, &b, &echo).await;
