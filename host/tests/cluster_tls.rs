@@ -206,11 +206,10 @@ async fn a_rogue_without_the_clusters_certificate_is_refused_and_changes_nothing
     let foreign = tempfile::tempdir().unwrap();
     let foreign_files =
         weft::cluster::certs::write_certificates(foreign.path(), &["rogue".to_owned()]).unwrap();
-    let foreign_section = format!(
-        "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        certs.join("ca.pem").display(),
-        foreign_files.nodes[0].0.display(),
-        foreign_files.nodes[0].1.display()
+    let foreign_section = support::cluster::tls_toml(
+        &certs.join("ca.pem"),
+        &foreign_files.nodes[0].0,
+        &foreign_files.nodes[0].1,
     );
     let seed = SocketAddr::from(([127, 0, 0, 1], cluster.seed_port));
     let mut refused = 0;

@@ -55,9 +55,14 @@ pub fn tls_section(root: &Path, name: &str) -> String {
     let written = weft::cluster::certs::write_certificates(&certs, &[name.to_owned()])
         .expect("certificates for the node");
     let (cert, key) = &written.nodes[0];
+    tls_toml(&written.ca, cert, key)
+}
+
+/// A `[cluster.tls]` section naming these files.
+pub fn tls_toml(ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        written.ca.display(),
+        ca.display(),
         cert.display(),
         key.display()
     )
